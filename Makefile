@@ -1,0 +1,44 @@
+# lit_linreg: `make train` and `make test` do all the set-up on a fresh machine.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+
+.PHONY: help install train test test-slow lint bench tensorboard clean
+
+help:  ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
+
+$(STAMP): pyproject.toml constraints.txt
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	# torch first, pinned: on a CPU machine the CPU build, never a multi-GB CUDA one pulled in as a dependency
+	$(PY) -m pip install --quiet -c constraints.txt torch==2.13.0
+	$(PY) -m pip install --quiet -c constraints.txt -e '.[dev]'
+	touch $(STAMP)
+
+install: $(STAMP)  ## create .venv and install the package with pinned versions (idempotent)
+
+train: install  ## train the toy config and print the prediction for x = 5
+	$(PY) -m lit_linreg fit --config configs/toy.yaml --trainer.enable_progress_bar false
+	$(PY) -m lit_linreg predict --config configs/toy.yaml --ckpt_path last --trainer.enable_progress_bar false
+	@cat "$$(ls -td runs/lightning_logs/version_*/ | head -1)predictions.csv"
+
+test: install  ## run the test suite (slow tests excluded)
+	$(PY) -m pytest -q
+
+test-slow: install  ## run only the slow tests
+	$(PY) -m pytest -q -m slow
+
+lint: install  ## ruff check and format check
+	$(PY) -m ruff check lit_linreg tests benchmarks
+	$(PY) -m ruff format --check lit_linreg tests benchmarks
+
+bench: install  ## speed and memory benchmark (see benchmarks/)
+	$(PY) benchmarks/bench.py
+
+tensorboard: install  ## serve the dashboards of runs/ on 127.0.0.1:6006
+	$(PY) -m tensorboard.main --logdir runs --host 127.0.0.1 --port 6006
+
+clean:  ## remove runs, caches and .venv
+	rm -rf runs lightning_logs .pytest_cache .ruff_cache .hypothesis $(VENV) *.egg-info

@@ -1,0 +1,3 @@
+from lit_linreg.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,97 @@
+"""The command line: `python -m lit_linreg {fit,validate,test,predict} --config configs/X.yaml`.
+
+A LightningCLI subclass adds the project's callbacks as config groups (`checkpoint`, `reference`,
+`coefficients`, `figure`), links the data's sizes into the model, resolves `--ckpt_path last`,
+and writes checkpoints atomically. `main` turns every mistake a user can make into one line on
+stderr and a non-zero exit; set LIT_LINREG_DEBUG=1 to see the traceback instead.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from typing import Any
+
+from jsonargparse import ArgumentError
+from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
+from lightning.pytorch import LightningDataModule
+from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
+
+from lit_linreg.callbacks import CoefficientLogger, FitFigure, LeastSquaresReference, PredictionWriter
+from lit_linreg.checkpoint import AtomicCheckpointIO, check_compatible, find_last, load_checkpoint
+from lit_linreg.errors import DivergenceError, UserError
+from lit_linreg.model import LinearRegression
+
+
+class LinearRegressionCLI(LightningCLI):
+    """LightningCLI for `LinearRegression` with any DataModule that exposes `in_features` / `out_features`."""
+
+    def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
+        parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
+        parser.set_defaults(
+            {
+                "checkpoint.monitor": "val/loss",
+                "checkpoint.save_last": True,
+                "checkpoint.filename": "best-{epoch:03d}",
+                "checkpoint.auto_insert_metric_name": False,
+            }
+        )
+        parser.add_lightning_class_args(LeastSquaresReference, "reference")
+        parser.add_lightning_class_args(CoefficientLogger, "coefficients")
+        parser.add_lightning_class_args(FitFigure, "figure")
+        # The data knows its sizes once built: the model gets them from there, never from the user.
+        parser.link_arguments("data.in_features", "model.in_features", apply_on="instantiate")
+        parser.link_arguments("data.out_features", "model.out_features", apply_on="instantiate")
+
+    def parse_arguments(self, parser: LightningArgumentParser, args: Any) -> None:
+        super().parse_arguments(parser, args)
+        subcommand = self.config.get("subcommand")
+        config = self.config.get(subcommand) if subcommand else None
+        self._checkpoint = None
+        if config is None or not config.get("ckpt_path"):
+            return
+        # Lightning's own "last" looks only in this run's version folder, which is new: find the newest anywhere.
+        if config.ckpt_path == "last":
+            config.ckpt_path = str(find_last(config.trainer.default_root_dir or "."))
+            print(f"resuming from {config.ckpt_path}")
+        self._checkpoint = load_checkpoint(config.ckpt_path)  # safe load, one-line errors
+
+    def after_instantiate_classes(self) -> None:
+        if self._checkpoint is not None:
+            hp = self.model.hparams
+            check_compatible(self._checkpoint, self._get(self.config, "ckpt_path"), hp.in_features, hp.out_features)
+        if type(self.trainer.strategy.checkpoint_io) is TorchCheckpointIO:  # unless the user chose another
+            self.trainer.strategy.checkpoint_io = AtomicCheckpointIO()
+
+
+def cli_main(args: list[str] | None = None) -> LinearRegressionCLI:
+    """Build and run the CLI; `args` replaces `sys.argv[1:]` (tests pass a list)."""
+    return LinearRegressionCLI(
+        LinearRegression,
+        LightningDataModule,
+        subclass_mode_data=True,
+        trainer_defaults={"default_root_dir": "runs", "callbacks": [PredictionWriter()]},
+        save_config_kwargs={"overwrite": True},
+        parser_kwargs={"exit_on_error": False},
+        args=args,
+    )
+
+
+def main(args: list[str] | None = None) -> int:
+    """Console entry point: run the CLI, reporting user errors as one line and a non-zero exit code."""
+    try:
+        cli_main(args)
+    except DivergenceError as err:
+        return _fail(err, code=1)
+    except (UserError, ArgumentError) as err:
+        return _fail(err, code=2)
+    return 0
+
+
+def _fail(err: Exception, code: int) -> int:
+    if os.environ.get("LIT_LINREG_DEBUG"):
+        raise err
+    message = " ".join(line.strip() for line in str(err).strip().splitlines() if line.strip())
+    print(f"lit-linreg: error: {message}", file=sys.stderr)
+    return code

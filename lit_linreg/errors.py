@@ -1,0 +1,21 @@
+"""Errors a user can cause. The CLI prints them as one line and exits non-zero, without a traceback."""
+
+
+class UserError(Exception):
+    """Base class for mistakes in a config, a flag, a data file or a checkpoint path."""
+
+
+class ConfigError(UserError, ValueError):
+    """A config value of the right type but out of its allowed range."""
+
+
+class DataError(UserError):
+    """A data file that cannot be read as a numeric table."""
+
+
+class CheckpointError(UserError):
+    """A checkpoint that is missing, unreadable, unsafe, or made for data of another shape."""
+
+
+class DivergenceError(UserError):
+    """Training produced a non-finite loss or non-finite weights."""

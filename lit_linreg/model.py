@@ -1,0 +1,180 @@
+"""The LightningModule: one `nn.Linear` trained with MSE and SGD.
+
+The notebooks' loop, step by step, and where each step lives now:
+    forward      y_pred = w * x          -> `forward` / `_errors` (nn.Linear)
+    loss         ((y_pred - y)**2).mean() -> `training_step`
+    gradient     l.backward()             -> Lightning, on the loss `training_step` returns
+    update       w -= lr * w.grad         -> `configure_optimizers` (torch.optim.SGD), stepped by Lightning
+    zero-grad    w.grad.zero_()           -> Lightning, before each step
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import lightning as L
+import torch
+from torch import nn
+from torchmetrics import MeanAbsoluteError, MeanSquaredError, MetricCollection
+from torchmetrics.regression import R2Score
+
+from lit_linreg.errors import ConfigError, DivergenceError
+
+
+class LinearRegression(L.LightningModule):
+    """Linear regression y = W x + b, trained by SGD on the mean squared error.
+
+    Inputs and outputs are always in original units. When the DataModule standardizes, the model
+    stores the training statistics as buffers (`x_mean`, `x_std`, `y_mean`, `y_std`) and learns in
+    standardized units inside; a checkpoint alone therefore predicts from raw inputs.
+
+    Args:
+        in_features: Input columns; the CLI links it from the DataModule.
+        out_features: Output columns; the CLI links it from the DataModule.
+        bias: Learn an intercept b.
+        init: "default" is PyTorch's uniform init; "zeros" starts from W = 0, b = 0 as the notebooks do.
+        lr: SGD learning rate, > 0.
+        momentum: SGD momentum, in [0, 1).
+        weight_decay: SGD weight decay (applies to W and b), >= 0.
+        l1_strength: L1 penalty l1 * sum|W| added to the loss (W only, not b), >= 0.
+        l2_strength: L2 penalty l2 * sum(W**2) added to the loss (W only, not b), >= 0.
+    """
+
+    def __init__(
+        self,
+        in_features: int,
+        out_features: int,
+        bias: bool = True,
+        init: Literal["default", "zeros"] = "default",
+        lr: float = 0.01,
+        momentum: float = 0.0,
+        weight_decay: float = 0.0,
+        l1_strength: float = 0.0,
+        l2_strength: float = 0.0,
+    ) -> None:
+        super().__init__()
+        _check("model.in_features", in_features, in_features >= 1, "at least 1")
+        _check("model.out_features", out_features, out_features >= 1, "at least 1")
+        _check("model.lr", lr, lr > 0, "> 0")
+        _check("model.momentum", momentum, 0 <= momentum < 1, "in [0, 1)")
+        for name, value in (("weight_decay", weight_decay), ("l1_strength", l1_strength), ("l2_strength", l2_strength)):
+            _check(f"model.{name}", value, value >= 0, ">= 0")
+        if init not in ("default", "zeros"):
+            raise ConfigError(f"model.init must be 'default' or 'zeros', got {init!r}")
+        self.save_hyperparameters()  # primitives only: checkpoints load with weights_only=True
+
+        self.linear = nn.Linear(in_features, out_features, bias=bias)
+        if init == "zeros":
+            nn.init.zeros_(self.linear.weight)
+            if bias:
+                nn.init.zeros_(self.linear.bias)
+        # Identity until a standardizing DataModule provides statistics (see `setup`).
+        self.register_buffer("x_mean", torch.zeros(in_features))
+        self.register_buffer("x_std", torch.ones(in_features))
+        self.register_buffer("y_mean", torch.zeros(out_features))
+        self.register_buffer("y_std", torch.ones(out_features))
+
+        metrics = MetricCollection(
+            {"loss": MeanSquaredError(), "mae": MeanAbsoluteError(), "r2": R2Score(multioutput="uniform_average")}
+        )
+        self.val_metrics = metrics.clone(prefix="val/")
+        self.test_metrics = metrics.clone(prefix="test/")
+
+    def setup(self, stage: str) -> None:
+        # The one place the model reads from the DataModule: statistics of the training split exist only
+        # after DataModule.setup, which Lightning runs just before this hook.
+        datamodule = getattr(self.trainer, "datamodule", None)
+        stats = getattr(datamodule, "statistics", None)
+        if stage == "fit" and stats is not None:
+            self.set_standardization(**stats)
+
+    def set_standardization(
+        self, x_mean: torch.Tensor, x_std: torch.Tensor, y_mean: torch.Tensor, y_std: torch.Tensor
+    ) -> None:
+        """Store the training statistics the model standardizes inputs and targets with."""
+        for name, value in (("x_mean", x_mean), ("x_std", x_std), ("y_mean", y_mean), ("y_std", y_std)):
+            getattr(self, name).copy_(value)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Predict from raw inputs (N, in_features); returns (N, out_features) in original units."""
+        z = (x - self.x_mean) / self.x_std
+        return self.linear(z) * self.y_std + self.y_mean
+
+    def _squared_error(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """Per-output mean squared error in standardized units, (out_features,)."""
+        z = (x - self.x_mean) / self.x_std  # (B, in_features)
+        target = (y - self.y_mean) / self.y_std  # (B, out_features)
+        return (self.linear(z) - target).pow(2).mean(dim=0)
+
+    def penalty(self) -> torch.Tensor | float:
+        """The L1 and L2 penalties on W (not b); 0.0 when both strengths are 0."""
+        weight, penalty = self.linear.weight, 0.0
+        if self.hparams.l1_strength:
+            penalty = penalty + self.hparams.l1_strength * weight.abs().sum()
+        if self.hparams.l2_strength:
+            penalty = penalty + self.hparams.l2_strength * weight.pow(2).sum()
+        return penalty
+
+    def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        x, y = batch
+        per_output = self._squared_error(x, y)
+        loss = per_output.mean() + self.penalty()
+        if not torch.isfinite(loss):
+            raise DivergenceError(
+                f"the training loss became {loss.item()} at epoch {self.current_epoch}, step {self.global_step}:"
+                " training stopped; lower --model.lr or standardize the data"
+            )
+        # Logged in original target units and before this step's update, as the notebooks print it.
+        self.log("train/loss", (per_output * self.y_std.square()).mean(), prog_bar=True, batch_size=len(x))
+        return loss
+
+    def validation_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
+        self._evaluate(batch, self.val_metrics)
+
+    def test_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
+        self._evaluate(batch, self.test_metrics)
+
+    def _evaluate(self, batch: tuple[torch.Tensor, torch.Tensor], metrics: MetricCollection) -> None:
+        x, y = batch
+        y_hat = self(x)
+        if y.shape[1] > 1:  # torchmetrics' MSE and MAE average over every element; R2 needs the (N, out) shape
+            metrics["loss"].update(y_hat.flatten(), y.flatten())
+            metrics["mae"].update(y_hat.flatten(), y.flatten())
+            metrics["r2"].update(y_hat, y)
+        else:
+            metrics.update(y_hat.squeeze(1), y.squeeze(1))
+        self.log_dict(metrics, batch_size=len(x))
+
+    def predict_step(self, batch: tuple[torch.Tensor], batch_idx: int) -> torch.Tensor:
+        return self(batch[0])
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        hp = self.hparams
+        return torch.optim.SGD(self.parameters(), lr=hp.lr, momentum=hp.momentum, weight_decay=hp.weight_decay)
+
+    @torch.no_grad()
+    def coefficients(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """W (out_features, in_features) and b (out_features,) in original units, as float64.
+
+        Undoes the standardization: y = t * (W_s (x - m) / s + b_s) + u.
+        """
+        w_s = self.linear.weight.double()
+        b_s = self.linear.bias.double() if self.linear.bias is not None else torch.zeros(len(w_s), dtype=w_s.dtype)
+        s, m, t, u = (getattr(self, n).double() for n in ("x_std", "x_mean", "y_std", "y_mean"))
+        b_s = b_s.to(w_s.device)
+        weight = t[:, None] * w_s / s[None, :]
+        bias = t * (b_s - w_s @ (m / s)) + u
+        return weight, bias
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        # Never let a diverged state reach disk: the last finite checkpoint stays the newest one.
+        if not all(torch.isfinite(p).all() for p in self.parameters()):
+            raise DivergenceError(
+                f"the weights became non-finite by the end of epoch {self.current_epoch}: nothing was saved;"
+                " lower --model.lr or standardize the data"
+            )
+
+
+def _check(name: str, value: float, ok: bool, rule: str) -> None:
+    if not ok:
+        raise ConfigError(f"{name} must be {rule}, got {value}")
