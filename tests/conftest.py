@@ -1,0 +1,57 @@
+"""Shared fixtures: every CLI run goes to its own tmp_path, on the CPU, quietly."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from lit_linreg.cli import main
+
+ROOT = Path(__file__).resolve().parents[1]
+QUIET = ["--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary", "false"]
+
+
+@pytest.fixture
+def run_cli(tmp_path):
+    """Run `python -m lit_linreg ARGS` in this process with the run directory in tmp_path; returns the exit code."""
+
+    def run(*args: str, root: Path | None = None) -> int:
+        root_dir = ["--trainer.default_root_dir", str(root or tmp_path / "runs")]
+        return main([*args, *QUIET, *root_dir])
+
+    return run
+
+
+@pytest.fixture
+def run_process(tmp_path):
+    """Run `python -m lit_linreg ARGS` as a separate process; returns the CompletedProcess."""
+
+    def run(*args: str, root: Path | None = None, timeout: float = 120) -> subprocess.CompletedProcess:
+        root_dir = ["--trainer.default_root_dir", str(root or tmp_path / "runs")]
+        env = {**os.environ, "PYTHONPATH": str(ROOT)}
+        env.pop("LIT_LINREG_DEBUG", None)
+        cmd = [sys.executable, "-m", "lit_linreg", *args, *QUIET, *root_dir]
+        return subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
+
+    return run
+
+
+def config(name: str) -> str:
+    return str(ROOT / "configs" / name)
+
+
+def latest_version(root: Path) -> Path:
+    return max((root / "lightning_logs").glob("version_*"), key=lambda p: int(p.name.split("_")[1]))
+
+
+def scalars(run_dir: Path) -> dict[str, list[tuple[int, float]]]:
+    """Every scalar in a run's TensorBoard event files: tag -> [(step, value), ...]."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    acc = EventAccumulator(str(run_dir), size_guidance={"scalars": 0})
+    acc.Reload()
+    return {tag: [(e.step, e.value) for e in acc.Scalars(tag)] for tag in acc.Tags()["scalars"]}

@@ -1,0 +1,93 @@
+import lightning as L
+import pytest
+import torch
+
+from lit_linreg import CropYieldDataModule, LinearRegression, ToyDataModule
+from lit_linreg.errors import ConfigError
+
+X = torch.tensor([[1.0], [2.0], [3.0], [4.0]])
+Y = 2 * X
+
+
+def fit(model, datamodule, epochs, tmp_path):
+    trainer = L.Trainer(
+        max_epochs=epochs,
+        accelerator="cpu",
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        default_root_dir=tmp_path,
+    )
+    trainer.fit(model, datamodule=datamodule)
+    return model
+
+
+def test_autograd_gradient_equals_the_analytic_mse_gradient():
+    model = LinearRegression(1, 1, bias=False, init="zeros")
+    model.linear.weight.data.fill_(0.7)
+    loss = model._squared_error(X, Y).mean()
+    loss.backward()
+    w = 0.7
+    analytic = 2 / len(X) * (X * (w * X - Y)).sum()  # 2/N * sum(x (w x - y))
+    assert model.linear.weight.grad.item() == pytest.approx(analytic.item(), rel=1e-6)
+
+
+def test_summed_gradient_at_lr_equals_averaged_gradient_at_lr_times_n():
+    """The notebooks' numpy gradient sums over the 4 rows: the same run as autograd's mean at lr x 4."""
+    n, lr = len(X), 0.01
+    w_sum = torch.tensor(0.0)
+    for _ in range(20):  # notebook 001: np.dot(2*x, y_pred - y).mean() is a sum
+        w_sum = w_sum - lr * (2 * X * (w_sum * X - Y)).sum()
+    model = LinearRegression(1, 1, bias=False, init="zeros", lr=lr * n)
+    optimizer = model.configure_optimizers()
+    for _ in range(20):
+        optimizer.zero_grad()
+        model._squared_error(X, Y).mean().backward()
+        optimizer.step()
+    assert model.linear.weight.item() == pytest.approx(w_sum.item(), abs=1e-6)
+    assert w_sum.item() == pytest.approx(2.0, abs=1e-4)  # 20 summed steps reach w = 2, as in the notebook
+
+
+def test_l2_penalty_shrinks_the_toy_weight_to_its_closed_form(tmp_path):
+    model = LinearRegression(1, 1, bias=False, init="zeros", lr=0.01, l2_strength=1.0)
+    fit(model, ToyDataModule(), 300, tmp_path)
+    assert model.linear.weight.item() == pytest.approx(2 * 7.5 / 8.5, abs=1e-4)  # 1.7647
+
+
+def test_l1_penalty_applies_to_weights_not_bias():
+    model = LinearRegression(2, 1, init="zeros", l1_strength=0.5, l2_strength=0.25)
+    model.linear.weight.data = torch.tensor([[1.0, -2.0]])
+    model.linear.bias.data = torch.tensor([10.0])
+    assert float(model.penalty()) == pytest.approx(0.5 * 3 + 0.25 * 5)
+
+
+def test_standardized_model_predicts_in_original_units(tmp_path):
+    dm = CropYieldDataModule()
+    model = fit(LinearRegression(3, 2, lr=0.5), dm, 50, tmp_path)
+    assert model.x_std.sub(1).abs().max() > 1  # statistics really were stored
+    x, y = dm.splits["train"]
+    weight, bias = model.coefficients()
+    manual = x.double() @ weight.T + bias
+    assert torch.allclose(model(x).double(), manual, atol=1e-3)
+    assert ((model(x) - y) ** 2).mean().item() < 0.4831 * 1.01
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"lr": 0.0}, "model.lr must be > 0"),
+        ({"lr": -1.0}, "model.lr must be > 0"),
+        ({"momentum": 1.0}, "model.momentum must be in [0, 1)"),
+        ({"l2_strength": -0.1}, "model.l2_strength must be >= 0"),
+        ({"init": "ones"}, "model.init must be"),
+    ],
+)
+def test_out_of_range_hyperparameters_are_refused(kwargs, message):
+    with pytest.raises(ConfigError, match=message.replace("[", r"\[").replace("(", r"\(").replace(")", r"\)")):
+        LinearRegression(1, 1, **kwargs)
+
+
+def test_hyperparameters_are_primitives_only():
+    hp = dict(LinearRegression(3, 2).hparams)
+    assert all(isinstance(v, (int, float, str, bool)) for v in hp.values()), hp
