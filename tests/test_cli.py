@@ -50,3 +50,13 @@ def test_divergence_stops_with_a_clear_message(run_cli, capsys):
     assert run_cli("fit", "--config", config("toy.yaml"), "--model.lr", "10") == 1
     err = capsys.readouterr().err
     assert "epoch" in err and "step" in err and "lower --model.lr" in err
+
+
+def test_print_config_round_trip_runs_unchanged(run_process, tmp_path):
+    printed = run_process("fit", "--config", config("toy.yaml"), "--print_config")
+    assert printed.returncode == 0, printed.stderr
+    saved = tmp_path / "full.yaml"
+    saved.write_text(printed.stdout)
+    assert "lr: 0.01" in printed.stdout and "ToyDataModule" in printed.stdout
+    rerun = run_process("fit", "--config", str(saved), "--trainer.max_epochs", "3")
+    assert rerun.returncode == 0, rerun.stderr[-2000:]
