@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: help install train test test-slow lint bench tensorboard clean
+.PHONY: help install train test test-slow lint tensorboard clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
@@ -31,11 +31,8 @@ test-slow: install  ## run only the slow tests
 	$(PY) -m pytest -q -m slow
 
 lint: install  ## ruff check and format check
-	$(PY) -m ruff check lit_linreg tests benchmarks
-	$(PY) -m ruff format --check lit_linreg tests benchmarks
-
-bench: install  ## speed and memory benchmark (see benchmarks/)
-	$(PY) benchmarks/bench.py
+	$(PY) -m ruff check lit_linreg tests
+	$(PY) -m ruff format --check lit_linreg tests
 
 tensorboard: install  ## serve the dashboards of runs/ on 127.0.0.1:6006
 	$(PY) -m tensorboard.main --logdir runs --host 127.0.0.1 --port 6006
