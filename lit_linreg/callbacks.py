@@ -90,7 +90,9 @@ class LeastSquaresReference(L.Callback):
         ]
         weight, bias = pl_module.coefficients()
         if weight.numel() + bias.numel() <= self.max_table_coefficients:
-            for (i, j), value in zip(torch.cartesian_prod(*map(torch.arange, weight.shape)).tolist(), weight.flatten()):
+            for (i, j), value in zip(
+                torch.cartesian_prod(*map(torch.arange, weight.shape)).tolist(), weight.flatten(), strict=False
+            ):
                 rows.append((f"w[{i},{j}]", value.item(), self.weight[i, j].item()))
             if pl_module.linear.bias is not None:
                 rows += [(f"b[{i}]", b.item(), self.bias[i].item()) for i, b in enumerate(bias)]
@@ -168,7 +170,9 @@ class CoefficientLogger(L.Callback):
         weight, bias = pl_module.coefficients()
         has_bias = pl_module.linear.bias is not None
         if weight.numel() + has_bias * bias.numel() <= self.max_scalars:
-            scalars = {f"weights/w_{i}_{j}": weight[i, j] for i in range(weight.shape[0]) for j in range(weight.shape[1])}
+            scalars = {
+                f"weights/w_{i}_{j}": weight[i, j] for i in range(weight.shape[0]) for j in range(weight.shape[1])
+            }
             if has_bias:
                 scalars |= {f"weights/b_{i}": b for i, b in enumerate(bias)}
             pl_module.log_dict({k: v.item() for k, v in scalars.items()}, on_epoch=True)
@@ -212,7 +216,7 @@ class FitFigure(L.Callback):
         loader = trainer.val_dataloaders if split == "val" else trainer.test_dataloaders
         if loader is None:
             return
-        x, y = (torch.cat(t)[: self.max_points] for t in zip(*_first_rows(loader, self.max_points)))
+        x, y = (torch.cat(t)[: self.max_points] for t in zip(*_first_rows(loader, self.max_points), strict=False))
         with torch.no_grad():
             y_hat = pl_module(x.to(pl_module.device)).cpu()
         figure = draw_fit(x.cpu(), y.cpu(), y_hat, getattr(trainer.datamodule, "target_names", None))

@@ -148,7 +148,9 @@ class InMemoryDataModule(L.LightningDataModule):
         if not self.standardize:
             return None
         x, y = self.splits["train"]
-        return dict(zip(("x_mean", "x_std"), _mean_std(x))) | dict(zip(("y_mean", "y_std"), _mean_std(y)))
+        return dict(zip(("x_mean", "x_std"), _mean_std(x), strict=False)) | dict(
+            zip(("y_mean", "y_std"), _mean_std(y), strict=False)
+        )
 
     def _loader(self, split: str, shuffle: bool = False, batch_size: int | None = None) -> TensorLoader:
         loader = TensorLoader(*self.splits[split], batch_size=batch_size, shuffle=shuffle, seed=self.seed)
@@ -395,9 +397,7 @@ def read_table(path: Path, columns: list[str], wanted: list[str]) -> torch.Tenso
     bad = ~np.isfinite(table)
     if bad.any():
         row, col = np.argwhere(bad)[0]
-        raise DataError(
-            f"{path}: line {row + 2}, column {wanted[col]!r}: {table[row, col]} is not a finite number"
-        )
+        raise DataError(f"{path}: line {row + 2}, column {wanted[col]!r}: {table[row, col]} is not a finite number")
     return torch.from_numpy(np.ascontiguousarray(table))
 
 
