@@ -137,6 +137,8 @@ def solve_least_squares(sums: dict[str, torch.Tensor], has_bias: bool) -> tuple[
 
     With a bias the problem is centred first (the intercept then drops out), and the columns are
     scaled to unit norm, so the SVD's cut-off for a rank-deficient X is relative to each feature's scale.
+    For a rank-deficient X the answer is the minimum-norm solution in those scaled units: the one SGD
+    started from zero reaches on standardized data (a duplicated column shares its weight equally).
     """
     gram, cross, n = (sums[k].cpu() for k in ("gram", "cross", "n"))
     if has_bias:

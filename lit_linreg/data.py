@@ -114,6 +114,7 @@ class InMemoryDataModule(L.LightningDataModule):
 
     def __init__(self, batch_size: int | None = None, standardize: bool = False, seed: int = 0) -> None:
         super().__init__()
+        self.save_hyperparameters()  # every subclass's arguments, for TensorBoard's HPARAMS tab and the checkpoint
         if batch_size is not None and batch_size < 1:
             raise ConfigError(f"data.batch_size must be at least 1 (or null for full batch), got {batch_size}")
         self.batch_size = batch_size

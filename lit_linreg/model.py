@@ -145,6 +145,11 @@ class LinearRegression(L.LightningModule):
             metrics.update(y_hat.squeeze(1), y.squeeze(1))
         self.log_dict(metrics, batch_size=len(x))
 
+    def on_validation_epoch_end(self) -> None:
+        # TensorBoard's HPARAMS tab shows `hp_metric`: make it the latest val/loss rather than Lightning's -1.
+        # compute() caches its result, so logging val/loss afterwards does not sync or compute it again.
+        self.log("hp_metric", self.val_metrics["loss"].compute())
+
     def predict_step(self, batch: tuple[torch.Tensor], batch_idx: int) -> torch.Tensor:
         return self(batch[0])
 
