@@ -76,6 +76,7 @@ class LeastSquaresReference(L.Callback):
                 "optimum/weight_gap": delta.norm().item(),
             },
             on_epoch=True,
+            sync_dist=True,  # equal on every rank (the sums were reduced); this only silences Lightning's warning
         )
 
     @rank_zero_only
@@ -177,7 +178,7 @@ class CoefficientLogger(L.Callback):
             }
             if has_bias:
                 scalars |= {f"weights/b_{i}": b for i, b in enumerate(bias)}
-            pl_module.log_dict({k: v.item() for k, v in scalars.items()}, on_epoch=True)
+            pl_module.log_dict({k: v.item() for k, v in scalars.items()}, on_epoch=True, sync_dist=True)
             return
         for logger in trainer.loggers:
             if isinstance(logger, TensorBoardLogger) and trainer.is_global_zero:

@@ -148,7 +148,8 @@ class LinearRegression(L.LightningModule):
     def on_validation_epoch_end(self) -> None:
         # TensorBoard's HPARAMS tab shows `hp_metric`: make it the latest val/loss rather than Lightning's -1.
         # compute() caches its result, so logging val/loss afterwards does not sync or compute it again.
-        self.log("hp_metric", self.val_metrics["loss"].compute())
+        # The value is already synced over DDP ranks; sync_dist only marks it as the same on every rank.
+        self.log("hp_metric", self.val_metrics["loss"].compute(), sync_dist=True)
 
     def predict_step(self, batch: tuple[torch.Tensor], batch_idx: int) -> torch.Tensor:
         return self(batch[0])

@@ -1,6 +1,7 @@
 import csv
 
 import pytest
+import torch
 
 from tests.conftest import config, latest_version, scalars
 
@@ -60,3 +61,18 @@ def test_print_config_round_trip_runs_unchanged(run_process, tmp_path):
     assert "lr: 0.01" in printed.stdout and "ToyDataModule" in printed.stdout
     rerun = run_process("fit", "--config", str(saved), "--trainer.max_epochs", "3")
     assert rerun.returncode == 0, rerun.stderr[-2000:]
+
+
+def test_ddp_on_two_cpu_processes_gives_the_single_process_weights(run_cli, run_process, tmp_path):
+    assert run_cli("fit", "--config", config("toy.yaml"), root=tmp_path / "single") == 0
+    ddp = ["--trainer.strategy", "ddp", "--trainer.devices", "2", "--trainer.accelerator", "cpu"]
+    done = run_process("fit", "--config", config("toy.yaml"), *ddp, root=tmp_path / "ddp")
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "sync_dist" not in done.stderr  # every epoch-level value is marked as equal on all ranks
+
+    def weight(root):
+        checkpoint = torch.load(latest_version(root) / "checkpoints" / "last.ckpt", weights_only=True)
+        return checkpoint["state_dict"]["linear.weight"]
+
+    assert weight(tmp_path / "ddp").item() == pytest.approx(weight(tmp_path / "single").item(), abs=1e-5)
+    assert weight(tmp_path / "ddp").item() == pytest.approx(2.0, abs=1e-4)
