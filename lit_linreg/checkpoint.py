@@ -12,6 +12,7 @@ from typing import Any
 
 import torch
 from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
+from lightning.pytorch.callbacks import ModelCheckpoint
 
 from lit_linreg.errors import CheckpointError
 
@@ -95,3 +96,15 @@ def find_last(root: str | os.PathLike) -> Path:
     if not candidates:
         raise CheckpointError(f"--ckpt_path last: no last.ckpt under {root}; run fit there first, or drop --ckpt_path")
     return max(candidates, key=lambda p: p.stat().st_mtime_ns)
+
+
+class LastCheckpoint(ModelCheckpoint):
+    """Rewrites `last.ckpt` at the end of every training epoch, whether or not the monitored metric improved.
+
+    `ModelCheckpoint(monitor=..., save_last=True)` rewrites last.ckpt only in an epoch that also saves a
+    top-k checkpoint, so a run that stops improving would resume from an old epoch. This callback keeps
+    `--ckpt_path last` at most one epoch behind; the `checkpoint` group keeps the best ones.
+    """
+
+    def __init__(self) -> None:
+        super().__init__(filename="last", monitor=None, save_top_k=1, enable_version_counter=False)

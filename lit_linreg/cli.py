@@ -19,7 +19,7 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
 from lit_linreg.callbacks import CoefficientLogger, FitFigure, LeastSquaresReference, PredictionWriter
-from lit_linreg.checkpoint import AtomicCheckpointIO, check_compatible, find_last, load_checkpoint
+from lit_linreg.checkpoint import AtomicCheckpointIO, LastCheckpoint, check_compatible, find_last, load_checkpoint
 from lit_linreg.errors import DivergenceError, UserError
 from lit_linreg.model import LinearRegression
 
@@ -32,7 +32,7 @@ class LinearRegressionCLI(LightningCLI):
         parser.set_defaults(
             {
                 "checkpoint.monitor": "val/loss",
-                "checkpoint.save_last": True,
+                "checkpoint.save_last": False,  # LastCheckpoint, a default callback, writes last.ckpt every epoch
                 "checkpoint.filename": "best-{epoch:03d}",
                 "checkpoint.auto_insert_metric_name": False,
             }
@@ -71,7 +71,7 @@ def cli_main(args: list[str] | None = None) -> LinearRegressionCLI:
         LinearRegression,
         LightningDataModule,
         subclass_mode_data=True,
-        trainer_defaults={"default_root_dir": "runs", "callbacks": [PredictionWriter()]},
+        trainer_defaults={"default_root_dir": "runs", "callbacks": [LastCheckpoint(), PredictionWriter()]},
         save_config_kwargs={"overwrite": True},
         parser_kwargs={"exit_on_error": False},
         args=args,

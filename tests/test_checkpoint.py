@@ -1,0 +1,96 @@
+import os
+import signal
+
+import pytest
+import torch
+
+from lit_linreg.checkpoint import AtomicCheckpointIO, load_checkpoint
+from tests.conftest import config, latest_version
+
+# 20,000 rows in batches of 1,000: 18 training steps an epoch, 12 epochs.
+SYNTHETIC = [
+    "fit",
+    "--config",
+    config("synthetic.yaml"),
+    "--data.n_samples",
+    "20000",
+    "--data.batch_size",
+    "1000",
+    "--trainer.max_epochs",
+    "12",
+    "--model.momentum",
+    "0.9",  # optimizer state must survive the resume too
+]
+
+
+def final_state(root) -> dict[str, torch.Tensor]:
+    checkpoint = torch.load(latest_version(root) / "checkpoints" / "last.ckpt", weights_only=True)
+    assert checkpoint["epoch"] == 11
+    momentum = checkpoint["optimizer_states"][0]["state"]
+    return checkpoint["state_dict"] | {f"momentum/{k}": v["momentum_buffer"] for k, v in momentum.items()}
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory):
+    from lit_linreg.cli import main
+    from tests.conftest import QUIET
+
+    root = tmp_path_factory.mktemp("uninterrupted")
+    assert main([*SYNTHETIC, *QUIET, "--trainer.default_root_dir", str(root)]) == 0
+    return final_state(root)
+
+
+def test_two_runs_with_one_seed_give_bit_identical_weights(run_cli, tmp_path, uninterrupted):
+    assert run_cli(*SYNTHETIC, root=tmp_path) == 0
+    again = final_state(tmp_path)
+    assert again.keys() == uninterrupted.keys()
+    assert all(torch.equal(again[k], uninterrupted[k]) for k in again)
+
+
+@pytest.mark.parametrize(
+    "fault",
+    [
+        "tests.faults.KillInBatch --trainer.callbacks.epoch 3 --trainer.callbacks.batch 7",
+        "tests.faults.KillInCheckpointWrite --trainer.callbacks.epoch 3 --trainer.callbacks.fsync 1",
+        "tests.faults.KillInCheckpointWrite --trainer.callbacks.epoch 3 --trainer.callbacks.fsync 3",
+    ],
+    ids=["mid-epoch", "writing-best", "writing-last"],
+)
+def test_a_run_killed_after_epoch_3_resumes_to_bit_identical_weights(
+    run_process, run_cli, tmp_path, uninterrupted, fault
+):
+    callback, *args = fault.split()
+    killed = run_process(*SYNTHETIC, "--trainer.callbacks+", callback, *args, root=tmp_path)
+    assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
+    checkpoints = latest_version(tmp_path) / "checkpoints"
+    assert load_checkpoint(checkpoints / "last.ckpt")["epoch"] == 2  # 3 epochs done (counted from 0), never half
+    for path in checkpoints.glob("*.ckpt"):
+        load_checkpoint(path)  # every checkpoint on disk loads: the old file or the new one
+
+    assert run_cli(*SYNTHETIC, "--ckpt_path", "last", root=tmp_path) == 0
+    resumed = final_state(tmp_path)
+    assert all(torch.equal(resumed[k], uninterrupted[k]) for k in uninterrupted)
+
+
+def test_a_failed_write_keeps_the_old_file_and_leaves_no_temporary_file(tmp_path, monkeypatch):
+    io = AtomicCheckpointIO()
+    path = tmp_path / "last.ckpt"
+    checkpoint = {"pytorch-lightning_version": "2.6.6", "state_dict": {"w": torch.tensor([1.0])}}
+    io.save_checkpoint(checkpoint, path)
+    before = path.read_bytes()
+
+    def crash(src, dst):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(os, "replace", crash)
+    with pytest.raises(OSError, match="disk full"):
+        io.save_checkpoint(checkpoint | {"state_dict": {"w": torch.tensor([2.0])}}, path)
+    assert path.read_bytes() == before
+    assert os.listdir(tmp_path) == ["last.ckpt"]
+    assert torch.equal(io.load_checkpoint(path)["state_dict"]["w"], torch.tensor([1.0]))
+
+
+def test_a_normal_run_leaves_no_temporary_files(run_cli, tmp_path):
+    assert run_cli("fit", "--config", config("toy.yaml"), "--trainer.max_epochs", "3", root=tmp_path) == 0
+    names = sorted(p.name for p in (latest_version(tmp_path) / "checkpoints").iterdir())
+    assert names == ["best-002.ckpt", "last.ckpt"]  # no .tmp file left behind
