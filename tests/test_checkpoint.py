@@ -62,6 +62,8 @@ def test_a_run_killed_after_epoch_3_resumes_to_bit_identical_weights(
     callback, *args = fault.split()
     killed = run_process(*SYNTHETIC, "--trainer.callbacks+", callback, *args, root=tmp_path)
     assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
+    assert "Seed set to 0" in killed.stderr  # the seed is printed ...
+    assert "seed_everything: 0" in (latest_version(tmp_path) / "config.yaml").read_text()  # ... and saved
     checkpoints = latest_version(tmp_path) / "checkpoints"
     assert load_checkpoint(checkpoints / "last.ckpt")["epoch"] == 2  # 3 epochs done (counted from 0), never half
     for path in checkpoints.glob("*.ckpt"):
@@ -70,6 +72,14 @@ def test_a_run_killed_after_epoch_3_resumes_to_bit_identical_weights(
     assert run_cli(*SYNTHETIC, "--ckpt_path", "last", root=tmp_path) == 0
     resumed = final_state(tmp_path)
     assert all(torch.equal(resumed[k], uninterrupted[k]) for k in uninterrupted)
+
+
+def test_divergence_stops_at_the_first_non_finite_loss_and_keeps_the_last_finite_checkpoint(run_cli, tmp_path, capsys):
+    assert run_cli("fit", "--config", config("toy.yaml"), "--model.lr", "10", root=tmp_path) == 1
+    assert "the training loss became inf at epoch 9, step 9" in capsys.readouterr().err
+    checkpoint = load_checkpoint(latest_version(tmp_path) / "checkpoints" / "last.ckpt")
+    assert (checkpoint["epoch"], checkpoint["global_step"]) == (8, 9)  # the state just before the bad step
+    assert all(torch.isfinite(t).all() for t in checkpoint["state_dict"].values())
 
 
 def test_a_failed_write_keeps_the_old_file_and_leaves_no_temporary_file(tmp_path, monkeypatch):
