@@ -1,11 +1,16 @@
 import os
+import random
 import signal
+import subprocess
+import sys
+import time
 
 import pytest
 import torch
 
 from lit_linreg.checkpoint import AtomicCheckpointIO, load_checkpoint
-from tests.conftest import config, latest_version
+from lit_linreg.cli import main
+from tests.conftest import QUIET, ROOT, config, latest_version
 
 # 20,000 rows in batches of 1,000: 18 training steps an epoch, 12 epochs.
 SYNTHETIC = [
@@ -32,9 +37,6 @@ def final_state(root) -> dict[str, torch.Tensor]:
 
 @pytest.fixture(scope="module")
 def uninterrupted(tmp_path_factory):
-    from lit_linreg.cli import main
-    from tests.conftest import QUIET
-
     root = tmp_path_factory.mktemp("uninterrupted")
     assert main([*SYNTHETIC, *QUIET, "--trainer.default_root_dir", str(root)]) == 0
     return final_state(root)
@@ -104,3 +106,26 @@ def test_a_normal_run_leaves_no_temporary_files(run_cli, tmp_path):
     assert run_cli("fit", "--config", config("toy.yaml"), "--trainer.max_epochs", "3", root=tmp_path) == 0
     names = sorted(p.name for p in (latest_version(tmp_path) / "checkpoints").iterdir())
     assert names == ["best-002.ckpt", "last.ckpt"]  # no .tmp file left behind
+
+
+@pytest.mark.slow
+def test_random_kills_from_outside_never_change_the_final_weights(tmp_path, uninterrupted):
+    """SIGKILL at 8 random moments (start-up, training, checkpoint writes), resuming after each, then finish."""
+    rng, kills = random.Random(0), 0
+    command = [sys.executable, "-m", "lit_linreg", *SYNTHETIC, *QUIET, "--trainer.default_root_dir", str(tmp_path)]
+    for attempt in range(9):
+        resume = ["--ckpt_path", "last"] if any(tmp_path.rglob("last.ckpt")) else []
+        process = subprocess.Popen(
+            [*command, *resume], cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)}, stderr=subprocess.PIPE
+        )
+        if attempt < 8:
+            time.sleep(rng.uniform(0.5, 5.0))
+            process.send_signal(signal.SIGKILL)
+        stderr = process.communicate(timeout=300)[1].decode()
+        if process.returncode == 0:
+            break
+        assert process.returncode == -signal.SIGKILL, stderr[-2000:]
+        kills += 1
+    assert process.returncode == 0 and kills >= 4  # most kills land before the ~5 s run ends
+    resumed = final_state(tmp_path)
+    assert all(torch.equal(resumed[k], uninterrupted[k]) for k in uninterrupted)
