@@ -50,6 +50,7 @@ class LeastSquaresReference(L.Callback):
         sums = normal_equations(trainer.train_dataloader, has_bias, pl_module.device)
         sums = {k: trainer.strategy.reduce(v, reduce_op="sum") for k, v in sums.items()}
         self._gram, self._cross, self._yy, self._n = sums["gram"], sums["cross"], sums["yy"], sums["n"]
+        self._sst = sums["yy"] - sums["y_sum"].square() / sums["n"]  # (out,) total sum of squares about the mean
         self.weight, self.bias = solve_least_squares(sums, has_bias)
         self.loss = self._mse(self._theta(self.weight, self.bias)).item()
 
@@ -58,9 +59,17 @@ class LeastSquaresReference(L.Callback):
         rows = [weight.T, bias[None, :]] if self._gram.shape[0] > weight.shape[1] else [weight.T]
         return torch.cat(rows).to(self._gram)
 
+    def _sse(self, theta: torch.Tensor) -> torch.Tensor:
+        """Per-output train sum of squared errors of coefficients theta, from the sums alone: (out,)."""
+        return ((theta * (self._gram @ theta)).sum(0) - 2 * (theta * self._cross).sum(0) + self._yy).clamp_min(0)
+
     def _mse(self, theta: torch.Tensor) -> torch.Tensor:
-        sse = (theta * (self._gram @ theta)).sum(0) - 2 * (theta * self._cross).sum(0) + self._yy  # (out,)
-        return sse.clamp_min(0).sum() / (self._n * theta.shape[1])
+        return self._sse(theta).sum() / (self._n * theta.shape[1])
+
+    def r2(self, weight: torch.Tensor, bias: torch.Tensor) -> float:
+        """Train R² of coefficients in original units, averaged over outputs (as torchmetrics' R2Score)."""
+        sst = torch.where(self._sst > 0, self._sst, torch.ones_like(self._sst))
+        return (1 - self._sse(self._theta(weight, bias)) / sst).mean().item()
 
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if self.weight is None:
@@ -86,6 +95,7 @@ class LeastSquaresReference(L.Callback):
         metrics = trainer.callback_metrics
         rows = [
             ("train MSE", self.model_loss, self.loss),
+            ("train R2", self.r2(*pl_module.coefficients()), self.r2(self.weight, self.bias)),
             ("val MSE", _item(metrics.get("val/loss")), None),
             ("val R2", _item(metrics.get("val/r2")), None),
         ]
@@ -116,21 +126,22 @@ def format_table(rows: list[tuple[str, float | None, float | None]]) -> str:
 
 
 def normal_equations(loader, has_bias: bool, device: torch.device) -> dict[str, torch.Tensor]:
-    """Sums X'X, X'Y, Y'Y and N over one pass of a loader of (x, y) batches, in float64."""
-    gram = cross = yy = None
+    """Sums X'X, X'Y, Y'Y, the column sums of Y and N over one pass of a loader of (x, y) batches, in float64."""
+    gram = cross = yy = y_sum = None
     n = torch.zeros((), dtype=torch.float64, device=device)
     for x, y in loader:
         x, y = x.to(device, torch.float64), y.to(device, torch.float64)  # (B, in), (B, out)
         if has_bias:
             x = torch.cat([x, torch.ones(len(x), 1, dtype=x.dtype, device=device)], dim=1)  # (B, in + 1)
         if gram is None:
-            gram, cross, yy = x.T @ x, x.T @ y, y.square().sum(0)
+            gram, cross, yy, y_sum = x.T @ x, x.T @ y, y.square().sum(0), y.sum(0)
         else:
             gram += x.T @ x
             cross += x.T @ y
             yy += y.square().sum(0)
+            y_sum += y.sum(0)
         n += len(x)
-    return {"gram": gram, "cross": cross, "yy": yy, "n": n}
+    return {"gram": gram, "cross": cross, "yy": yy, "y_sum": y_sum, "n": n}
 
 
 def solve_least_squares(sums: dict[str, torch.Tensor], has_bias: bool) -> tuple[torch.Tensor, torch.Tensor]:

@@ -56,6 +56,26 @@ def test_streamed_least_squares_equals_the_direct_solution(bias, rank_deficient)
         np.testing.assert_allclose(weight.numpy(), expected_w, rtol=1e-6, atol=1e-8)
 
 
+def test_train_r2_from_the_sums_equals_torchmetrics_on_the_rows():
+    from types import SimpleNamespace
+
+    from torchmetrics.functional import r2_score
+
+    from lit_linreg.callbacks import LeastSquaresReference
+
+    g = torch.Generator().manual_seed(1)
+    x, y = torch.randn(500, 3, generator=g), torch.randn(500, 2, generator=g) * torch.tensor([1.0, 30.0])
+    reference = LeastSquaresReference()
+    trainer = SimpleNamespace(train_dataloader=TensorLoader(x, y, batch_size=64), strategy=SimpleNamespace())
+    trainer.strategy.reduce = lambda value, reduce_op: value  # one process: the sums are already complete
+    module = SimpleNamespace(linear=torch.nn.Linear(3, 2), device=torch.device("cpu"))
+    reference.on_train_start(trainer, module)
+
+    weight, bias = torch.randn(2, 3, generator=g, dtype=torch.float64), torch.randn(2, dtype=torch.float64)
+    expected = r2_score(x.double() @ weight.T + bias, y.double(), multioutput="uniform_average")
+    assert reference.r2(weight, bias) == pytest.approx(expected.item(), rel=1e-9)
+
+
 def test_crop_run_logs_the_optimum_and_a_gap_that_falls_to_zero(crop_run):
     logged = scalars(crop_run)
     assert [v for _, v in logged["optimum/loss"]] == [pytest.approx(0.4831, abs=1e-4)] * 50
