@@ -6,7 +6,6 @@ import io
 import os
 import pickle
 import tempfile
-import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -56,21 +55,32 @@ def _fsync_dir(directory: Path) -> None:
 def load_checkpoint(path: str | os.PathLike, map_location: Any = "cpu") -> dict[str, Any]:
     """Load a checkpoint with `weights_only=True`, turning every failure into a one-line CheckpointError."""
     path = Path(path)
+    if path.is_dir():
+        raise CheckpointError(f"{path}: is a directory, not a checkpoint file")
     if not path.is_file():
         raise CheckpointError(f"{path}: no such checkpoint file")
+    if path.stat().st_size == 0:
+        raise CheckpointError(f"{path}: the file is empty, not a checkpoint")
     try:
         checkpoint = torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as err:
-        if "weights_only" in str(err) or "Unsupported global" in str(err):
+        # A reference to a class or function (a GLOBAL) is what weights_only refuses; anything else is not a checkpoint.
+        if "GLOBAL" in str(err):
             raise CheckpointError(
                 f"{path}: refused: the file needs unsafe unpickling (it holds more than tensors and primitives);"
                 " load checkpoints only from sources you trust"
             ) from None
-        raise CheckpointError(f"{path}: not a PyTorch checkpoint ({_first_line(err)})") from None
-    except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError) as err:
-        raise CheckpointError(f"{path}: not a readable checkpoint, or truncated ({_first_line(err)})") from None
-    if not isinstance(checkpoint, dict) or "state_dict" not in checkpoint:
+        raise CheckpointError(f"{path}: not a PyTorch checkpoint (torch.load cannot read it)") from None
+    except RuntimeError as err:  # torch's zip reader: a damaged or cut-off checkpoint
+        # torch's messages run to several sentences of advice: the first one is the fact.
+        reason = _first_line(err).split(". ")[0]
+        raise CheckpointError(f"{path}: not a readable checkpoint, or truncated ({reason})") from None
+    except Exception:  # torch.load on other bytes raises almost any type (KeyError, IndexError, EOFError...)
+        raise CheckpointError(f"{path}: not a PyTorch checkpoint (torch.load cannot read it)") from None
+    if not isinstance(checkpoint, dict) or not isinstance(checkpoint.get("state_dict"), dict):
         raise CheckpointError(f"{path}: not a Lightning checkpoint (no state_dict)")
+    if "pytorch-lightning_version" not in checkpoint:  # Lightning reads it first, with a bare KeyError
+        raise CheckpointError(f"{path}: not a checkpoint written by Lightning (no pytorch-lightning_version)")
     return checkpoint
 
 
@@ -79,12 +89,18 @@ def _first_line(err: BaseException) -> str:
 
 
 def check_compatible(checkpoint: dict[str, Any], path: str | os.PathLike, in_features: int, out_features: int) -> None:
-    """Refuse a checkpoint trained on data of another shape, naming the sizes that differ."""
-    hparams = checkpoint.get("hyper_parameters", {})
+    """Refuse a checkpoint trained on data of another shape, naming the sizes that differ.
+
+    The sizes are read from the saved weight, (out_features, in_features): the tensor that has to fit.
+    """
+    weight = checkpoint["state_dict"].get("linear.weight")
+    if not isinstance(weight, torch.Tensor) or weight.dim() != 2:
+        raise CheckpointError(f"{path}: not a lit_linreg checkpoint (its state_dict has no linear.weight matrix)")
+    saved = {"in_features": weight.shape[1], "out_features": weight.shape[0]}
     differ = [
-        f"{name} {hparams[name]} in the checkpoint, {ours} in this data"
+        f"{name} {saved[name]} in the checkpoint, {ours} in this data"
         for name, ours in (("in_features", in_features), ("out_features", out_features))
-        if name in hparams and hparams[name] != ours
+        if saved[name] != ours
     ]
     if differ:
         raise CheckpointError(f"{path}: trained on data of another shape: {'; '.join(differ)}")

@@ -14,13 +14,14 @@ from typing import Any
 
 from jsonargparse import ArgumentError
 from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
+from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch import LightningDataModule
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
 from lit_linreg.callbacks import CoefficientLogger, FitFigure, LeastSquaresReference, PredictionWriter
 from lit_linreg.checkpoint import AtomicCheckpointIO, LastCheckpoint, check_compatible, find_last, load_checkpoint
-from lit_linreg.errors import DivergenceError, UserError
+from lit_linreg.errors import DivergenceError, find_user_error
 from lit_linreg.model import LinearRegression
 
 
@@ -79,19 +80,35 @@ def cli_main(args: list[str] | None = None) -> LinearRegressionCLI:
 
 
 def main(args: list[str] | None = None) -> int:
-    """Console entry point: run the CLI, reporting user errors as one line and a non-zero exit code."""
+    """Console entry point: run the CLI, reporting user errors as one line and a non-zero exit code.
+
+    Exit 2 for a mistake in a flag, config, data file or checkpoint; 1 when training diverged.
+    Any other exception is a bug and keeps its traceback.
+    """
     try:
         cli_main(args)
-    except DivergenceError as err:
-        return _fail(err, code=1)
-    except (UserError, ArgumentError) as err:
-        return _fail(err, code=2)
+    except (ArgumentError, MisconfigurationException) as err:  # a bad flag or config; Trainer options that clash
+        return _fail(err, err, code=2)
+    except UnicodeDecodeError as err:  # CSV files report their own; this is jsonargparse reading a --config file
+        reason = f"a --config file is not UTF-8 text ({err.reason} at byte {err.start}): give a YAML file"
+        return _fail(err, reason, code=2)
+    except Exception as err:
+        user_error = find_user_error(err)
+        if user_error is None:
+            raise
+        return _fail(err, user_error, code=1 if isinstance(user_error, DivergenceError) else 2)
     return 0
 
 
-def _fail(err: Exception, code: int) -> int:
+def _fail(err: Exception, reason: Exception | str, code: int) -> int:
+    """Print `reason` as one line on stderr and return `code`; re-raise `err` when LIT_LINREG_DEBUG is set."""
     if os.environ.get("LIT_LINREG_DEBUG"):
         raise err
-    message = " ".join(line.strip() for line in str(err).strip().splitlines() if line.strip())
-    print(f"lit-linreg: error: {message}", file=sys.stderr)
+    lines = [line.strip() for line in str(reason).strip().splitlines() if line.strip()]
+    # jsonargparse explains a bad value of a Union-typed option (data, trainer.max_epochs, ...) by listing each
+    # type it tried and dumping the value it was given: noise next to the one error that matters.
+    noise = ("Does not validate against any", "Subtypes:", "Errors:", "Given value type:", "- Expected a <class 'None")
+    dumped = [line for line in lines if line.startswith("Given value:") and any(c in line for c in "({[")]
+    lines = [line.removeprefix("- ") for line in lines if not line.startswith(noise) and line not in dumped]
+    print(f"lit-linreg: error: {' '.join(lines)}", file=sys.stderr)
     return code

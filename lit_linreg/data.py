@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import csv
 import math
-import re
+import warnings
 from pathlib import Path
 
 import lightning as L
@@ -341,74 +341,117 @@ class CSVDataModule(InMemoryDataModule):
 
 
 def _check_val_fraction(val_fraction: float) -> None:
-    if not 0 <= val_fraction < 1:
+    if not 0 <= val_fraction < 1:  # also refuses nan
         raise ConfigError(f"data.val_fraction must be in [0, 1), got {val_fraction}")
 
 
 def _n_train(n_rows: int, val_fraction: float) -> int:
-    n_val = 0 if val_fraction == 0 else max(1, round(n_rows * val_fraction))
-    if n_rows - n_val < 1:
-        raise DataError(f"{n_rows} rows leave no training rows at val_fraction {val_fraction}")
+    """Training rows of an `n_rows` table; the rest validate. R2 needs at least 2 validation rows."""
+    n_val = 0 if val_fraction == 0 else max(2, round(n_rows * val_fraction))
+    if n_rows < 2 or n_rows - n_val < 1:
+        raise DataError(
+            f"{n_rows} data rows are too few at val_fraction {val_fraction}: need at least 1 training row and"
+            " 2 validation rows (validation reuses the training rows at val_fraction 0)"
+        )
     return n_rows - n_val
 
 
 def read_header(path: Path) -> list[str]:
-    """Column names from the first line of a CSV file."""
+    """Column names from the first line of a CSV file (UTF-8; a leading byte-order mark is ignored)."""
     try:
-        with open(path, newline="") as f:
+        with open(path, "rb") as f:
             first = f.readline()
     except FileNotFoundError:
         raise DataError(f"{path}: no such file") from None
     except IsADirectoryError:
         raise DataError(f"{path}: is a directory, not a CSV file") from None
-    except (OSError, UnicodeDecodeError) as err:
-        raise DataError(f"{path}: cannot read: {err}") from None
-    if not first.strip():
+    except OSError as err:
+        raise DataError(f"{path}: cannot read: {err.strerror or err}") from None
+    if not first:
         raise DataError(f"{path}: the file is empty; expected a header line of column names")
-    columns = [c.strip() for c in next(csv.reader([first]))]
+    first = first.rstrip(b"\n").split(b"\r")[0]  # numpy, which reads the rows, also ends a line at a lone \r
+    try:
+        text = first.decode("utf-8-sig")
+    except UnicodeDecodeError as err:
+        raise DataError(f"{path}: line 1 is not UTF-8 text (byte 0x{first[err.start]:02x})") from None
+    if not text.strip():
+        raise DataError(f"{path}: line 1 is blank; expected a header line of column names")
+    columns = [c.strip() for c in next(csv.reader([text]))]
     if any(not c for c in columns):
-        raise DataError(f"{path}: the header has an empty column name")
-    if len(set(columns)) != len(columns):
-        raise DataError(f"{path}: the header repeats a column name")
+        raise DataError(f"{path}: the header has an empty column name (column {columns.index('') + 1})")
+    repeated = sorted({c for c in columns if columns.count(c) > 1})
+    if repeated:
+        raise DataError(f"{path}: the header repeats the column name(s) {', '.join(map(repr, repeated))}")
     return columns
-
-
-_NUMPY_BAD_VALUE = re.compile(r"could not convert string '(.*)' to \w+ at row (\d+), column (\d+)")
-_NUMPY_BAD_WIDTH = re.compile(r"the number of columns changed from (\d+) to (\d+) at row (\d+)")
 
 
 def read_table(path: Path, columns: list[str], wanted: list[str]) -> torch.Tensor:
     """Read the `wanted` columns of a CSV file as an (N, len(wanted)) float32 tensor.
 
-    Raises DataError naming the file, line and column of the first cell that is not a finite number.
+    Every row must have one field per column of the header and every field must be a number; the
+    `wanted` ones must also be finite in float32. Blank lines are skipped. Otherwise raises DataError
+    naming the file, line and column of the first problem.
     """
+    missing = [name for name in wanted if name not in columns]
+    if missing:
+        raise DataError(f"{path}: no column {missing[0]!r}; the columns are {', '.join(columns)}")
     usecols = [columns.index(name) for name in wanted]
     try:
-        # numpy's C reader: no per-row Python. All columns are parsed so a short row is caught.
-        table = np.loadtxt(path, delimiter=",", skiprows=1, dtype=np.float32, ndmin=2, comments=None, encoding="utf-8")
-    except ValueError as err:
-        raise DataError(_explain_numpy_error(path, columns, str(err))) from None
-    except (OSError, UnicodeDecodeError) as err:
-        raise DataError(f"{path}: cannot read: {err}") from None
-    if table.size == 0:
-        raise DataError(f"{path}: no data rows below the header")
-    if table.shape[1] != len(columns):
-        raise DataError(f"{path}: the rows have {table.shape[1]} fields but the header names {len(columns)}")
-    table = table[:, usecols]
-    bad = ~np.isfinite(table)
-    if bad.any():
-        row, col = np.argwhere(bad)[0]
-        raise DataError(f"{path}: line {row + 2}, column {wanted[col]!r}: {table[row, col]} is not a finite number")
-    return torch.from_numpy(np.ascontiguousarray(table))
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # numpy warns on a file without rows; that is reported below
+            # numpy's C reader: no per-row Python. All columns are parsed so a short row is caught.
+            table = np.loadtxt(
+                path, delimiter=",", skiprows=1, dtype=np.float32, ndmin=2, comments=None, encoding="utf-8"
+            )
+    except ValueError as err:  # includes UnicodeDecodeError
+        raise DataError(_explain_numpy_error(path, columns, wanted, str(err))) from None
+    except OSError as err:
+        raise DataError(f"{path}: cannot read: {err.strerror or err}") from None
+    if table.size == 0 or table.shape[1] != len(columns) or not np.isfinite(table[:, usecols]).all():
+        raise DataError(_explain_numpy_error(path, columns, wanted, f"numpy read a {table.shape} table"))
+    return torch.from_numpy(np.ascontiguousarray(table[:, usecols]))
 
 
-def _explain_numpy_error(path: Path, columns: list[str], message: str) -> str:
-    # numpy counts data rows from 1 after the skipped header, so file line = row + 1.
-    if match := _NUMPY_BAD_VALUE.search(message):
-        value, row, col = match.group(1), int(match.group(2)), int(match.group(3))
-        name = columns[col - 1] if 0 < col <= len(columns) else f"#{col}"
-        return f"{path}: line {row + 1}, column {name!r}: {value!r} is not a number"
-    if match := _NUMPY_BAD_WIDTH.search(message):
-        expected, got, row = (int(g) for g in match.groups())
-        return f"{path}: line {row + 1} has {got} fields, expected {expected}"
-    return f"{path}: {message.splitlines()[0]}"
+def _explain_numpy_error(path: Path, columns: list[str], wanted: list[str], message: str) -> str:
+    """The first problem of a CSV file that `read_table` refused, as one line naming its line and column.
+
+    numpy's row numbers skip blank lines only in some of its messages, so the file is scanned again
+    here, in Python, with numpy's rules: this runs only on the error path, where speed does not matter.
+    Problems of form (field count, not a number, not UTF-8) win over non-finite values; `message`,
+    numpy's own, is the fallback.
+    """
+    wanted_at = {columns.index(name) for name in wanted}
+    non_finite, n_rows, lineno = None, 0, 0
+    with open(path, "rb") as f, np.errstate(over="ignore"):
+        for raw in f:
+            body = raw[:-2] if raw.endswith(b"\r\n") else raw.rstrip(b"\n")
+            for line in body.split(b"\r"):  # a lone \r ends a line too, as in numpy
+                lineno += 1
+                if lineno == 1 or not line:  # the header; numpy skips empty lines
+                    continue
+                n_rows += 1
+                try:
+                    fields = line.decode("utf-8").split(",")
+                except UnicodeDecodeError as err:
+                    return f"{path}: line {lineno} is not UTF-8 text (byte 0x{line[err.start]:02x})"
+                if len(fields) != len(columns):
+                    return f"{path}: line {lineno} has {len(fields)} fields, the header names {len(columns)}"
+                for i, field in enumerate(fields):
+                    text = field.strip()
+                    where = f"{path}: line {lineno}, column {columns[i]!r}"
+                    if not text:
+                        return f"{where} is empty"
+                    try:
+                        if not text.isascii() or "_" in text:  # numpy's rules: float() without these extras
+                            raise ValueError
+                        value = float(text)
+                    except ValueError:
+                        return f"{where}: {field!r} is not a number"
+                    if non_finite is None and i in wanted_at and not np.isfinite(np.float32(value)):
+                        what = "is not a finite number" if not math.isfinite(value) else "is too large for float32"
+                        non_finite = f"{where}: {text!r} {what}"
+    if non_finite:
+        return non_finite
+    if n_rows == 0:
+        return f"{path}: no data rows below the header"
+    return f"{path}: {message.strip().splitlines()[0]}"

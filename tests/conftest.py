@@ -55,3 +55,28 @@ def scalars(run_dir: Path) -> dict[str, list[tuple[int, float]]]:
     acc = EventAccumulator(str(run_dir), size_guidance={"scalars": 0})
     acc.Reload()
     return {tag: [(e.step, e.value) for e in acc.Scalars(tag)] for tag in acc.Tags()["scalars"]}
+
+
+# --- Fault report ------------------------------------------------------------------------------------------------
+# How many faults the suite tried, for the README's table: tests call record_fault(kind) with kind "bad_inputs"
+# (a user mistake that must be refused), "kills" (a training process killed) or "lost" (saved work found lost;
+# the tests assert it stays 0). When LIT_LINREG_FAULT_REPORT names a file, the counts are written there as JSON
+# at the end of the session, e.g. {"bad_inputs": 47, "kills": 0, "lost": 0}.
+
+FAULT_KINDS = ("bad_inputs", "kills", "lost")
+_fault_counts: dict[str, int] = dict.fromkeys(FAULT_KINDS, 0)
+
+
+def record_fault(kind: str, n: int = 1) -> None:
+    """Add `n` to the session's count of faults of `kind` (one of FAULT_KINDS, or a new kind of your own)."""
+    _fault_counts[kind] = _fault_counts.get(kind, 0) + n
+
+
+@pytest.fixture(scope="session", autouse=True)
+def fault_report():
+    """Write the fault counts to $LIT_LINREG_FAULT_REPORT, if set, once every test has run."""
+    import json
+
+    yield
+    if path := os.environ.get("LIT_LINREG_FAULT_REPORT"):
+        Path(path).write_text(json.dumps(_fault_counts, indent=2) + "\n")
