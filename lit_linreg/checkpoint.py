@@ -88,10 +88,13 @@ def _first_line(err: BaseException) -> str:
     return (str(err).strip().splitlines() or [type(err).__name__])[0]
 
 
-def check_compatible(checkpoint: dict[str, Any], path: str | os.PathLike, in_features: int, out_features: int) -> None:
-    """Refuse a checkpoint trained on data of another shape, naming the sizes that differ.
+def check_compatible(
+    checkpoint: dict[str, Any], path: str | os.PathLike, in_features: int, out_features: int, bias: bool
+) -> None:
+    """Refuse a checkpoint that does not fit this model, naming what differs.
 
-    The sizes are read from the saved weight, (out_features, in_features): the tensor that has to fit.
+    The sizes are read from the saved weight, (out_features, in_features): the tensor that has to fit;
+    the bias from whether a `linear.bias` was saved.
     """
     weight = checkpoint["state_dict"].get("linear.weight")
     if not isinstance(weight, torch.Tensor) or weight.dim() != 2:
@@ -104,6 +107,12 @@ def check_compatible(checkpoint: dict[str, Any], path: str | os.PathLike, in_fea
     ]
     if differ:
         raise CheckpointError(f"{path}: trained on data of another shape: {'; '.join(differ)}")
+    saved_bias = "linear.bias" in checkpoint["state_dict"]
+    if saved_bias != bias:
+        raise CheckpointError(
+            f"{path}: model.bias is {str(saved_bias).lower()} in the checkpoint but {str(bias).lower()} here;"
+            f" pass --model.bias {str(saved_bias).lower()}"
+        )
 
 
 def find_last(root: str | os.PathLike) -> Path:

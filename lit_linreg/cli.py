@@ -58,10 +58,18 @@ class LinearRegressionCLI(LightningCLI):
             print(f"resuming from {config.ckpt_path}")
         self._checkpoint = load_checkpoint(config.ckpt_path)  # safe load, one-line errors
 
+    def _parse_ckpt_path(self) -> None:
+        # LightningCLI would overwrite the model's config with the checkpoint's hyperparameters, silently
+        # dropping the user's --model.* flags. Here the config wins: the checkpoint must fit the model it
+        # describes (checked in after_instantiate_classes), and LinearRegression.on_load_checkpoint hands
+        # the configured lr, momentum and weight decay to the restored optimizer.
+        pass
+
     def after_instantiate_classes(self) -> None:
         if self._checkpoint is not None:
             hp = self.model.hparams
-            check_compatible(self._checkpoint, self._get(self.config, "ckpt_path"), hp.in_features, hp.out_features)
+            path = self._get(self.config, "ckpt_path")
+            check_compatible(self._checkpoint, path, hp.in_features, hp.out_features, hp.bias)
         if type(self.trainer.strategy.checkpoint_io) is TorchCheckpointIO:  # unless the user chose another
             self.trainer.strategy.checkpoint_io = AtomicCheckpointIO()
 

@@ -172,6 +172,14 @@ class LinearRegression(L.LightningModule):
         bias = t * (b_s - w_s @ (m / s)) + u
         return weight, bias
 
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        # Resuming restores the optimizer's state, param-group settings included: let the configured ones win,
+        # so `fit --ckpt_path last --model.lr 0.01` really continues at lr 0.01 (momentum buffers are kept).
+        hp = self.hparams
+        for state in checkpoint.get("optimizer_states", []):
+            for group in state.get("param_groups", []):
+                group.update(lr=hp.lr, momentum=hp.momentum, weight_decay=hp.weight_decay)
+
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         # Never let a diverged state reach disk: the last finite checkpoint stays the newest one.
         if not all(torch.isfinite(p).all() for p in self.parameters()):

@@ -84,6 +84,18 @@ def test_divergence_stops_at_the_first_non_finite_loss_and_keeps_the_last_finite
     assert all(torch.isfinite(t).all() for t in checkpoint["state_dict"].values())
 
 
+def test_resuming_takes_the_configured_lr_and_refuses_another_model(run_cli, tmp_path, capsys):
+    toy = ("fit", "--config", config("toy.yaml"))
+    assert run_cli(*toy, "--trainer.max_epochs", "2", root=tmp_path) == 0
+    assert run_cli(*toy, "--trainer.max_epochs", "4", "--model.lr", "0.02", "--ckpt_path", "last", root=tmp_path) == 0
+    checkpoint = load_checkpoint(latest_version(tmp_path) / "checkpoints" / "last.ckpt")
+    assert checkpoint["epoch"] == 3
+    assert checkpoint["hyper_parameters"]["lr"] == checkpoint["optimizer_states"][0]["param_groups"][0]["lr"] == 0.02
+
+    assert run_cli(*toy, "--model.bias", "true", "--ckpt_path", "last", root=tmp_path) == 2
+    assert "model.bias is false in the checkpoint but true here" in capsys.readouterr().err
+
+
 def test_a_failed_write_keeps_the_old_file_and_leaves_no_temporary_file(tmp_path, monkeypatch):
     io = AtomicCheckpointIO()
     path = tmp_path / "last.ckpt"

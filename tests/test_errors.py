@@ -479,11 +479,6 @@ def test_debug_mode_raises_instead_of_the_one_line(tmp_path, monkeypatch, capsys
     assert "lit-linreg: error:" not in capsys.readouterr().err
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="LightningCLI._parse_ckpt_path replaces the model's config with the checkpoint's hyperparameters, "
-    "so --model.lr 0 given with --ckpt_path is silently dropped (fix in LinearRegressionCLI, cli.py)",
-)
 def test_a_bad_model_flag_is_refused_even_with_a_checkpoint(trained, tmp_path, capsys):
     shutil.copyfile(trained, tmp_path / "toy.ckpt")
     args = ["fit", *TOY, "--trainer.max_epochs", "3", "--model.lr", "0", "--ckpt_path", str(tmp_path / "toy.ckpt")]
