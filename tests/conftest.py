@@ -58,25 +58,32 @@ def scalars(run_dir: Path) -> dict[str, list[tuple[int, float]]]:
 
 
 # --- Fault report ------------------------------------------------------------------------------------------------
-# How many faults the suite tried, for the README's table: tests call record_fault(kind) with kind "bad_inputs"
-# (a user mistake that must be refused), "kills" (a training process killed) or "lost" (saved work found lost;
-# the tests assert it stays 0). When LIT_LINREG_FAULT_REPORT names a file, the counts are written there as JSON
-# at the end of the session, e.g. {"bad_inputs": 47, "kills": 0, "lost": 0}.
+# How many faults the suite tried, for the README's table: tests call record_fault(kind) with one of FAULTS' kinds.
+# "lost" counts saved work found lost (a changed file, a weight that differs after resume); the tests assert it
+# stays 0. When LIT_LINREG_FAULT_REPORT names a file, the counts are written there as a Markdown table at the end
+# of the session (`make faults`).
 
-FAULT_KINDS = ("bad_inputs", "kills", "lost")
-_fault_counts: dict[str, int] = dict.fromkeys(FAULT_KINDS, 0)
+FAULTS = {
+    "bad_inputs": "bad inputs (files, columns, flags, configs, checkpoints), each refused with one line",
+    "random_csvs": "random CSV texts (hypothesis): loaded exactly or refused with one line",
+    "kills": "SIGKILLs of training runs (mid-epoch, mid-checkpoint-write, at random times), each resumed",
+    "failed_writes": "checkpoint writes failed before the rename",
+    "divergences": "runs stopped at a non-finite loss",
+    "lost": "saved files changed or weights that differ after a resume (must be 0)",
+}
+_fault_counts: dict[str, int] = dict.fromkeys(FAULTS, 0)
 
 
 def record_fault(kind: str, n: int = 1) -> None:
-    """Add `n` to the session's count of faults of `kind` (one of FAULT_KINDS, or a new kind of your own)."""
-    _fault_counts[kind] = _fault_counts.get(kind, 0) + n
+    """Add `n` to the session's count of faults of `kind`, one of FAULTS."""
+    assert kind in FAULTS, kind
+    _fault_counts[kind] += n
 
 
 @pytest.fixture(scope="session", autouse=True)
 def fault_report():
     """Write the fault counts to $LIT_LINREG_FAULT_REPORT, if set, once every test has run."""
-    import json
-
     yield
     if path := os.environ.get("LIT_LINREG_FAULT_REPORT"):
-        Path(path).write_text(json.dumps(_fault_counts, indent=2) + "\n")
+        rows = [f"| {FAULTS[kind]} | {count} |" for kind, count in _fault_counts.items()]
+        Path(path).write_text("\n".join(["| fault injected | count |", "|---|---|", *rows]) + "\n")

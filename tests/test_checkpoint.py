@@ -10,7 +10,7 @@ import torch
 
 from lit_linreg.checkpoint import AtomicCheckpointIO, load_checkpoint
 from lit_linreg.cli import main
-from tests.conftest import QUIET, ROOT, config, latest_version
+from tests.conftest import QUIET, ROOT, config, latest_version, record_fault
 
 # 20,000 rows in batches of 1,000: 18 training steps an epoch, 12 epochs.
 SYNTHETIC = [
@@ -64,6 +64,7 @@ def test_a_run_killed_after_epoch_3_resumes_to_bit_identical_weights(
     callback, *args = fault.split()
     killed = run_process(*SYNTHETIC, "--trainer.callbacks+", callback, *args, root=tmp_path)
     assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
+    record_fault("kills")
     assert "Seed set to 0" in killed.stderr  # the seed is printed ...
     assert "seed_everything: 0" in (latest_version(tmp_path) / "config.yaml").read_text()  # ... and saved
     checkpoints = latest_version(tmp_path) / "checkpoints"
@@ -73,11 +74,13 @@ def test_a_run_killed_after_epoch_3_resumes_to_bit_identical_weights(
 
     assert run_cli(*SYNTHETIC, "--ckpt_path", "last", root=tmp_path) == 0
     resumed = final_state(tmp_path)
+    record_fault("lost", sum(not torch.equal(resumed[k], uninterrupted[k]) for k in uninterrupted))
     assert all(torch.equal(resumed[k], uninterrupted[k]) for k in uninterrupted)
 
 
 def test_divergence_stops_at_the_first_non_finite_loss_and_keeps_the_last_finite_checkpoint(run_cli, tmp_path, capsys):
     assert run_cli("fit", "--config", config("toy.yaml"), "--model.lr", "10", root=tmp_path) == 1
+    record_fault("divergences")
     assert "the training loss became inf at epoch 9, step 9" in capsys.readouterr().err
     checkpoint = load_checkpoint(latest_version(tmp_path) / "checkpoints" / "last.ckpt")
     assert (checkpoint["epoch"], checkpoint["global_step"]) == (8, 9)  # the state just before the bad step
@@ -109,6 +112,7 @@ def test_a_failed_write_keeps_the_old_file_and_leaves_no_temporary_file(tmp_path
     monkeypatch.setattr(os, "replace", crash)
     with pytest.raises(OSError, match="disk full"):
         io.save_checkpoint(checkpoint | {"state_dict": {"w": torch.tensor([2.0])}}, path)
+    record_fault("failed_writes")
     assert path.read_bytes() == before
     assert os.listdir(tmp_path) == ["last.ckpt"]
     assert torch.equal(io.load_checkpoint(path)["state_dict"]["w"], torch.tensor([1.0]))
@@ -137,7 +141,9 @@ def test_random_kills_from_outside_never_change_the_final_weights(tmp_path, unin
         if process.returncode == 0:
             break
         assert process.returncode == -signal.SIGKILL, stderr[-2000:]
+        record_fault("kills")
         kills += 1
     assert process.returncode == 0 and kills >= 4  # most kills land before the ~5 s run ends
     resumed = final_state(tmp_path)
+    record_fault("lost", sum(not torch.equal(resumed[k], uninterrupted[k]) for k in uninterrupted))
     assert all(torch.equal(resumed[k], uninterrupted[k]) for k in uninterrupted)
