@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: help install train test test-slow lint tensorboard clean
+.PHONY: help install train test test-slow faults lint bench tensorboard clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
@@ -30,9 +30,17 @@ test: install  ## run the test suite (slow tests excluded)
 test-slow: install  ## run only the slow tests
 	$(PY) -m pytest -q -m slow
 
+faults: install  ## run every test, slow ones too, and print the table of faults injected and work lost
+	mkdir -p runs
+	LIT_LINREG_FAULT_REPORT=runs/faults.md $(PY) -m pytest -q -m 'slow or not slow'
+	@cat runs/faults.md
+
 lint: install  ## ruff check and format check
-	$(PY) -m ruff check lit_linreg tests
-	$(PY) -m ruff format --check lit_linreg tests
+	$(PY) -m ruff check lit_linreg tests benchmarks
+	$(PY) -m ruff format --check lit_linreg tests benchmarks
+
+bench: install  ## time and measure lit_linreg against plain PyTorch and Lightning (a few minutes)
+	$(PY) benchmarks/bench.py
 
 tensorboard: install  ## serve the dashboards of runs/ on 127.0.0.1:6006
 	$(PY) -m tensorboard.main --logdir runs --host 127.0.0.1 --port 6006

@@ -132,4 +132,6 @@ class LastCheckpoint(ModelCheckpoint):
     """
 
     def __init__(self) -> None:
-        super().__init__(filename="last", monitor=None, save_top_k=1, enable_version_counter=False)
+        super().__init__(
+            filename="last", monitor=None, save_top_k=1, enable_version_counter=False, save_on_train_epoch_end=True
+        )

@@ -124,8 +124,11 @@ class LinearRegression(L.LightningModule):
                 f"the training loss became {loss.item()} at epoch {self.current_epoch}, step {self.global_step}:"
                 " training stopped; lower --model.lr or standardize the data"
             )
-        # Logged in original target units and before this step's update, as the notebooks print it.
-        self.log("train/loss", (per_output * self.y_std.square()).mean(), prog_bar=True, batch_size=len(x))
+        # Logged in original target units and before this step's update, as the notebooks print it; only on the
+        # steps the logger writes (every `log_every_n_steps`), as a `self.log` call costs more than this step.
+        every = self.trainer.log_every_n_steps
+        if every and (self.global_step + 1) % every == 0:
+            self.log("train/loss", (per_output * self.y_std.square()).mean(), prog_bar=True, batch_size=len(x))
         return loss
 
     def validation_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:

@@ -11,6 +11,8 @@ import signal
 
 import lightning as L
 
+from lit_linreg import checkpoint
+
 
 def _kill_self() -> None:
     os.kill(os.getpid(), signal.SIGKILL)
@@ -28,25 +30,32 @@ class KillInBatch(L.Callback):
 
 
 class KillInCheckpointWrite(L.Callback):
-    """SIGKILL inside the `fsync`-th call to os.fsync from the end of training epoch `epoch` (counted from 0).
+    """SIGKILL inside the `fsync`-th fsync of a checkpoint write in epoch `epoch` (counted from 0).
 
-    Lightning runs checkpoint callbacks after every other callback's hook, and writes them after the
-    epoch's validation, so from this callback's `on_train_epoch_end` on, the fsyncs belong to the epoch's
-    checkpoints: best-*.ckpt's file (1) and directory (2), then last.ckpt's (3, 4).
+    In each epoch best-*.ckpt is written after validation, then last.ckpt at the end of the training
+    epoch; each write fsyncs the file (1, 3) and then its directory (2, 4). A kill at 1 or 3 leaves a
+    complete temporary file that was never renamed into place.
     """
 
     def __init__(self, epoch: int, fsync: int) -> None:
         self.epoch, self.fsync = epoch, fsync
 
-    def on_train_epoch_end(self, trainer, pl_module) -> None:
-        if trainer.current_epoch != self.epoch:
-            return
-        real_fsync, calls = os.fsync, []
+    def on_train_epoch_start(self, trainer, pl_module) -> None:
+        if trainer.current_epoch == self.epoch:
+            checkpoint.os = _OsKillingAtFsync(self.fsync)  # only the checkpoint module's fsyncs count
 
-        def fsync(fd: int) -> None:
-            calls.append(fd)
-            if len(calls) == self.fsync:
-                _kill_self()
-            real_fsync(fd)
 
-        os.fsync = fsync
+class _OsKillingAtFsync:
+    """The os module, except that its `n`-th call to fsync kills the process."""
+
+    def __init__(self, n: int) -> None:
+        self.n, self.calls = n, 0
+
+    def __getattr__(self, name: str):
+        return getattr(os, name)
+
+    def fsync(self, fd: int) -> None:
+        self.calls += 1
+        if self.calls == self.n:
+            _kill_self()
+        os.fsync(fd)

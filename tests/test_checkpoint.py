@@ -8,7 +8,7 @@ import time
 import pytest
 import torch
 
-from lit_linreg.checkpoint import AtomicCheckpointIO, load_checkpoint
+from lit_linreg.checkpoint import AtomicCheckpointIO, find_last, load_checkpoint
 from lit_linreg.cli import main
 from tests.conftest import QUIET, ROOT, config, latest_version, record_fault
 
@@ -29,7 +29,8 @@ SYNTHETIC = [
 
 
 def final_state(root) -> dict[str, torch.Tensor]:
-    checkpoint = torch.load(latest_version(root) / "checkpoints" / "last.ckpt", weights_only=True)
+    # The newest last.ckpt: a run resumed after the final epoch's checkpoint has nothing left to train or write.
+    checkpoint = torch.load(find_last(root), weights_only=True)
     assert checkpoint["epoch"] == 11
     momentum = checkpoint["optimizer_states"][0]["state"]
     return checkpoint["state_dict"] | {f"momentum/{k}": v["momentum_buffer"] for k, v in momentum.items()}
@@ -119,7 +120,8 @@ def test_a_failed_write_keeps_the_old_file_and_leaves_no_temporary_file(tmp_path
 
 
 def test_a_normal_run_leaves_no_temporary_files(run_cli, tmp_path):
-    assert run_cli("fit", "--config", config("toy.yaml"), "--trainer.max_epochs", "3", root=tmp_path) == 0
+    args = ("--trainer.max_epochs", "3", "--trainer.check_val_every_n_epoch", "1")
+    assert run_cli("fit", "--config", config("toy.yaml"), *args, root=tmp_path) == 0
     names = sorted(p.name for p in (latest_version(tmp_path) / "checkpoints").iterdir())
     assert names == ["best-002.ckpt", "last.ckpt"]  # no .tmp file left behind
 

@@ -1,0 +1,141 @@
+"""Benchmark lit_linreg against plain PyTorch and plain Lightning; prints one markdown table.
+
+Every command runs as its own process, the way a user runs it, and every figure is the median of
+`--repeats` runs. The runs are interleaved, one of each command per repeat, so a slow spell on a
+shared machine falls on lit_linreg and its baseline alike; each ratio is the median over the repeats
+of the ratio between two runs made back to back.
+
+1. Seconds per epoch on 2,097,152 x 32 float32 rows in batches of 8192 (configs/synthetic.yaml):
+   `python -m lit_linreg fit --config configs/synthetic.yaml`, with `epoch_timer.EpochTimer` added on
+   the command line. It times each epoch from its start to the next one's, so an epoch holds all that
+   `fit` does per epoch (training steps, validation, checkpoints, callbacks) and nothing it does once
+   (imports, making the data, the least-squares pass, the figure); a run's figure is the median of its
+   epochs. Baselines: `hand_loop.py`, plain PyTorch on the same rows, and `naive_lightning.py`,
+   TensorDataset + DataLoader, run on 131,072 rows and scaled linearly (a full-size epoch takes minutes).
+2. Peak memory: ru_maxrss of that fit against the same command on 1,024 rows. The difference is what
+   the data costs; the target allows 1.5x the bytes of the rows, N * (D + 1) * 4.
+3. Start-up: whole-process wall time of `fit --config configs/toy.yaml` (100 one-step epochs) against
+   `minimal_lightning.py`, the same training in a ~30-line Lightning script.
+
+Usage: `make bench`, or `python benchmarks/bench.py --repeats 5`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import re
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from importlib.metadata import version
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+N, D = 2_097_152, 32  # configs/synthetic.yaml
+N_NAIVE = 131_072  # rows the naive recipe runs on; its epoch time is scaled by N / N_NAIVE
+N_SMALL = 1024  # rows of the memory baseline
+DATA_BYTES = N * (D + 1) * 4  # x and y, float32
+MIB = 2**20
+
+
+def run(args: list[str], env: dict[str, str], cwd: Path = ROOT) -> tuple[float, int, str]:
+    """Run `python ARGS` in a fresh process; return its wall seconds, peak RSS in bytes and output."""
+    with tempfile.TemporaryFile() as out:
+        start = time.perf_counter()
+        proc = subprocess.Popen([sys.executable, *args], cwd=cwd, env=env, stdout=out, stderr=subprocess.STDOUT)
+        # os.wait4, not proc.wait: it gives this child's own rusage (RUSAGE_CHILDREN is a max over all children).
+        _, status, usage = os.wait4(proc.pid, 0)
+        seconds = time.perf_counter() - start
+        proc.returncode = os.waitstatus_to_exitcode(status)
+        out.seek(0)
+        text = out.read().decode(errors="replace")
+    if proc.returncode != 0:
+        sys.exit(f"exit {proc.returncode}: python {' '.join(args)}\n{text[-3000:]}")
+    kib = 1 if sys.platform == "darwin" else 1024  # ru_maxrss is in bytes on macOS, KiB on Linux
+    return seconds, usage.ru_maxrss * kib, text
+
+
+def epoch_seconds(output: str) -> float:
+    """The median epoch time in the `EPOCH_SECONDS [...]` line of a run's output."""
+    # Searched for, not read line by line: the progress bar shares the stream and ends without a newline.
+    return statistics.median(json.loads(re.search(r"EPOCH_SECONDS (\[.*?\])", output).group(1)))
+
+
+def repeat(env: dict[str, str]) -> dict[str, float]:
+    """One run of every command, baselines right after what they are compared with; returns the raw figures."""
+    with tempfile.TemporaryDirectory() as scratch:
+        fit = ["-m", "lit_linreg", "fit", "--trainer.default_root_dir"]
+        synthetic = ["--config", "configs/synthetic.yaml"]
+        timer = "--trainer.callbacks+=epoch_timer.EpochTimer"
+        _, rss_big, out = run([*fit, f"{scratch}/big", *synthetic, timer], env)
+        figures = {"fit_epoch": epoch_seconds(out), "rss_big": rss_big}
+        out = run([str(HERE / "hand_loop.py"), "--n-samples", str(N)], env)[2]
+        figures["hand_epoch"] = epoch_seconds(out)
+        out = run([str(HERE / "naive_lightning.py"), "--n-samples", str(N_NAIVE)], env, cwd=Path(scratch))[2]
+        figures["naive_epoch"] = epoch_seconds(out) * N / N_NAIVE
+        figures["rss_small"] = run([*fit, f"{scratch}/small", *synthetic, f"--data.n_samples={N_SMALL}"], env)[1]
+        figures["toy_wall"] = run([*fit, f"{scratch}/toy", "--config", "configs/toy.yaml"], env)[0]
+        figures["minimal_wall"] = run([str(HERE / "minimal_lightning.py")], env, cwd=Path(scratch))[0]
+    return figures
+
+
+def table(runs: list[dict[str, float]]) -> str:
+    """The markdown table: the median of each figure, and the median of each repeat's ratio."""
+
+    def median(figure) -> float:
+        return statistics.median(figure(r) for r in runs)
+
+    fit, hand, naive = (median(lambda r, k=k: r[k]) for k in ("fit_epoch", "hand_epoch", "naive_epoch"))
+    rss_big, rss_small = median(lambda r: r["rss_big"]), median(lambda r: r["rss_small"])
+    toy, minimal = median(lambda r: r["toy_wall"]), median(lambda r: r["minimal_wall"])
+    per_epoch = median(lambda r: r["fit_epoch"] / r["hand_epoch"])
+    speed_up = median(lambda r: r["naive_epoch"] / r["fit_epoch"])
+    memory = median(lambda r: (r["rss_big"] - r["rss_small"]) / DATA_BYTES)
+    start_up = median(lambda r: r["toy_wall"] / r["minimal_wall"])
+    rows = [
+        ("s/epoch; baseline: hand-written PyTorch loop",
+         f"{fit:.3f}", f"{hand:.3f}", f"{per_epoch:.2f}x", "<= 1.5x (goal 1.0x)", per_epoch <= 1.5),
+        (f"s/epoch; baseline: TensorDataset + DataLoader, measured on {N_NAIVE:,} rows, x{N // N_NAIVE}",
+         f"{fit:.3f}", f"{naive:.2f}", f"{speed_up:.1f}x faster", ">= 30x faster", speed_up >= 30),
+        (f"peak RSS MiB; baseline: {N_SMALL:,} rows; ratio: extra RSS / data bytes ({DATA_BYTES / MIB:.0f} MiB)",
+         f"{rss_big / MIB:.0f}", f"{rss_small / MIB:.0f}", f"{memory:.2f}x", "<= 1.5x", memory <= 1.5),
+        ("start-up s, whole process, configs/toy.yaml; baseline: minimal_lightning.py",
+         f"{toy:.2f}", f"{minimal:.2f}", f"{start_up:.2f}x", "<= 1.15x", start_up <= 1.15),
+    ]  # fmt: skip
+    lines = ["| measure | lit_linreg | baseline | ratio | target | met |", "|---|---|---|---|---|---|"]
+    lines += [f"| {' | '.join(row[:-1])} | {'yes' if row[-1] else 'no'} |" for row in rows]
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--repeats", type=int, default=3, help="runs of each command; figures are their medians")
+    parser.add_argument("--threads", type=int, help="OMP_NUM_THREADS of every command (default: torch's choice)")
+    args = parser.parse_args()
+
+    # This checkout's lit_linreg for every script, and epoch_timer for the fit command's --trainer.callbacks.
+    path = [str(HERE), str(ROOT), os.environ.get("PYTHONPATH")]
+    env = os.environ | {"PYTHONPATH": os.pathsep.join(filter(None, path))}
+    if args.threads:
+        env["OMP_NUM_THREADS"] = str(args.threads)
+    runs = []
+    for i in range(args.repeats):
+        runs.append(repeat(env))
+        figures = ", ".join(f"{key} {value:.4g}" for key, value in runs[-1].items())
+        print(f"repeat {i + 1}/{args.repeats}: {figures}", file=sys.stderr, flush=True)
+
+    print(f"\nMachine: {platform.platform()}, {os.cpu_count()} CPUs, Python {platform.python_version()},", end=" ")
+    print(f"torch {version('torch')}, lightning {version('lightning')}, threads: {args.threads or 'default'}")
+    print(f"Data: {N:,} x {D} float32 rows, batch 8192 (configs/synthetic.yaml). Figures: medians of")
+    print(f"{args.repeats} interleaved runs; ratio: the median over the repeats of lit_linreg / baseline.\n")
+    print(table(runs))
+
+
+if __name__ == "__main__":
+    main()
