@@ -139,13 +139,11 @@ class LinearRegression(L.LightningModule):
 
     def _evaluate(self, batch: tuple[torch.Tensor, torch.Tensor], metrics: MetricCollection) -> None:
         x, y = batch
-        y_hat = self(x)
-        if y.shape[1] > 1:  # torchmetrics' MSE and MAE average over every element; R2 needs the (N, out) shape
-            metrics["loss"].update(y_hat.flatten(), y.flatten())
-            metrics["mae"].update(y_hat.flatten(), y.flatten())
-            metrics["r2"].update(y_hat, y)
-        else:
-            metrics.update(y_hat.squeeze(1), y.squeeze(1))
+        y_hat = self(x)  # (B, out_features)
+        # MSE and MAE average over every element of every output; R2 averages the per-output scores.
+        metrics["loss"].update(y_hat.flatten(), y.flatten())
+        metrics["mae"].update(y_hat.flatten(), y.flatten())
+        metrics["r2"].update(y_hat, y)
         self.log_dict(metrics, batch_size=len(x))
 
     def on_validation_epoch_end(self) -> None:
