@@ -60,11 +60,13 @@ class LinearRegressionCLI(LightningCLI):
         self._checkpoint = load_checkpoint(config.ckpt_path)  # safe load, one-line errors
 
     def _parse_ckpt_path(self) -> None:
-        # LightningCLI would overwrite the model's config with the checkpoint's hyperparameters, silently
-        # dropping the user's --model.* flags. Here the config wins: the checkpoint must fit the model it
-        # describes (checked in after_instantiate_classes), and LinearRegression.on_load_checkpoint hands
-        # the configured lr, momentum and weight decay to the restored optimizer.
-        pass
+        """Keep the model's config as given: with `--ckpt_path` the config wins over the checkpoint.
+
+        LightningCLI would overwrite the model's config with the checkpoint's hyperparameters, silently
+        dropping the user's --model.* flags. Instead the checkpoint must fit the configured model (checked in
+        `after_instantiate_classes`), and `LinearRegression.on_load_checkpoint` hands the configured lr,
+        momentum and weight decay to the restored optimizer.
+        """
 
     def after_instantiate_classes(self) -> None:
         if self._checkpoint is not None:
