@@ -1,13 +1,19 @@
 """lit_linreg: linear regression by gradient descent, the PyTorch Lightning way."""
 
-from lit_linreg.data import CropYieldDataModule, CSVDataModule, InMemoryDataModule, SyntheticDataModule, ToyDataModule
+from lit_linreg.datamodules import (
+    CropYieldDataModule,
+    InMemoryDataModule,
+    SyntheticDataModule,
+    TableDataModule,
+    ToyDataModule,
+)
 from lit_linreg.model import LinearRegression
 
 __all__ = [
-    "CSVDataModule",
     "CropYieldDataModule",
     "InMemoryDataModule",
     "LinearRegression",
     "SyntheticDataModule",
+    "TableDataModule",
     "ToyDataModule",
 ]

@@ -47,7 +47,7 @@ class LeastSquaresReference(L.Callback):
         if not self.enabled:
             return
         has_bias = pl_module.linear.bias is not None
-        sums = normal_equations(trainer.train_dataloader, has_bias, pl_module.device)
+        sums = normal_equations(trainer.train_dataloader, has_bias, pl_module.device, pl_module.encoder)
         sums = {k: trainer.strategy.reduce(v, reduce_op="sum") for k, v in sums.items()}
         self._gram, self._cross, self._yy, self._n = sums["gram"], sums["cross"], sums["yy"], sums["n"]
         self._sst = sums["yy"] - sums["y_sum"].square() / sums["n"]  # (out,) total sum of squares about the mean
@@ -95,14 +95,33 @@ class LeastSquaresReference(L.Callback):
             ("val R2", _item(metrics.get("val/r2")), None),
         ]
         weight, bias = pl_module.coefficients()
-        if weight.numel() + bias.numel() <= self.max_table_coefficients:
-            for (i, j), value in zip(
-                torch.cartesian_prod(*map(torch.arange, weight.shape)).tolist(), weight.flatten(), strict=False
-            ):
-                rows.append((f"w[{i},{j}]", value.item(), self.weight[i, j].item()))
-            if pl_module.linear.bias is not None:
-                rows += [(f"b[{i}]", b.item(), self.bias[i].item()) for i, b in enumerate(bias)]
+        names = coefficient_names(pl_module)
+        coefficients = [
+            (name, value, best)
+            for name, value, best in zip(names, _stacked(weight, bias), _stacked(self.weight, self.bias), strict=True)
+        ]
+        shown = coefficients[: self.max_table_coefficients]
+        rows += [(name, value.item(), best.item()) for name, value, best in shown]
         print(format_table(rows))
+        if len(shown) < len(coefficients):
+            print(
+                f"({len(coefficients) - len(shown)} more coefficients not shown; raise"
+                " --reference.max_table_coefficients, or see weights/* in TensorBoard)"
+            )
+
+
+def coefficient_names(pl_module: L.LightningModule) -> list[str]:
+    """`target/feature` for every weight, then `target/(intercept)` for every bias, in `_stacked`'s order."""
+    targets, features = pl_module.schema["targets"], pl_module.design_names
+    names = [f"{target}/{feature}" for target in targets for feature in features]
+    if pl_module.linear.bias is not None:
+        names += [f"{target}/(intercept)" for target in targets]
+    return names
+
+
+def _stacked(weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+    """W row by row (one target at a time), then b: one value per name of `coefficient_names`."""
+    return torch.cat([weight.flatten(), bias.flatten()])
 
 
 def log_epoch_scalars(trainer: L.Trainer, scalars: dict[str, float]) -> None:
@@ -125,17 +144,23 @@ def format_table(rows: list[tuple[str, float | None, float | None]]) -> str:
     def cell(v: float | None) -> str:
         return f"{v:>14.6g}" if v is not None else f"{'':>14}"
 
-    lines = [f"{'':<12}{'SGD fit':>14}{'least squares':>14}"]
-    lines += [f"{name:<12}{cell(fit)}{cell(best)}" for name, fit, best in rows]
+    width = max(12, *(len(name) + 2 for name, _, _ in rows))
+    lines = [f"{'':<{width}}{'SGD fit':>14}{'least squares':>14}"]
+    lines += [f"{name:<{width}}{cell(fit)}{cell(best)}" for name, fit, best in rows]
     return "\n".join(lines)
 
 
-def normal_equations(loader, has_bias: bool, device: torch.device) -> dict[str, torch.Tensor]:
-    """Sums X'X, X'Y, Y'Y, the column sums of Y and N over one pass of a loader of (x, y) batches, in float64."""
+def normal_equations(loader, has_bias: bool, device: torch.device, encode=None) -> dict[str, torch.Tensor]:
+    """Sums X'X, X'Y, Y'Y, the column sums of Y and N over one pass of a loader of (x, y) batches, in float64.
+
+    `encode` maps raw inputs to the design the linear layer sees (one-hot categories, filled-in values).
+    """
     gram = cross = yy = y_sum = None
     n = torch.zeros((), dtype=torch.float64, device=device)
     for x, y in loader:
         x, y = x.to(device, torch.float64), y.to(device, torch.float64)  # (B, in), (B, out)
+        if encode is not None:
+            x = encode(x)  # (B, design columns)
         if has_bias:
             x = torch.cat([x, torch.ones(len(x), 1, dtype=x.dtype, device=device)], dim=1)  # (B, in + 1)
         if gram is None:
@@ -175,8 +200,9 @@ def solve_least_squares(sums: dict[str, torch.Tensor], has_bias: bool) -> tuple[
 class CoefficientLogger(L.Callback):
     """Logs the model's coefficients in original units every epoch.
 
-    Small models get one scalar per coefficient (`weights/w_{out}_{in}`, `weights/b_{out}`); larger ones
-    a TensorBoard histogram of W and of b.
+    Small models get one scalar per coefficient, named by column (`weights/<target>/<feature>`, a one-hot
+    column as `weights/price/origin=USA`, the bias as `weights/<target>/(intercept)`); larger ones a
+    TensorBoard histogram of W and of b.
 
     Args:
         max_scalars: Largest number of coefficients logged as separate scalars.
@@ -189,12 +215,9 @@ class CoefficientLogger(L.Callback):
         weight, bias = pl_module.coefficients()
         has_bias = pl_module.linear.bias is not None
         if weight.numel() + has_bias * bias.numel() <= self.max_scalars:
-            scalars = {
-                f"weights/w_{i}_{j}": weight[i, j] for i in range(weight.shape[0]) for j in range(weight.shape[1])
-            }
-            if has_bias:
-                scalars |= {f"weights/b_{i}": b for i, b in enumerate(bias)}
-            log_epoch_scalars(trainer, {k: v.item() for k, v in scalars.items()})
+            values = _stacked(weight, bias if has_bias else bias[:0]).tolist()
+            names = coefficient_names(pl_module)
+            log_epoch_scalars(trainer, {f"weights/{n}": v for n, v in zip(names, values, strict=True)})
             return
         for logger in trainer.loggers:
             if isinstance(logger, TensorBoardLogger) and trainer.is_global_zero:
@@ -283,26 +306,51 @@ def draw_fit(x: torch.Tensor, y: torch.Tensor, y_hat: torch.Tensor, names: list[
 
 
 class PredictionWriter(L.Callback):
-    """Writes `predictions.csv` in the run directory: the input columns, then one column per output."""
+    """Writes `predictions.csv` in the run directory: the rows predicted for, then one column per target.
+
+    When the DataModule read a predict file (`predict_table`), its columns come back as written (text as
+    text, numbers as the digits in the file); otherwise the model's input columns. Each prediction column is
+    named `predicted_<target>`, with more underscores if the input already has that name.
+    """
 
     def on_predict_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        self._inputs: list[torch.Tensor] = []
         self._outputs: list[torch.Tensor] = []
+        self._inputs: list[torch.Tensor] = []
 
     def on_predict_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0) -> None:
         self._inputs.append(batch[0].cpu())
         self._outputs.append(outputs.cpu())
 
     def on_predict_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        x, y_hat = torch.cat(self._inputs), torch.cat(self._outputs)
-        dm = trainer.datamodule
-        columns = list(getattr(dm, "feature_names", None) or [f"x{i}" for i in range(x.shape[1])])
-        columns += list(getattr(dm, "target_names", None) or [f"y{i}" for i in range(y_hat.shape[1])])
+        y_hat = torch.cat(self._outputs).double()  # (N, out_features)
+        columns = _input_columns(trainer, pl_module, torch.cat(self._inputs))
+        for target, values in zip(pl_module.schema["targets"], y_hat.T, strict=True):
+            name = f"predicted_{target}"
+            while name in columns:
+                name = "_" + name
+            columns[name] = [f"{v:.17g}" for v in values.tolist()]  # float64 repr: read back, the same number
         name = "predictions.csv" if trainer.world_size == 1 else f"predictions_rank{trainer.global_rank}.csv"
         path = Path(trainer.log_dir or trainer.default_root_dir) / name
         path.parent.mkdir(parents=True, exist_ok=True)
         with open(path, "w", newline="") as f:
             writer = csv.writer(f)
             writer.writerow(columns)
-            writer.writerows([f"{v:.9g}" for v in row] for row in torch.cat([x, y_hat], dim=1).tolist())
+            writer.writerows(zip(*columns.values(), strict=True))
         print(f"predictions written to {path}")
+
+
+def _input_columns(trainer: L.Trainer, pl_module: L.LightningModule, x: torch.Tensor) -> dict[str, list[str]]:
+    """The columns predictions.csv repeats: the predict file as written, else the model's raw inputs."""
+    table = getattr(trainer.datamodule, "predict_table", None)
+    if table is not None:
+        loader = trainer.predict_dataloaders
+        rows = getattr(getattr(loader, "sampler", None), "indices", lambda: None)()
+        if rows is not None:  # under DDP this rank predicted every world_size-th row
+            table = table.take(rows.cpu().numpy())
+        return {
+            name: ["" if v is None else str(v) for v in table.column(name).to_pylist()] for name in table.column_names
+        }
+    return {
+        name: [f"{v:.9g}" for v in column]
+        for name, column in zip(pl_module.schema["features"], x.T.tolist(), strict=True)
+    }

@@ -18,6 +18,7 @@ from torch import nn
 from torchmetrics import MeanAbsoluteError, MeanSquaredError, MetricCollection
 from torchmetrics.regression import R2Score
 
+from lit_linreg.encoding import TableEncoder, default_schema, design_names, needs_encoder
 from lit_linreg.errors import ConfigError, DivergenceError
 
 
@@ -26,7 +27,9 @@ class LinearRegression(L.LightningModule):
 
     Inputs and outputs are always in original units. When the DataModule standardizes, the model
     stores the training statistics as buffers (`x_mean`, `x_std`, `y_mean`, `y_std`) and learns in
-    standardized units inside; a checkpoint alone therefore predicts from raw inputs.
+    standardized units inside; a checkpoint alone therefore predicts from raw inputs. A table with
+    categorical columns or filled-in missing values is encoded first, inside the model (see encoding.py),
+    and its `schema` (names, categories) is a hyperparameter, so it travels in every checkpoint.
 
     Args:
         in_features: Input columns; the CLI links it from the DataModule.
@@ -38,6 +41,7 @@ class LinearRegression(L.LightningModule):
         weight_decay: SGD weight decay (applies to W and b), >= 0.
         l1_strength: L1 penalty l1 * sum|W| added to the loss (W only, not b), >= 0.
         l2_strength: L2 penalty l2 * sum(W**2) added to the loss (W only, not b), >= 0.
+        schema: The data's columns (see encoding.py); the CLI links it from the DataModule.
     """
 
     def __init__(
@@ -51,6 +55,7 @@ class LinearRegression(L.LightningModule):
         weight_decay: float = 0.0,
         l1_strength: float = 0.0,
         l2_strength: float = 0.0,
+        schema: dict | None = None,
     ) -> None:
         super().__init__()
         _check("model.in_features", in_features, in_features >= 1, "at least 1")
@@ -62,49 +67,76 @@ class LinearRegression(L.LightningModule):
         if init not in ("default", "zeros"):
             raise ConfigError(f"model.init must be 'default' or 'zeros', got {init!r}")
         self.save_hyperparameters()  # primitives only: checkpoints load with weights_only=True
+        self.schema = schema or default_schema(
+            [f"x{i}" for i in range(in_features)], [f"y{i}" for i in range(out_features)]
+        )
+        if (len(self.schema["features"]), len(self.schema["targets"])) != (in_features, out_features):
+            raise ConfigError(
+                f"model.schema names {len(self.schema['features'])} features and {len(self.schema['targets'])}"
+                f" targets, but in_features is {in_features} and out_features {out_features}"
+            )
+        self.encoder = TableEncoder(self.schema) if needs_encoder(self.schema) else None
+        self.design_names = design_names(self.schema)  # the columns the linear layer sees, in order
+        width = len(self.design_names)
 
-        self.linear = nn.Linear(in_features, out_features, bias=bias)
+        self.linear = nn.Linear(width, out_features, bias=bias)
         if init == "zeros":
             nn.init.zeros_(self.linear.weight)
             if bias:
                 nn.init.zeros_(self.linear.bias)
         # Identity until a standardizing DataModule provides statistics (see `setup`).
-        self.register_buffer("x_mean", torch.zeros(in_features))
-        self.register_buffer("x_std", torch.ones(in_features))
+        self.register_buffer("x_mean", torch.zeros(width))
+        self.register_buffer("x_std", torch.ones(width))
         self.register_buffer("y_mean", torch.zeros(out_features))
         self.register_buffer("y_std", torch.ones(out_features))
 
         metrics = MetricCollection(
             {"loss": MeanSquaredError(), "mae": MeanAbsoluteError(), "r2": R2Score(multioutput="uniform_average")}
         )
-        self.val_metrics = metrics.clone(prefix="val/")
-        self.test_metrics = metrics.clone(prefix="test/")
+        # float64 states: squared errors of targets near 1e20 (or 1e-20) overflow (or vanish) in float32.
+        self.val_metrics = metrics.clone(prefix="val/").set_dtype(torch.float64)
+        self.test_metrics = metrics.clone(prefix="test/").set_dtype(torch.float64)
 
     def setup(self, stage: str) -> None:
         # The one place the model reads from the DataModule: statistics of the training split exist only
         # after DataModule.setup, which Lightning runs just before this hook.
-        datamodule = getattr(self.trainer, "datamodule", None)
-        stats = getattr(datamodule, "statistics", None)
-        if stage == "fit" and stats is not None:
+        if stage != "fit":  # the checkpoint holds them
+            return
+        stats = getattr(getattr(self.trainer, "datamodule", None), "statistics", None)
+        if stats is not None:
             self.set_standardization(**stats)
 
     def set_standardization(
-        self, x_mean: torch.Tensor, x_std: torch.Tensor, y_mean: torch.Tensor, y_std: torch.Tensor
+        self,
+        x_mean: torch.Tensor,
+        x_std: torch.Tensor,
+        y_mean: torch.Tensor,
+        y_std: torch.Tensor,
+        fill: torch.Tensor | None = None,
     ) -> None:
-        """Store the training statistics the model standardizes inputs and targets with."""
+        """Store the training statistics the model standardizes with (and the missing-value fills of the inputs)."""
         for name, value in (("x_mean", x_mean), ("x_std", x_std), ("y_mean", y_mean), ("y_std", y_std)):
             getattr(self, name).copy_(value)
+        if fill is not None and self.encoder is not None:
+            self.encoder.fill.copy_(fill)
+
+    def _standardized(self, x: torch.Tensor) -> torch.Tensor:
+        """Raw inputs (N, in_features) -> the standardized design (N, len(design_names))."""
+        if self.encoder is not None:
+            x = self.encoder(x)
+        return (x - self.x_mean) / self.x_std
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Predict from raw inputs (N, in_features); returns (N, out_features) in original units."""
-        z = (x - self.x_mean) / self.x_std
-        return self.linear(z) * self.y_std + self.y_mean
+        """Predict from raw inputs (N, in_features); returns (N, out_features) in original units.
+
+        A categorical input column holds codes: the position of each value in `schema["categories"][column]`.
+        """
+        return self.linear(self._standardized(x)) * self.y_std + self.y_mean
 
     def _squared_error(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """Per-output mean squared error in standardized units, (out_features,)."""
-        z = (x - self.x_mean) / self.x_std  # (B, in_features)
         target = (y - self.y_mean) / self.y_std  # (B, out_features)
-        return (self.linear(z) - target).pow(2).mean(dim=0)
+        return (self.linear(self._standardized(x)) - target).pow(2).mean(dim=0)
 
     def penalty(self) -> torch.Tensor | float:
         """The L1 and L2 penalties on W (not b); 0.0 when both strengths are 0."""
@@ -139,7 +171,7 @@ class LinearRegression(L.LightningModule):
 
     def _evaluate(self, batch: tuple[torch.Tensor, torch.Tensor], metrics: MetricCollection) -> None:
         x, y = batch
-        y_hat = self(x)  # (B, out_features)
+        y_hat, y = self(x).double(), y.double()  # (B, out_features)
         # MSE and MAE average over every element of every output; R2 averages the per-output scores.
         metrics["loss"].update(y_hat.flatten(), y.flatten())
         metrics["mae"].update(y_hat.flatten(), y.flatten())

@@ -1,0 +1,470 @@
+"""DataModules: the notebooks' toy and crop-yield tables, synthetic data, and the user's own table.
+
+Every module here keeps its rows in memory as whole float32 tensors, moved to the training device once,
+and serves them through `TensorLoader` (see loader.py). Each one knows its columns when it is built
+(`schema`, `in_features`, `out_features`), so the CLI can size the model before any row is read.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+import lightning as L
+import numpy as np
+import torch
+from lightning.pytorch.utilities import rank_zero_info
+
+from lit_linreg.encoding import TableEncoder, default_schema, needs_encoder
+from lit_linreg.errors import ConfigError, DataError
+from lit_linreg.loader import TensorLoader
+from lit_linreg.tables import Format, Table
+
+STAGE_SPLITS = {"fit": ("train", "val"), "validate": ("val",), "test": ("test",), "predict": ("predict",)}
+
+
+class InMemoryDataModule(L.LightningDataModule):
+    """Base class: a regression table held in memory as float32 tensors.
+
+    Subclasses set `feature_names` and `target_names` in `__init__` (so `in_features` and
+    `out_features` are known before any data is read) and implement `load(stage)`.
+
+    Args:
+        batch_size: Rows per training batch; None trains on the whole set in one batch.
+        standardize: Scale inputs and targets to zero mean, unit variance with statistics of the
+            training split. The model stores them, so it still takes and returns original units.
+        seed: Seed of the train/validation split and of the per-epoch shuffle.
+    """
+
+    def __init__(self, batch_size: int | None = None, standardize: bool = False, seed: int = 0) -> None:
+        super().__init__()
+        # Every subclass's arguments, for TensorBoard's HPARAMS tab; the schema is the model's to keep.
+        self.save_hyperparameters(ignore=["schema"])
+        if batch_size is not None and batch_size < 1:
+            raise ConfigError(f"data.batch_size must be at least 1 (or null for full batch), got {batch_size}")
+        self.batch_size = batch_size
+        self.standardize = standardize
+        self.seed = seed
+        self.feature_names: list[str] = []
+        self.target_names: list[str] = []
+        self.splits: dict[str, tuple[torch.Tensor, ...]] = {}
+        self._train64: tuple[torch.Tensor, torch.Tensor] | None = None  # float64 training rows, for statistics
+
+    @property
+    def in_features(self) -> int:
+        return len(self.feature_names)
+
+    @property
+    def out_features(self) -> int:
+        return len(self.target_names)
+
+    @property
+    def schema(self) -> dict:
+        """Names, categories and missing-value rule of the columns; the model keeps it (see encoding.py)."""
+        return default_schema(self.feature_names, self.target_names)
+
+    def load(self, stage: str) -> dict[str, tuple[torch.Tensor, ...]]:
+        """Return the splits `stage` needs: "train", "val" and "test" as (x, y), "predict" as (x,)."""
+        raise NotImplementedError
+
+    def setup(self, stage: str) -> None:
+        if all(name in self.splits for name in STAGE_SPLITS[stage]):
+            return
+        device = self.trainer.strategy.root_device if self.trainer is not None else torch.device("cpu")
+        # Moved once here: batches are then cut on the device, never copied host-to-device per step.
+        loaded = self.load(stage)
+        self.splits |= {name: tuple(t.to(device) for t in split) for name, split in loaded.items()}
+
+    @property
+    def statistics(self) -> dict[str, torch.Tensor] | None:
+        """Mean and standard deviation of the training design and targets, or None when not standardizing.
+
+        Computed in float64 from the values as read (`_train64` when the module kept them, else the float32
+        training tensors), after the schema's encoding; `fill` holds the training means of the raw features.
+        """
+        if not self.standardize:
+            return None
+        x, y = self._train64 if self._train64 is not None else (t.double() for t in self.splits["train"])
+        x, y = x.cpu(), y.cpu()
+        schema = self.schema
+        stats = {"fill": torch.zeros(x.shape[1], dtype=torch.float64)}
+        if needs_encoder(schema):
+            encoder = TableEncoder(schema).double()
+            if schema["missing"] == "mean":
+                numeric = torch.tensor([name not in schema["categories"] for name in schema["features"]])
+                means = torch.from_numpy(np.nan_to_num(np.nanmean(x.numpy(), axis=0)))
+                encoder.fill.copy_(torch.where(numeric, means, 0.0))
+                stats["fill"] = encoder.fill.clone()
+            x = encoder(x)
+        stats |= dict(zip(("x_mean", "x_std"), _mean_std(x), strict=True))
+        stats |= dict(zip(("y_mean", "y_std"), _mean_std(y), strict=True))
+        return stats
+
+    def _loader(self, split: str, shuffle: bool = False, batch_size: int | None = None) -> TensorLoader:
+        loader = TensorLoader(*self.splits[split], batch_size=batch_size, shuffle=shuffle, seed=self.seed)
+        if self.trainer is not None:
+            loader.shard(self.trainer.global_rank, self.trainer.world_size)
+        return loader
+
+    def train_dataloader(self) -> TensorLoader:
+        return self._loader("train", shuffle=self.batch_size is not None, batch_size=self.batch_size)
+
+    def val_dataloader(self) -> TensorLoader:
+        return self._loader("val", batch_size=self.batch_size)
+
+    def test_dataloader(self) -> TensorLoader:
+        return self._loader("test", batch_size=self.batch_size)
+
+    def predict_dataloader(self) -> TensorLoader:
+        return self._loader("predict", batch_size=self.batch_size)
+
+
+def _mean_std(t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Column means and population standard deviations in float64; a constant column is left unscaled."""
+    t64 = t.double()
+    std = t64.std(dim=0, unbiased=False)
+    return t64.mean(dim=0), torch.where(std > 0, std, torch.ones_like(std))
+
+
+class ToyDataModule(InMemoryDataModule):
+    """The notebooks' y = 2x: x = [1, 2, 3, 4], full batch, raw (unstandardized) values.
+
+    With 4 rows there is nothing to hold out: training, validation and test all use the same rows.
+
+    Args:
+        predict_x: Inputs to predict for; the notebooks ask for f(5).
+    """
+
+    def __init__(self, predict_x: list[float] | None = None) -> None:
+        super().__init__(batch_size=None, standardize=False)
+        self.predict_x = [5.0] if predict_x is None else list(predict_x)
+        self.feature_names, self.target_names = ["x"], ["y"]
+
+    def load(self, stage: str) -> dict[str, tuple[torch.Tensor, ...]]:
+        x = torch.tensor([[1.0], [2.0], [3.0], [4.0]])  # (4, 1)
+        y = 2 * x  # (4, 1)
+        return {"train": (x, y), "val": (x, y), "test": (x, y), "predict": (torch.tensor(self.predict_x)[:, None],)}
+
+
+# Notebook 003's table: (temperature, rainfall, humidity) -> (apples, oranges).
+CROP_INPUTS = [[73, 67, 43], [91, 88, 64], [87, 134, 58], [102, 43, 37], [69, 96, 70]]
+CROP_TARGETS = [[56, 70], [81, 101], [119, 133], [22, 37], [103, 119]]
+
+
+class CropYieldDataModule(InMemoryDataModule):
+    """Notebook 003's 5-row crop table, full batch, standardized by default.
+
+    With 5 rows there is nothing to hold out: training, validation and test all use the same rows.
+
+    Args:
+        predict_x: Rows of (temperature, rainfall, humidity) to predict for; the 5 table rows if None.
+        standardize: Scale inputs and targets with their statistics (see `InMemoryDataModule`).
+    """
+
+    def __init__(self, predict_x: list[list[float]] | None = None, standardize: bool = True) -> None:
+        super().__init__(batch_size=None, standardize=standardize)
+        self.predict_x = predict_x
+        self.feature_names = ["temperature", "rainfall", "humidity"]
+        self.target_names = ["apples", "oranges"]
+        if predict_x is not None and any(len(row) != 3 for row in predict_x):
+            raise ConfigError("data.predict_x rows must each hold 3 values: temperature, rainfall, humidity")
+
+    def load(self, stage: str) -> dict[str, tuple[torch.Tensor, ...]]:
+        x, y = torch.tensor(CROP_INPUTS, dtype=torch.float32), torch.tensor(CROP_TARGETS, dtype=torch.float32)
+        predict = x if self.predict_x is None else torch.tensor(self.predict_x, dtype=torch.float32)
+        return {"train": (x, y), "val": (x, y), "test": (x, y), "predict": (predict,)}
+
+
+class SyntheticDataModule(InMemoryDataModule):
+    """Rows of y = X @ W*.T + b* + noise, generated from a seed in `setup`: data for scale tests.
+
+    X is standard normal and W*, b* are standard normal too; they are kept as `true_weight`
+    (n_targets, n_features) and `true_bias` (n_targets,). The first `1 - val_fraction` of the rows
+    train, the rest validate and test (the rows are i.i.d., so a contiguous split is a random one).
+
+    Args:
+        n_samples: Rows generated, training and validation together.
+        n_features: Input columns.
+        n_targets: Output columns.
+        noise: Standard deviation of the Gaussian noise added to y.
+        val_fraction: Share of the rows held out for validation and test, in [0, 1).
+        batch_size: Rows per training batch.
+        standardize: Scale with training statistics (X is already standard normal, so off by default).
+        seed: Seed of the data, the true coefficients and the shuffle.
+    """
+
+    def __init__(
+        self,
+        n_samples: int = 65536,
+        n_features: int = 8,
+        n_targets: int = 1,
+        noise: float = 0.1,
+        val_fraction: float = 0.1,
+        batch_size: int | None = 1024,
+        standardize: bool = False,
+        seed: int = 0,
+    ) -> None:
+        super().__init__(batch_size=batch_size, standardize=standardize, seed=seed)
+        for name, value in (("n_samples", n_samples), ("n_features", n_features), ("n_targets", n_targets)):
+            if value < 1:
+                raise ConfigError(f"data.{name} must be at least 1, got {value}")
+        if noise < 0:
+            raise ConfigError(f"data.noise must be >= 0, got {noise}")
+        _check_fraction("val_fraction", val_fraction)
+        self.n_samples, self.noise, self.val_fraction = n_samples, noise, val_fraction
+        self.feature_names = [f"x{i}" for i in range(n_features)]
+        self.target_names = [f"y{i}" for i in range(n_targets)]
+        generator = torch.Generator().manual_seed(seed)
+        self.true_weight = torch.randn(n_targets, n_features, generator=generator)
+        self.true_bias = torch.randn(n_targets, generator=generator)
+
+    def load(self, stage: str) -> dict[str, tuple[torch.Tensor, ...]]:
+        generator = torch.Generator().manual_seed(self.seed + 1)
+        x = torch.randn(self.n_samples, self.in_features, generator=generator)  # (N, in_features)
+        y = torch.addmm(self.true_bias, x, self.true_weight.T)  # (N, out_features)
+        y.add_(torch.randn(y.shape, generator=generator), alpha=self.noise)
+        n_train, _, _ = _split_sizes(self.n_samples, self.val_fraction, 0.0)
+        train = (x[:n_train], y[:n_train])  # views: the data is held once
+        val = (x[n_train:], y[n_train:]) if n_train < self.n_samples else train
+        return {"train": train, "val": val, "test": val, "predict": (val[0],)}
+
+
+class TableDataModule(InMemoryDataModule):
+    """The user's own table: CSV (any delimiter), TSV, gzipped either, a Parquet file or directory of them.
+
+    Only what decides the model's size is read when the module is built: the columns, their kinds (from the
+    first MiB of a CSV file, from the schema of a Parquet one) and the levels of the categorical columns. The
+    rows are read in `setup`, in float64, and held as float32 tensors.
+
+    Which rows each stage uses: `fit` trains on the rows left after `val_fraction` and `test_fraction` are
+    held out (a seeded permutation) and validates on the validation rows (on the training rows when
+    `val_fraction` is 0); `test` uses the `test_fraction` rows, else the file `test_path`, else the validation
+    rows; `predict` uses `predict_path`, else the validation rows.
+
+    Args:
+        path: The table: a file, or a directory of Parquet files.
+        targets: Columns to predict (numbers).
+        features: Input columns; every numeric column that is not a target if None.
+        categorical: Text columns to one-hot encode inside the model (added to the features).
+        format: "csv", "tsv" or "parquet"; from the file's extension if None (a directory is Parquet).
+        delimiter: The CSV field separator, one character; sniffed among , ; tab | if None.
+        missing: Rows with an empty, null or NaN cell in a used column: "drop" them (as R's lm), "error" at the
+            first one, or "mean": fill features with their training means (rows missing a target are dropped).
+        unknown_category: A category at test or predict time that training never saw: "error", or "zeros"
+            to map it to the reference level (all-zero one-hot columns).
+        val_fraction: Share of rows held out for validation, in [0, 1).
+        test_fraction: Share of rows held out for `test`, in [0, 1).
+        test_path: A table with the same columns for `test`, when `test_fraction` is 0.
+        predict_path: A table with the feature columns (in any order, others allowed) to predict for.
+        batch_size: Rows per training batch; None for full batch.
+        standardize: Scale inputs and targets with training statistics (see `InMemoryDataModule`).
+        seed: Seed of the split and of the per-epoch shuffle.
+        schema: The columns a trained model expects; set by the CLI from `--ckpt_path`, never by hand.
+    """
+
+    def __init__(
+        self,
+        path: str,
+        targets: list[str],
+        features: list[str] | None = None,
+        categorical: list[str] | None = None,
+        format: Format | None = None,
+        delimiter: str | None = None,
+        missing: Literal["drop", "error", "mean"] = "drop",
+        unknown_category: Literal["error", "zeros"] = "error",
+        val_fraction: float = 0.2,
+        test_fraction: float = 0.0,
+        test_path: str | None = None,
+        predict_path: str | None = None,
+        batch_size: int | None = 256,
+        standardize: bool = True,
+        seed: int = 0,
+        schema: dict | None = None,
+    ) -> None:
+        super().__init__(batch_size=batch_size, standardize=standardize, seed=seed)
+        _check_fraction("val_fraction", val_fraction)
+        _check_fraction("test_fraction", test_fraction)
+        if val_fraction + test_fraction >= 1:
+            raise ConfigError("data.val_fraction + data.test_fraction must be below 1: no rows would train")
+        for name, value, allowed in (
+            ("missing", missing, ("drop", "error", "mean")),
+            ("unknown_category", unknown_category, ("error", "zeros")),
+        ):
+            if value not in allowed:
+                raise ConfigError(f"data.{name} must be one of {', '.join(allowed)}, got {value!r}")
+        self.path, self.format, self.delimiter = Path(path), format, delimiter
+        self.missing, self.unknown_category = missing, unknown_category
+        self.val_fraction, self.test_fraction = val_fraction, test_fraction
+        self.test_path, self.predict_path = test_path, predict_path
+        self.predict_table = None  # the predict file as written, for predictions.csv
+        self._tables: dict[Path, Table] = {}
+        if schema is not None:  # a trained model's columns: the training file need not exist any more
+            self._schema = {**default_schema(schema["features"], schema["targets"]), **schema}
+        else:
+            self._schema = self._schema_from_file(targets, features, categorical or [])
+        self.feature_names, self.target_names = self._schema["features"], self._schema["targets"]
+
+    @property
+    def schema(self) -> dict:
+        return self._schema
+
+    def _schema_from_file(self, targets: list[str], features: list[str] | None, categorical: list[str]) -> dict:
+        if not targets:
+            raise ConfigError("data.targets must name at least one column")
+        table = self._table(self.path)
+        kinds = table.kinds
+        for name in [*targets, *(features or []), *categorical]:
+            if name not in kinds:
+                raise DataError(f"{self.path}: no column {name!r}; the columns are {', '.join(table.columns)}")
+        for name in targets:
+            if kinds[name] != "number":
+                raise DataError(f"{self.path}: target column {name!r} holds text, not numbers")
+        clash = [name for name in [*(features or []), *categorical] if name in targets]
+        if clash:
+            raise ConfigError(f"column {clash[0]!r} is a target: it cannot also be a feature")
+        if features is None:
+            features = [name for name in table.columns if kinds[name] == "number" and name not in targets]
+        features = [*features, *[name for name in categorical if name not in features]]
+        text = [name for name in features if kinds[name] == "text" and name not in categorical]
+        if text:
+            raise DataError(
+                f"{self.path}: column {text[0]!r} holds text; list it in --data.categorical to one-hot encode it"
+            )
+        if not features:
+            raise ConfigError(f"{self.path}: no feature columns: every numeric column is a target")
+        ignored = [name for name in table.columns if name not in features and name not in targets]
+        if ignored:
+            why = {
+                name: "text, not in --data.categorical" if kinds[name] == "text" else "not in --data.features"
+                for name in ignored
+            }
+            rank_zero_info(f"{self.path}: ignored columns: " + "; ".join(f"{n} ({w})" for n, w in why.items()))
+        # Levels come from every row of the file: a level seen only in validation still gets its column.
+        levels = table.read([], categorical) if categorical else {}
+        categories = {name: sorted({v for v in levels[name] if v is not None}) for name in categorical}
+        for name, found in categories.items():
+            if not found:
+                raise DataError(f"{self.path}: categorical column {name!r} has no values")
+        return {"features": features, "targets": list(targets), "categories": categories, "missing": self.missing}
+
+    # --- reading rows -------------------------------------------------------------------------------------------
+    def _table(self, path: Path) -> Table:
+        """The `Table` of `path`, opened (its columns and kinds read) once."""
+        if path not in self._tables:
+            self._tables[path] = Table(path, self.format, self.delimiter)
+        return self._tables[path]
+
+    def _read(self, path: Path, with_targets: bool, keep_all_rows: bool = False):
+        """(x, y) float64 arrays of a table, with categories as codes; rows with missing cells handled.
+
+        x holds NaN where `missing: mean` fills a feature later. With `keep_all_rows` (predict), a missing
+        feature that nothing fills is refused instead of dropped, so every row gets its prediction.
+        """
+        table = self._table(path)
+        categories = self._schema["categories"]
+        needed = self.feature_names + (self.target_names if with_targets else [])
+        absent = [name for name in needed if name not in table.kinds]
+        if absent:
+            raise DataError(f"{path}: no column {absent[0]!r}; the columns are {', '.join(table.columns)}")
+        columns = table.read([name for name in needed if name not in categories], list(categories))
+        cells = {name: _missing_cells(columns[name]) for name in needed}  # name -> (N,) bool
+        # Which missing cells refuse the table, which drop their row, and which `missing: mean` fills later.
+        fills = {n for n in self.feature_names if n not in categories} if self.missing == "mean" else set()
+        refuse = set(needed) if self.missing == "error" else set(self.feature_names) - fills if keep_all_rows else set()
+        found = [(int(np.argmax(cells[n])), i, n) for i, n in enumerate(needed) if n in refuse and cells[n].any()]
+        if found:
+            row, _, name = min(found)
+            why = "predictions need every feature" if keep_all_rows else "--data.missing drop or mean would skip it"
+            raise DataError(f"{table._where(row, name)} is empty or missing ({why})")
+        n_rows = len(cells[needed[0]])
+        drop = np.zeros(n_rows, dtype=bool)
+        for name in needed:
+            if name not in fills:
+                drop |= cells[name]
+        x = np.empty((n_rows, self.in_features))
+        for j, name in enumerate(self.feature_names):
+            x[:, j] = self._codes(table, name, columns[name]) if name in categories else columns[name]
+        y = np.stack([columns[name] for name in self.target_names], axis=1) if with_targets else None
+        if drop.any():
+            rank_zero_info(
+                f"{path}: dropped {int(drop.sum())} of {n_rows} rows with a missing value in a used column"
+                " (--data.missing)"
+            )
+            x, y = x[~drop], (y[~drop] if y is not None else None)
+        for name, values in (("feature", x), ("target", y)):
+            if values is not None:
+                _check_float32(path, table, values, self.feature_names if name == "feature" else self.target_names)
+        return x, y
+
+    def _codes(self, table: Table, name: str, values: np.ndarray) -> np.ndarray:
+        """Integer codes of a categorical column: -1 for a level training never saw (unknown_category: zeros).
+
+        A missing cell gets code 0; its row is dropped or refused before the codes are used.
+        """
+        index = {level: code for code, level in enumerate(self._schema["categories"][name])}
+        codes = np.array([index.get(v, -1) if v is not None else 0 for v in values], dtype=np.float64)
+        if self.unknown_category == "error" and (codes == -1).any():
+            row = int(np.argmax(codes == -1))
+            raise DataError(
+                f"{table._where(row, name)}: category {values[row]!r} was not seen in training"
+                " (--data.unknown_category zeros maps it to the reference level)"
+            )
+        return codes
+
+    def load(self, stage: str) -> dict[str, tuple[torch.Tensor, ...]]:
+        splits = {}
+        if stage == "predict" and self.predict_path is not None:
+            path = Path(self.predict_path)
+            x, _ = self._read(path, with_targets=False, keep_all_rows=True)
+            self.predict_table = self._table(path).read_as_written()
+            return {"predict": (torch.from_numpy(x).float(),)}
+        if stage == "test" and self.test_fraction == 0 and self.test_path is not None:
+            x, y = self._read(Path(self.test_path), with_targets=True)
+            return {"test": (torch.from_numpy(x).float(), torch.from_numpy(y).float())}
+        x, y = self._read(self.path, with_targets=True)
+        n_train, n_val, n_test = _split_sizes(len(x), self.val_fraction, self.test_fraction)
+        perm = torch.randperm(len(x), generator=torch.Generator().manual_seed(self.seed)).numpy()
+        parts = {"train": perm[:n_train], "val": perm[n_train : n_train + n_val], "test": perm[n_train + n_val :]}
+        x32, y32 = torch.from_numpy(x).float(), torch.from_numpy(y).float()
+        for name, rows in parts.items():
+            rows = torch.from_numpy(rows)
+            splits[name] = (x32[rows], y32[rows])
+        if n_val == 0:
+            splits["val"] = splits["train"]
+        if n_test == 0:
+            splits["test"] = splits["val"]
+        splits["predict"] = (splits["val"][0],)
+        train_rows = torch.from_numpy(parts["train"])
+        self._train64 = (torch.from_numpy(x)[train_rows], torch.from_numpy(y)[train_rows])
+        return splits
+
+
+def _missing_cells(values: np.ndarray) -> np.ndarray:
+    if values.dtype == object:
+        return np.array([v is None for v in values], dtype=bool)
+    return np.isnan(values)
+
+
+def _check_float32(path: Path, table: Table, values: np.ndarray, names: list[str]) -> None:
+    """Refuse a value that float32, the training precision, cannot hold."""
+    too_large = np.abs(np.nan_to_num(values)) > np.finfo(np.float32).max
+    if too_large.any():
+        row, column = np.argwhere(too_large)[0]
+        raise DataError(f"{table._where(int(row), names[column])}: {values[row, column]:g} is too large for float32")
+
+
+def _check_fraction(name: str, value: float) -> None:
+    if not 0 <= value < 1:  # also refuses nan
+        raise ConfigError(f"data.{name} must be in [0, 1), got {value}")
+
+
+def _split_sizes(n_rows: int, val_fraction: float, test_fraction: float) -> tuple[int, int, int]:
+    """Training, validation and test rows of an `n_rows` table. R² needs at least 2 rows in a held-out split."""
+    n_val = 0 if val_fraction == 0 else max(2, round(n_rows * val_fraction))
+    n_test = 0 if test_fraction == 0 else max(2, round(n_rows * test_fraction))
+    if n_rows < 2 or n_rows - n_val - n_test < 1:
+        raise DataError(
+            f"{n_rows} data rows are too few at val_fraction {val_fraction} and test_fraction {test_fraction}: need"
+            " at least 1 training row and 2 rows in each held-out split"
+        )
+    return n_rows - n_val - n_test, n_val, n_test
