@@ -1,44 +1,72 @@
-"""Checkpoints that survive a kill, load safely, and are found again by `--ckpt_path last`."""
+"""Checkpoints that survive a kill, load safely, and are found again by `--ckpt_path last` or `best`.
+
+Every run owns a directory of its own (`claim_run_dir`), every file is written atomically (`atomic_write`),
+and every checkpoint carries a stamp (`RunStamp`) naming its experiment, so `last` and `best` resume the
+same experiment and never one trained on other data.
+"""
 
 from __future__ import annotations
 
+import hashlib
 import io
+import json
 import os
 import pickle
-import tempfile
+import secrets
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+import lightning as L
 import torch
 from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 from lightning.pytorch.callbacks import ModelCheckpoint
 
 from lit_linreg.errors import CheckpointError
 
+STAMP = "lit_linreg"  # the checkpoint key of RunStamp's record
+# Data arguments that change how the rows are fed, not which rows are trained on (and `predict_*`, the rows
+# to predict for): a resume, or a predict with `last`, may change them.
+LOADER_ARGS = frozenset({"batch_size", "num_workers", "pin_memory"})
+
+
+def atomic_write(path: str | os.PathLike, data: bytes | memoryview) -> None:
+    """Write `data` to a temporary file beside `path`, fsync it, and rename it into place.
+
+    A rename within one directory is atomic, so a kill or a full disk at any moment leaves either the
+    complete old file or the complete new one, never a part. The file gets the mode a plain `open`
+    would give it (0666 less the umask), not mkstemp's 0600.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    while True:
+        tmp = path.parent / f".{path.name}.{secrets.token_hex(4)}.tmp"
+        try:
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+            break
+        except FileExistsError:
+            continue
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException as err:
+        tmp.unlink(missing_ok=True)
+        if isinstance(err, OSError) and err.filename is None:  # write() and fsync() name no file: name it
+            err.filename = str(path)
+        raise
+    _fsync_dir(path.parent)  # make the rename itself durable
+
 
 class AtomicCheckpointIO(TorchCheckpointIO):
-    """Writes each checkpoint to a temporary file beside it, fsyncs it, then renames it into place.
-
-    A rename within one directory is atomic, so a kill at any moment leaves either the complete old
-    file or the complete new one. Loading always uses `weights_only=True`: tensors and primitives only.
-    """
+    """Writes each checkpoint with `atomic_write`; loads with `weights_only=True` (tensors and primitives only)."""
 
     def save_checkpoint(self, checkpoint: dict[str, Any], path: str | os.PathLike, storage_options: Any = None) -> None:
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
         buffer = io.BytesIO()
         torch.save(checkpoint, buffer)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-        try:
-            with os.fdopen(fd, "wb") as f:
-                f.write(buffer.getbuffer())
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
-        _fsync_dir(path.parent)  # make the rename itself durable
+        atomic_write(path, buffer.getbuffer())
 
     def load_checkpoint(self, path: str | os.PathLike, map_location: Any = None, weights_only: bool | None = None):
         return load_checkpoint(path, map_location=map_location)
@@ -50,6 +78,24 @@ def _fsync_dir(directory: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def claim_run_dir(parent: str | os.PathLike) -> Path:
+    """Create and return `parent/version_N` for the next free N: one `mkdir`, atomic, so one run owns it.
+
+    Lightning's loggers pick the next version by listing the folder, so two runs started at the same
+    moment both chose version_0; `mkdir` fails for the second, which takes the next number instead.
+    """
+    parent = Path(parent)
+    parent.mkdir(parents=True, exist_ok=True)
+    versions = [int(p.name[8:]) for p in parent.glob("version_*") if p.name[8:].isdigit()]
+    n = max(versions, default=-1) + 1
+    while True:
+        try:
+            (parent / f"version_{n}").mkdir()
+            return parent / f"version_{n}"
+        except FileExistsError:
+            n += 1
 
 
 def load_checkpoint(path: str | os.PathLike, map_location: Any = "cpu") -> dict[str, Any]:
@@ -81,7 +127,21 @@ def load_checkpoint(path: str | os.PathLike, map_location: Any = "cpu") -> dict[
         raise CheckpointError(f"{path}: not a Lightning checkpoint (no state_dict)")
     if "pytorch-lightning_version" not in checkpoint:  # Lightning reads it first, with a bare KeyError
         raise CheckpointError(f"{path}: not a checkpoint written by Lightning (no pytorch-lightning_version)")
+    bad = non_finite(checkpoint["state_dict"]) + non_finite(checkpoint.get("optimizer_states"), "optimizer state")
+    if bad:
+        raise CheckpointError(f"{path}: refused: non-finite values (NaN or inf) in {', '.join(bad[:5])}")
     return checkpoint
+
+
+def non_finite(tree: Any, name: str = "") -> list[str]:
+    """The names of the floating-point tensors in a nested dict/list that hold a NaN or an inf."""
+    if isinstance(tree, torch.Tensor):
+        return [name] if tree.is_floating_point() and not torch.isfinite(tree).all() else []
+    if isinstance(tree, Mapping):
+        return [bad for key, value in tree.items() for bad in non_finite(value, f"{name}.{key}" if name else str(key))]
+    if isinstance(tree, list | tuple):
+        return [bad for i, value in enumerate(tree) for bad in non_finite(value, f"{name}[{i}]")]
+    return []
 
 
 def _first_line(err: BaseException) -> str:
@@ -115,12 +175,153 @@ def check_compatible(
         )
 
 
+def check_tensors(checkpoint: dict[str, Any], path: str | os.PathLike, model: torch.nn.Module) -> None:
+    """Refuse a state_dict with a tensor the model lacks, without one it has, or of another shape."""
+    saved, ours = checkpoint["state_dict"], model.state_dict()
+    missing, extra = sorted(ours.keys() - saved.keys()), sorted(saved.keys() - ours.keys())
+    if missing or extra:
+        parts = [
+            f"{label} {', '.join(names)}" for label, names in (("lacks", missing), ("has an extra", extra)) if names
+        ]
+        raise CheckpointError(f"{path}: does not fit this model: its state_dict {' and '.join(parts)}")
+    shapes = [
+        f"{key} {tuple(saved[key].shape)} in the checkpoint, {tuple(ours[key].shape)} here"
+        for key in ours
+        if isinstance(saved[key], torch.Tensor) and saved[key].shape != ours[key].shape
+    ]
+    if shapes:
+        raise CheckpointError(f"{path}: does not fit this model: {'; '.join(shapes)}")
+
+
+def check_resumable(checkpoint: dict[str, Any], path: str | os.PathLike, optimizer: str) -> None:
+    """Refuse to resume fit from weights alone, or with another optimizer than the one whose state was saved."""
+    if not checkpoint.get("optimizer_states"):
+        raise CheckpointError(
+            f"{path}: holds weights only, no optimizer state, so fit cannot resume from it;"
+            " predict, validate and test can use it"
+        )
+    saved = checkpoint.get(STAMP, {}).get("optimizer")
+    if saved is not None and saved != optimizer:
+        raise CheckpointError(
+            f"{path}: was trained with the {saved} optimizer, this run configures {optimizer}: resume with"
+            f" {'no --optimizer' if saved == 'SGD' else '--optimizer ' + saved}, or start a new fit"
+        )
+
+
+def experiment(data: Mapping[str, Any] | None) -> dict[str, str]:
+    """What makes two runs one experiment: the DataModule's class and arguments, less how batches are fed.
+
+    Returns `fingerprint` (a hash of them) and `data` (a short description for messages). A string that
+    names an existing file counts by its real path, so `data/x.csv` and `./data/x.csv` are one experiment.
+    """
+    data = dict(data or {})
+    args = {
+        key: _real_path(value)
+        for key, value in sorted(dict(data.get("init_args") or {}).items())
+        if key not in LOADER_ARGS and not key.startswith("predict") and value is not None
+    }
+    identity = json.dumps([data.get("class_path"), args], default=str, sort_keys=True)
+    shown = ", ".join(f"{key}={value}" for key, value in args.items())
+    description = f"{str(data.get('class_path')).rsplit('.', 1)[-1]}({shown})"
+    if len(description) > 100:
+        description = description[:97] + "..."
+    return {"fingerprint": hashlib.sha256(identity.encode()).hexdigest()[:16], "data": description}
+
+
+def _real_path(value: Any) -> Any:
+    if isinstance(value, str | os.PathLike) and os.path.isfile(value):
+        return os.path.realpath(value)
+    if isinstance(value, Mapping):
+        return {key: _real_path(v) for key, v in value.items()}
+    return value
+
+
+def find_checkpoint(root: str | os.PathLike, which: str, fingerprint: str | None = None) -> Path:
+    """Resolve `--ckpt_path last` or `best` under a run directory, for the experiment `fingerprint`.
+
+    `last`: the newest `last.ckpt` of this experiment. `best`: the best checkpoint (by the `checkpoint`
+    group's monitor, val/loss) that the run `last` would resume recorded, as Lightning's `best` does.
+    With no `last.ckpt` of this experiment, the error names the ones that are there.
+    """
+    stamped = []
+    for path in Path(root).rglob("last.ckpt"):
+        try:
+            stamped.append((path.stat().st_mtime_ns, path, load_checkpoint(path).get(STAMP, {})))
+        except (OSError, CheckpointError):  # unreadable, or vanished since the listing: not a candidate
+            continue
+    if not stamped:
+        raise CheckpointError(
+            f"--ckpt_path {which}: no last.ckpt under {root}; run fit there first, or drop --ckpt_path"
+        )
+    stamped.sort(key=lambda item: item[0], reverse=True)
+    matching = [(path, stamp) for _, path, stamp in stamped if stamp.get("experiment") == fingerprint]
+    if not matching:
+        found = "; ".join(f"{path} ({stamp.get('data', 'no experiment stamp')})" for _, path, stamp in stamped[:5])
+        more = f" and {len(stamped) - 5} more" if len(stamped) > 5 else ""
+        raise CheckpointError(
+            f"--ckpt_path {which}: no run under {root} trained on this data; found {found}{more}:"
+            " give one with --ckpt_path PATH, or check --data"
+        )
+    last, stamp = matching[0]
+    if which == "last":
+        return last
+    best = Path(stamp.get("best_model_path") or "")
+    if not stamp.get("best_model_path") or not best.is_file():
+        raise CheckpointError(
+            f"--ckpt_path best: the run of {last} recorded no best checkpoint that still exists"
+            f" ({best if stamp.get('best_model_path') else 'it never validated'}); give --ckpt_path last or a path"
+        )
+    return best
+
+
 def find_last(root: str | os.PathLike) -> Path:
-    """The newest `last.ckpt` anywhere under a run directory (each run writes its own version folder)."""
+    """The newest `last.ckpt` anywhere under a run directory, whatever its experiment."""
     candidates = [p for p in Path(root).rglob("last.ckpt") if p.is_file()]
     if not candidates:
         raise CheckpointError(f"--ckpt_path last: no last.ckpt under {root}; run fit there first, or drop --ckpt_path")
     return max(candidates, key=lambda p: p.stat().st_mtime_ns)
+
+
+class RunStamp(L.Callback):
+    """Stamps every checkpoint with its experiment and optimizer; on resume, applies the settings changed since.
+
+    The stamp (`checkpoint["lit_linreg"]`, primitives only) holds the experiment's fingerprint and
+    description (see `experiment`), the best checkpoint so far, the optimizer's class name and the
+    settings it was configured with. Resuming fit restores the optimizer's state exactly (Adam's moments,
+    SGD's momentum, a scheduler's progress); a setting configured differently from the stamp's (say
+    `--model.lr 0.02`, or `--optimizer.lr` with `--optimizer Adam`) then replaces the restored one: the
+    config wins, and an unchanged config resumes bit for bit.
+
+    Args:
+        experiment: `experiment(data config)`.
+        optimizer: The class name of the optimizer this run configures.
+        settings: Its configured param-group settings (lr, momentum, ...), primitives.
+    """
+
+    def __init__(self, experiment: dict[str, str], optimizer: str, settings: dict[str, Any]) -> None:
+        self.experiment, self.optimizer, self.settings = experiment, optimizer, settings
+
+    def on_save_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict) -> None:
+        monitoring = [cb for cb in trainer.checkpoint_callbacks if getattr(cb, "monitor", None)]
+        best = monitoring[0].best_model_path if monitoring else ""
+        checkpoint[STAMP] = {
+            "experiment": self.experiment["fingerprint"],
+            "data": self.experiment["data"],
+            "best_model_path": best or "",
+            "optimizer": self.optimizer,
+            "settings": self.settings,
+        }
+
+    def on_load_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict) -> None:
+        if trainer.state.fn != "fit":
+            return
+        saved = checkpoint.get(STAMP, {}).get("settings")
+        if saved is None:  # a checkpoint from before the stamp: its model hyperparameters configured the SGD
+            saved = {key: checkpoint.get("hyper_parameters", {}).get(key) for key in self.settings}
+        changed = {key: value for key, value in self.settings.items() if saved.get(key) != value}
+        for state in checkpoint.get("optimizer_states", []):
+            for group in state.get("param_groups", []):
+                group.update({key: value for key, value in changed.items() if key in group})
 
 
 class LastCheckpoint(ModelCheckpoint):

@@ -1,29 +1,101 @@
 """The command line: `python -m lit_linreg {fit,validate,test,predict} --config configs/X.yaml`.
 
 A LightningCLI subclass adds the project's callbacks as config groups (`checkpoint`, `reference`,
-`coefficients`, `figure`), links the data's sizes into the model, resolves `--ckpt_path last`,
-and writes checkpoints atomically. `main` turns every mistake a user can make into one line on
-stderr and a non-zero exit; set LIT_LINREG_DEBUG=1 to see the traceback instead.
+`coefficients`, `figure`), links the data's sizes into the model, resolves `--ckpt_path last` and
+`best` within the experiment, gives each run a directory of its own and writes every file there
+atomically. `main` turns every mistake a user can make into one line on stderr and a non-zero exit;
+set LIT_LINREG_DEBUG=1 to see the traceback instead.
 """
 
 from __future__ import annotations
 
+import errno
+import functools
+import inspect
+import logging
 import os
+import re
 import sys
 import warnings
+from pathlib import Path
+from types import MethodType
 from typing import Any
 
-from jsonargparse import ArgumentError
+import yaml
+from jsonargparse import ArgumentError, Namespace, get_loader, set_loader, set_parsing_settings
+from lightning.fabric.plugins.environments import LightningEnvironment
 from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 from lightning.fabric.utilities.exceptions import MisconfigurationException
-from lightning.pytorch import LightningDataModule
+from lightning.fabric.utilities.rank_zero import rank_zero_only
+from lightning.pytorch import LightningDataModule, Trainer
 from lightning.pytorch.callbacks import ModelCheckpoint
-from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
+from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback, instantiate_class
+from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from lit_linreg.callbacks import CoefficientLogger, FitFigure, LeastSquaresReference, PredictionWriter
-from lit_linreg.checkpoint import AtomicCheckpointIO, LastCheckpoint, check_compatible, find_last, load_checkpoint
-from lit_linreg.errors import DivergenceError, find_user_error
+from lit_linreg.checkpoint import (
+    AtomicCheckpointIO,
+    LastCheckpoint,
+    RunStamp,
+    atomic_write,
+    check_compatible,
+    check_resumable,
+    check_tensors,
+    claim_run_dir,
+    experiment,
+    find_checkpoint,
+    load_checkpoint,
+)
+from lit_linreg.errors import ConfigError, DivergenceError, find_user_error
 from lit_linreg.model import LinearRegression
+
+# A config names classes by import path, and naming one runs its code. jsonargparse refuses these paths (shell,
+# files, network: its default denylist) once a list is set; added here: modules that run code on import or take
+# code as arguments. What a config may still name is listed in the README ("A config is code").
+IMPORT_DENYLIST = [
+    "lightning.pytorch.callbacks.LambdaCallback",
+    "lightning.pytorch.callbacks.lambda_function",
+    "pytorch_lightning.callbacks.LambdaCallback",
+    "pytorch_lightning.callbacks.lambda_function",
+    "builtins",
+    *("this", "code", "codeop", "pdb", "runpy", "importlib", "ctypes", "pickle", "marshal", "shutil", "pty"),
+    *("sys", "signal", "tempfile", "threading", "_thread"),
+]
+MAX_CONFIG_NODES = 100_000  # values in one YAML document, aliases counted each time they are used
+
+
+class AtomicSaveConfig(SaveConfigCallback):
+    """Writes the run's `config.yaml` with `atomic_write`: a full disk or a kill never leaves half a file.
+
+    Replaces `SaveConfigCallback.setup`, which writes in place; each run owns its directory, so there is
+    no earlier file to protect.
+    """
+
+    def setup(self, trainer: Trainer, pl_module: Any, stage: str) -> None:
+        if self.already_saved:
+            return
+        log_dir = trainer.log_dir  # a broadcast: every rank calls it
+        if trainer.is_global_zero:
+            text = self.parser.dump(self.config, skip_none=False)
+            atomic_write(Path(log_dir) / self.config_filename, text.encode())
+            self.save_config(trainer, pl_module, stage)
+            self.already_saved = True
+        self.already_saved = trainer.strategy.broadcast(self.already_saved)
+
+
+def give_data_the_schema(checkpoint: dict, config: Namespace) -> None:
+    """Hand a trained model's columns to a DataModule that takes a `schema` (TableDataModule does).
+
+    Every checkpoint keeps the model's schema (feature names, categories, missing-value rule) as a
+    hyperparameter, so the DataModule reads what the model expects, and `predict` needs only the new file,
+    even when the training file is gone.
+    """
+    schema = checkpoint.get("hyper_parameters", {}).get("schema")
+    data = config.get("data")
+    init_args = data.get("init_args") if isinstance(data, Namespace) else None
+    if schema is not None and isinstance(init_args, Namespace) and "schema" in init_args:
+        init_args.schema = schema
 
 
 class LinearRegressionCLI(LightningCLI):
@@ -45,57 +117,202 @@ class LinearRegressionCLI(LightningCLI):
         # The data knows its sizes once built: the model gets them from there, never from the user.
         parser.link_arguments("data.in_features", "model.in_features", apply_on="instantiate")
         parser.link_arguments("data.out_features", "model.out_features", apply_on="instantiate")
+        parser.link_arguments("data.schema", "model.schema", apply_on="instantiate")
 
     def parse_arguments(self, parser: LightningArgumentParser, args: Any) -> None:
         super().parse_arguments(parser, args)
-        subcommand = self.config.get("subcommand")
-        config = self.config.get(subcommand) if subcommand else None
-        self._checkpoint = None
-        if config is None or not config.get("ckpt_path"):
-            return
-        # Lightning's own "last" looks only in this run's version folder, which is new: find the newest anywhere.
-        if config.ckpt_path == "last":
-            config.ckpt_path = str(find_last(config.trainer.default_root_dir or "."))
-            print(f"resuming from {config.ckpt_path}")
-        self._checkpoint = load_checkpoint(config.ckpt_path)  # safe load, one-line errors
+        config = self.config[self.config.subcommand]
+        refuse_functions(config)
+        self._experiment = experiment(config.get("data"))
+        self._checkpoint = self._resolve_checkpoint(config)
+        if self._checkpoint is not None:
+            give_data_the_schema(self._checkpoint, config)
+
+    def _resolve_checkpoint(self, config: Namespace) -> dict | None:
+        """Load `--ckpt_path` safely, resolving `last` and `best` within this experiment; refuse none but for fit.
+
+        Lightning's own `last` and `best` look only in this run's version folder, which is new.
+        """
+        subcommand = self.config.subcommand
+        if not config.get("ckpt_path"):
+            if subcommand != "fit":  # the model's untrained weights would give a silent wrong answer
+                raise ConfigError(f"{subcommand} needs --ckpt_path: a checkpoint file, `last` or `best`")
+            return None
+        if config.ckpt_path in ("last", "best"):
+            root = config.trainer.default_root_dir or "."
+            config.ckpt_path = str(find_checkpoint(root, config.ckpt_path, self._experiment["fingerprint"]))
+            if subcommand == "fit":
+                print(f"resuming from {config.ckpt_path}")
+        return load_checkpoint(config.ckpt_path)  # safe load, one-line errors
 
     def _parse_ckpt_path(self) -> None:
         """Keep the model's config as given: with `--ckpt_path` the config wins over the checkpoint.
 
         LightningCLI would overwrite the model's config with the checkpoint's hyperparameters, silently
         dropping the user's --model.* flags. Instead the checkpoint must fit the configured model (checked in
-        `after_instantiate_classes`), and `LinearRegression.on_load_checkpoint` hands the configured lr,
-        momentum and weight decay to the restored optimizer.
+        `after_instantiate_classes`), and `RunStamp` hands the settings changed since to the restored optimizer.
         """
 
+    def instantiate_trainer(self, **kwargs: Any) -> Trainer:
+        """The Trainer, with the values it refuses (`--trainer.accelerator bogus`) reported as a ConfigError."""
+        try:
+            return super().instantiate_trainer(**kwargs)
+        except (ValueError, TypeError, MisconfigurationException) as err:
+            raise ConfigError(f"trainer: {err}") from err
+
     def after_instantiate_classes(self) -> None:
+        refuse_multi_node_without_launcher(self.trainer)
+        optimizer, settings = self._optimizer_settings()
         if self._checkpoint is not None:
-            hp = self.model.hparams
-            path = self._get(self.config, "ckpt_path")
-            check_compatible(self._checkpoint, path, hp.in_features, hp.out_features, hp.bias)
+            hp, path = self.model.hparams, self._get(self.config, "ckpt_path")
+            check_compatible(self._checkpoint, path, self.model.linear.in_features, hp.out_features, hp.bias)
+            check_tensors(self._checkpoint, path, self.model)
+            if self.subcommand == "fit":
+                check_resumable(self._checkpoint, path, optimizer)
+        self._schedule_the_default_optimizer()
+        self.trainer.callbacks.append(RunStamp(self._experiment, optimizer, settings))
         if type(self.trainer.strategy.checkpoint_io) is TorchCheckpointIO:  # unless the user chose another
             self.trainer.strategy.checkpoint_io = AtomicCheckpointIO()
+        self._claim_run_dir()  # last: a run refused above leaves no directory behind
+
+    def _optimizer_settings(self) -> tuple[str, dict[str, Any]]:
+        """The optimizer's class name and configured settings: `--optimizer`'s own, or the model's for its SGD."""
+        optimizer = self._get(self.config, "optimizer")
+        if optimizer:
+            args = dict(optimizer.get("init_args") or {})
+            primitives = (bool, int, float, str, list, tuple, type(None))
+            return optimizer.class_path.rsplit(".", 1)[-1], {k: v for k, v in args.items() if isinstance(v, primitives)}
+        hp = self.model.hparams
+        return "SGD", {"lr": hp.lr, "momentum": hp.momentum, "weight_decay": hp.weight_decay}
+
+    def _schedule_the_default_optimizer(self) -> None:
+        """Make `--lr_scheduler` without `--optimizer` schedule the model's own SGD, as LightningCLI does not.
+
+        LightningCLI adds a scheduler only together with an `--optimizer`, and would drop this one silently.
+        """
+        scheduler = self._get(self.config_init, "lr_scheduler")
+        if not scheduler or self._get(self.config_init, "optimizer"):
+            return
+        optimizer = self.model.configure_optimizers()
+        lr_scheduler = instantiate_class(optimizer, scheduler)
+        fn = functools.partial(self.configure_optimizers, optimizer=optimizer, lr_scheduler=lr_scheduler)
+        functools.update_wrapper(fn, self.configure_optimizers)  # as LightningCLI does, for `is_overridden`
+        self.model.configure_optimizers = MethodType(fn, self.model)
+
+    def _claim_run_dir(self) -> None:
+        """Give this run `<root>/lightning_logs/version_N` of its own, claimed by one atomic mkdir (rank 0 only).
+
+        Lightning's loggers choose the next version by listing the folder, so two runs started together
+        shared one, and without a logger every run wrote into `<root>/checkpoints`. The claimed number goes
+        to the TensorBoard or CSV logger (`_version`: no public setter), or, with `--trainer.logger false`,
+        becomes the Trainer's root (`_default_root_dir`: no public setter); other ranks get the directory
+        by Lightning's broadcast. A logger given an explicit version keeps it.
+        """
+        if rank_zero_only.rank != 0:
+            return
+        trainer = self.trainer
+        if not trainer.loggers:
+            _require_attribute(trainer, "_default_root_dir")
+            trainer._default_root_dir = str(claim_run_dir(Path(trainer.default_root_dir) / "lightning_logs"))
+        elif isinstance(logger := trainer.loggers[0], TensorBoardLogger | CSVLogger):
+            _require_attribute(logger, "_version")
+            if logger._version is None:
+                logger._version = int(claim_run_dir(logger.root_dir).name.removeprefix("version_"))
+
+
+def _require_attribute(obj: object, name: str) -> None:
+    if not hasattr(obj, name):
+        raise RuntimeError(f"{type(obj).__name__}.{name} is gone from this Lightning version: update _claim_run_dir")
+
+
+def refuse_functions(config: Namespace, prefix: str = "") -> None:
+    """Refuse a config that names a function as a value (`--trainer.callbacks.on_fit_start os.system`).
+
+    A function named in a config runs whenever the class it is given to calls it; classes (`class_path`)
+    are the way to plug code in.
+    """
+    items = config.items() if isinstance(config, Namespace | dict) else enumerate(config)
+    for key, value in items:
+        name = f"{prefix}.{key}" if prefix else str(key)
+        if inspect.isroutine(value) or isinstance(value, functools.partial):
+            raise ConfigError(
+                f"{name}: a config may not name a function ({getattr(value, '__name__', value)}): it would run as"
+                " code; write a Callback or DataModule class instead"
+            )
+        if isinstance(value, Namespace | dict | list | tuple):
+            refuse_functions(value, name)
+
+
+def refuse_multi_node_without_launcher(trainer: Trainer) -> None:
+    """Refuse `--trainer.num_nodes N > 1` when no launcher started the nodes: rank 0 would wait forever.
+
+    Lightning detects torchrun, SLURM, LSF, Kubeflow and MPI; by hand, NODE_RANK (and MASTER_ADDR) set on each node.
+    """
+    environment = getattr(trainer.strategy, "cluster_environment", None)
+    if trainer.num_nodes > 1 and isinstance(environment, LightningEnvironment) and "NODE_RANK" not in os.environ:
+        raise ConfigError(
+            f"--trainer.num_nodes {trainer.num_nodes} needs a launcher that starts every node: run under torchrun"
+            " or srun, or set MASTER_ADDR, MASTER_PORT and NODE_RANK on each node"
+        )
+
+
+def _bounded_yaml_load(stream: str) -> Any:
+    """jsonargparse's YAML loader, refusing documents that expand to more than MAX_CONFIG_NODES values.
+
+    YAML aliases share one object, so a few lines of nested aliases ("billion laughs") load at once but
+    expand to billions of values when jsonargparse copies or walks them: the walk below counts each use.
+    """
+    value = _yaml_load(stream)
+    pending, seen = [value], 0
+    while pending:
+        item = pending.pop()
+        seen += 1
+        if seen > MAX_CONFIG_NODES:
+            raise ConfigError(f"a config expands to more than {MAX_CONFIG_NODES:,} values (nested YAML aliases?)")
+        if isinstance(item, dict):
+            pending.extend(item.values())
+        elif isinstance(item, list):
+            pending.extend(item)
+    return value
+
+
+_yaml_load = get_loader("yaml")
 
 
 def cli_main(args: list[str] | None = None) -> LinearRegressionCLI:
     """Build and run the CLI; `args` replaces `sys.argv[1:]` (tests pass a list)."""
     # Lightning 2.6 calls an API that torch 2.13 deprecates, once per run: noise a user can do nothing about.
     warnings.filterwarnings("ignore", message=r"`isinstance\(treespec, LeafSpec\)` is deprecated")
+    # Every run has a new directory, so a restored checkpoint callback always sees another dirpath.
+    warnings.filterwarnings("ignore", message="The dirpath has changed from")
+    # `--optimizer` replaces the model's SGD, as the README says.
+    warnings.filterwarnings("ignore", message=r"`LinearRegression.configure_optimizers` will be overridden")
+    for name in ("lightning.pytorch.utilities.rank_zero", "lightning.fabric.utilities.rank_zero"):
+        logging.getLogger(name).addFilter(_quiet_litlogger_tip)
+    set_loader("yaml", _bounded_yaml_load, exceptions=(yaml.YAMLError,))
+    set_parsing_settings(import_path_denylist=IMPORT_DENYLIST)
     return LinearRegressionCLI(
         LinearRegression,
         LightningDataModule,
         subclass_mode_data=True,
         trainer_defaults={"default_root_dir": "runs", "callbacks": [LastCheckpoint(), PredictionWriter()]},
+        save_config_callback=AtomicSaveConfig,
         save_config_kwargs={"overwrite": True},
-        parser_kwargs={"exit_on_error": False},
+        parser_kwargs={"exit_on_error": False, "prog": "lit-linreg"},
         args=args,
     )
+
+
+def _quiet_litlogger_tip(record: logging.LogRecord) -> bool:
+    """Drop Lightning's advertisement for its cloud logger, printed on every run."""
+    return "litlogger" not in str(record.msg)
 
 
 def main(args: list[str] | None = None) -> int:
     """Console entry point: run the CLI, reporting user errors as one line and a non-zero exit code.
 
-    Exit 2 for a mistake in a flag, config, data file or checkpoint; 1 when training diverged.
+    Exit 2 for a mistake in a flag, config, data file or checkpoint; 1 when training diverged or a file
+    could not be written (full disk, no permission); 143 when SIGTERM stopped the run; 130 on Ctrl-C.
     Any other exception is a bug and keeps its traceback.
     """
     try:
@@ -105,18 +322,42 @@ def main(args: list[str] | None = None) -> int:
     except UnicodeDecodeError as err:  # CSV files report their own; this is jsonargparse reading a --config file
         reason = f"a --config file is not UTF-8 text ({err.reason} at byte {err.start}): give a YAML file"
         return _fail(err, reason, code=2)
+    except SIGTERMException as err:  # Lightning stops at the next batch or epoch boundary, with SystemExit(0)
+        reason = "stopped by SIGTERM; last.ckpt holds the last completed epoch: resume with --ckpt_path last"
+        return _fail(err, reason, code=128 + 15)
+    except KeyboardInterrupt as err:
+        return _fail(err, "interrupted; last.ckpt holds the last completed epoch", code=128 + 2)
     except Exception as err:
         user_error = find_user_error(err)
-        if user_error is None:
+        if user_error is not None:
+            return _fail(err, user_error, code=1 if isinstance(user_error, DivergenceError) else 2)
+        system_error = _find_os_error(err)
+        if system_error is None:
             raise
-        return _fail(err, user_error, code=1 if isinstance(user_error, DivergenceError) else 2)
+        where = f"{system_error.filename}: " if system_error.filename else ""
+        return _fail(err, f"{where}{system_error.strerror}", code=1)
     return 0
 
 
-def _fail(err: Exception, reason: Exception | str, code: int) -> int:
-    """Print `reason` as one line on stderr and return `code`; re-raise `err` when LIT_LINREG_DEBUG is set."""
-    if os.environ.get("LIT_LINREG_DEBUG"):
+def _find_os_error(err: BaseException) -> OSError | None:
+    """An OSError about a file (full disk, read-only or missing directory) that `err` is or was caused by."""
+    while err is not None:
+        if isinstance(err, OSError) and err.errno in _FILE_ERRORS:
+            return err
+        err = err.__cause__ or err.__context__
+    return None
+
+
+# Full disk or quota, no permission, read-only file system, a path through a file or a missing directory.
+_FILE_ERRORS = {errno.ENOSPC, errno.EDQUOT, errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOTDIR, errno.EEXIST}
+
+
+def _fail(err: BaseException, reason: Exception | str, code: int) -> int:
+    """Print `reason` as one line on stderr and return `code`; re-raise `err` when LIT_LINREG_DEBUG is true."""
+    if os.environ.get("LIT_LINREG_DEBUG", "").strip().lower() in ("1", "true", "yes", "on"):
         raise err
+    if denied := re.search(r"Importing '([\w.]+)' is not allowed", str(reason)):  # jsonargparse's import denylist
+        reason = f"a config may not name {denied[1]}: naming it would run code (see the README: a config is code)"
     lines = [line.strip() for line in str(reason).strip().splitlines() if line.strip()]
     # jsonargparse explains a bad value of a Union-typed option (data, trainer.max_epochs, ...) by listing each
     # type it tried and dumping the value it was given: noise next to the one error that matters.
