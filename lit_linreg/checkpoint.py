@@ -265,13 +265,20 @@ def find_checkpoint(root: str | os.PathLike, which: str, fingerprint: str | None
     last, stamp = matching[0]
     if which == "last":
         return last
-    best = Path(stamp.get("best_model_path") or "")
-    if not stamp.get("best_model_path") or not best.is_file():
+    recorded = stamp.get("best_model_path")
+    if not recorded:
         raise CheckpointError(
-            f"--ckpt_path best: the run of {last} recorded no best checkpoint that still exists"
-            f" ({best if stamp.get('best_model_path') else 'it never validated'}); give --ckpt_path last or a path"
+            f"--ckpt_path best: the run of {last} recorded no best checkpoint (it never validated);"
+            " give --ckpt_path last or a path"
         )
-    return best
+    # Lightning records an absolute path: look for it where this root holds it first, in case the root moved.
+    for best in (last.parents[2].joinpath(*Path(recorded).parts[-3:]), Path(recorded)):
+        if best.is_file():
+            return best
+    raise CheckpointError(
+        f"--ckpt_path best: the best checkpoint the run of {last} recorded, {recorded}, is gone;"
+        " give --ckpt_path last or a path"
+    )
 
 
 def find_last(root: str | os.PathLike) -> Path:

@@ -205,21 +205,21 @@ class LinearRegression(L.LightningModule):
         bias = t * (b_s - w_s @ (m / s)) + u
         return weight, bias
 
-    def on_load_checkpoint(self, checkpoint: dict) -> None:
-        # Resuming restores the optimizer's state, param-group settings included: let the configured ones win,
-        # so `fit --ckpt_path last --model.lr 0.01` really continues at lr 0.01 (momentum buffers are kept).
-        hp = self.hparams
-        for state in checkpoint.get("optimizer_states", []):
-            for group in state.get("param_groups", []):
-                group.update(lr=hp.lr, momentum=hp.momentum, weight_decay=hp.weight_decay)
-
     def on_save_checkpoint(self, checkpoint: dict) -> None:
-        # Never let a diverged state reach disk: the last finite checkpoint stays the newest one.
-        if not all(torch.isfinite(p).all() for p in self.parameters()):
+        # Never let a diverged state reach disk: the last finite checkpoint stays the newest one. Every tensor
+        # counts, the standardization buffers (y_std, ...) as much as the weights. (Resuming lets the configured
+        # optimizer settings win only where they changed: see `lit_linreg.checkpoint.RunStamp`.)
+        state = checkpoint["state_dict"]
+        bad = [name for name, t in state.items() if t.is_floating_point() and not torch.isfinite(t).all()]
+        if bad:
             raise DivergenceError(
-                f"the weights became non-finite by the end of epoch {self.current_epoch}: nothing was saved;"
+                f"{', '.join(bad)} became non-finite by the end of epoch {self.current_epoch}: nothing was saved;"
                 " lower --model.lr or standardize the data"
             )
+
+    def optimizer_name(self) -> str:
+        """The class name of the optimizer training this model: `SGD` unless `--optimizer` chose another."""
+        return type(self.trainer.optimizers[0]).__name__
 
 
 def _check(name: str, value: float, ok: bool, rule: str) -> None:

@@ -1,13 +1,16 @@
 """Faults injected into a training process by the tests: callbacks given with `--trainer.callbacks+=...`.
 
-Each one ends its own process with SIGKILL, as the OOM killer or a pre-empted node would: no exception,
-no cleanup, no `finally` blocks, no flushing of buffers.
+The Kill* ones end their own process with SIGKILL, as the OOM killer or a pre-empted node would: no exception,
+no cleanup, no `finally` blocks, no flushing of buffers. The others send SIGTERM, poison a buffer with inf,
+take a function (which a config must not give), or fail a write as a full disk does.
 """
 
 from __future__ import annotations
 
+import errno
 import os
 import signal
+from collections.abc import Callable
 
 import lightning as L
 
@@ -58,4 +61,50 @@ class _OsKillingAtFsync:
         self.calls += 1
         if self.calls == self.n:
             _kill_self()
+        os.fsync(fd)
+
+
+class SigtermAt(L.Callback):
+    """Send this process SIGTERM at the start of training epoch `epoch`, as a scheduler pre-empting a job would.
+
+    Lightning's handler only notes the signal; the loop stops after the current batch.
+    """
+
+    def __init__(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        if trainer.current_epoch == self.epoch and batch_idx == 0:
+            os.kill(os.getpid(), signal.SIGTERM)
+
+
+class PoisonBuffer(L.Callback):
+    """Fill the model's `y_std` buffer with inf at the end of training epoch `epoch`, before last.ckpt is written."""
+
+    def __init__(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def on_train_epoch_end(self, trainer, pl_module) -> None:
+        if trainer.current_epoch == self.epoch:
+            pl_module.y_std.fill_(float("inf"))
+
+
+class CallsAFunction(L.Callback):
+    """A callback that takes a function: what a config must not be able to hand it."""
+
+    def __init__(self, fn: Callable[[], object] | None = None) -> None:
+        self.fn = fn
+
+
+class OsFailingAtFsync(_OsKillingAtFsync):
+    """The os module, except that its `n`-th call to fsync fails with OSError(`code`), as a full disk would."""
+
+    def __init__(self, n: int, code: int = errno.ENOSPC) -> None:
+        super().__init__(n)
+        self.code = code
+
+    def fsync(self, fd: int) -> None:
+        self.calls += 1
+        if self.calls == self.n:
+            raise OSError(self.code, os.strerror(self.code))
         os.fsync(fd)
