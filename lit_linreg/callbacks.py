@@ -47,7 +47,9 @@ class LeastSquaresReference(L.Callback):
         if not self.enabled:
             return
         has_bias = pl_module.linear.bias is not None
-        sums = normal_equations(trainer.train_dataloader, has_bias, pl_module.device, pl_module.encoder)
+        sums = normal_equations(
+            trainer.train_dataloader, has_bias, pl_module.device, getattr(pl_module, "encoder", None)
+        )
         sums = {k: trainer.strategy.reduce(v, reduce_op="sum") for k, v in sums.items()}
         self._gram, self._cross, self._yy, self._n = sums["gram"], sums["cross"], sums["yy"], sums["n"]
         self._sst = sums["yy"] - sums["y_sum"].square() / sums["n"]  # (out,) total sum of squares about the mean
@@ -95,11 +97,10 @@ class LeastSquaresReference(L.Callback):
             ("val R2", _item(metrics.get("val/r2")), None),
         ]
         weight, bias = pl_module.coefficients()
+        has_bias = pl_module.linear.bias is not None
         names = coefficient_names(pl_module)
-        coefficients = [
-            (name, value, best)
-            for name, value, best in zip(names, _stacked(weight, bias), _stacked(self.weight, self.bias), strict=True)
-        ]
+        fitted, best = _stacked(weight, bias, has_bias), _stacked(self.weight, self.bias, has_bias)
+        coefficients = list(zip(names, fitted, best, strict=True))
         shown = coefficients[: self.max_table_coefficients]
         rows += [(name, value.item(), best.item()) for name, value, best in shown]
         print(format_table(rows))
@@ -119,9 +120,9 @@ def coefficient_names(pl_module: L.LightningModule) -> list[str]:
     return names
 
 
-def _stacked(weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
-    """W row by row (one target at a time), then b: one value per name of `coefficient_names`."""
-    return torch.cat([weight.flatten(), bias.flatten()])
+def _stacked(weight: torch.Tensor, bias: torch.Tensor, has_bias: bool) -> torch.Tensor:
+    """W row by row (one target at a time), then b if the model has one: one value per `coefficient_names`."""
+    return torch.cat([weight.flatten(), bias.flatten()]) if has_bias else weight.flatten()
 
 
 def log_epoch_scalars(trainer: L.Trainer, scalars: dict[str, float]) -> None:
@@ -215,7 +216,7 @@ class CoefficientLogger(L.Callback):
         weight, bias = pl_module.coefficients()
         has_bias = pl_module.linear.bias is not None
         if weight.numel() + has_bias * bias.numel() <= self.max_scalars:
-            values = _stacked(weight, bias if has_bias else bias[:0]).tolist()
+            values = _stacked(weight, bias, has_bias).tolist()
             names = coefficient_names(pl_module)
             log_epoch_scalars(trainer, {f"weights/{n}": v for n, v in zip(names, values, strict=True)})
             return

@@ -96,7 +96,8 @@ class Table:
             self.delimiter = delimiter or ("\t" if self.format == "tsv" else sniff_delimiter(sample))
             self.schema, self.kinds = self._csv_kinds()
         self.columns = list(self.kinds)
-        _check_names(self.path, self.columns)
+        if self.format == "parquet":
+            _check_names(self.path, self.schema.names)
 
     # --- the CSV side ---------------------------------------------------------------------------------------------
     def _parse_options(self, handler=None) -> pcsv.ParseOptions:
@@ -115,12 +116,17 @@ class Table:
             first = None
         except (pa.ArrowInvalid, OSError) as err:
             raise DataError(self._explain(err)) from None
+        try:
+            names = reader.schema.names
+        except UnicodeDecodeError as err:
+            raise DataError(f"{self.path}: the header is not UTF-8 text (byte 0x{err.object[err.start]:02x})") from None
+        _check_names(self.path, names)
         if first is None or first.num_rows == 0:
             raise DataError(f"{self.path}: no data rows below the header")
         kinds = {}
         for field, column in zip(reader.schema, first.columns, strict=True):
             kind = _kind(field.type)
-            if kind == "text" and pa.types.is_string(field.type):
+            if kind == "text" and (pa.types.is_string(field.type) or pa.types.is_binary(field.type)):
                 kind = "number" if _mostly_numbers(column) else "text"
             kinds[field.name] = kind
         return reader.schema, kinds
@@ -216,6 +222,8 @@ class Table:
                 break
             except pa.ArrowInvalid as err:
                 found = re.match(r"In CSV column #(\d+): .*?conversion error", str(err), re.S)
+                if found and "invalid UTF8" in str(err):
+                    self._refuse_invalid_utf8(self.columns[int(found.group(1))])
                 if not found or self.columns[int(found.group(1))] in as_text:
                     raise DataError(self._explain(err)) from None
                 as_text.add(self.columns[int(found.group(1))])
@@ -224,6 +232,19 @@ class Table:
         for name in as_text:  # a cell of spaces is missing; anything else that is not a number is refused
             table = table.set_column(table.schema.get_field_index(name), name, self._to_float(table.column(name), name))
         return table
+
+    def _refuse_invalid_utf8(self, name: str) -> None:
+        """Raise a DataError naming the first cell of column `name` that is not UTF-8 text (error path only)."""
+        cells = pcsv.read_csv(
+            self.path,
+            parse_options=self._parse_options(),
+            convert_options=pcsv.ConvertOptions(include_columns=[name], column_types={name: pa.binary()}),
+        ).column(name)
+        for row, value in enumerate(cells.to_pylist()):
+            try:
+                (value or b"").decode("utf-8")
+            except UnicodeDecodeError as err:
+                raise DataError(f"{self._where(row, name)} is not UTF-8 text (byte 0x{value[err.start]:02x})") from None
 
     def _to_float(self, column: pa.ChunkedArray, name: str) -> pa.ChunkedArray:
         """Text cells as float64, or a DataError naming the first one that is not a number."""
@@ -255,6 +276,8 @@ def _first_failing(column: pa.ChunkedArray) -> int:
 
 def _mostly_numbers(column: pa.Array) -> bool:
     """Whether most non-empty cells of a text column are numbers: then a stray word is a bad cell, not text."""
+    if pa.types.is_binary(column.type):  # bytes that are not UTF-8: the vote counts the cells that are
+        column = pa.array([v.decode("utf-8", "replace") if v is not None else None for v in column.to_pylist()])
     present = pc.drop_null(column)
     present = present.filter(pc.not_equal(pc.utf8_trim_whitespace(present), ""))
     if len(present) == 0:

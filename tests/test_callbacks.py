@@ -12,7 +12,7 @@ import torch
 
 from lit_linreg.callbacks import format_table, normal_equations, solve_least_squares
 from lit_linreg.cli import main
-from lit_linreg.data import TensorLoader
+from lit_linreg.loader import TensorLoader
 from tests.conftest import QUIET, config, latest_version, scalars
 
 
@@ -89,14 +89,15 @@ def test_crop_run_logs_the_optimum_and_a_gap_that_falls_to_zero(crop_run):
 def test_crop_run_logs_each_coefficient_in_original_units(crop_run):
     logged = scalars(crop_run)
     names = {tag for tag in logged if tag.startswith("weights/")}
-    assert names == {f"weights/w_{i}_{j}" for i in range(2) for j in range(3)} | {"weights/b_0", "weights/b_1"}
-    assert len(logged["weights/w_0_2"]) == 50
+    features, targets = ["temperature", "rainfall", "humidity"], ["apples", "oranges"]
+    assert names == {f"weights/{t}/{f}" for t in targets for f in [*features, "(intercept)"]}
+    assert len(logged["weights/apples/humidity"]) == 50
     # Original units: the final weights are the least-squares coefficients of the raw table (within SGD's 0.1 %).
     x = torch.tensor([[73, 67, 43], [91, 88, 64], [87, 134, 58], [102, 43, 37], [69, 96, 70.0]], dtype=torch.float64)
     y = torch.tensor([[56, 70], [81, 101], [119, 133], [22, 37], [103, 119.0]], dtype=torch.float64)
     expected_w, _ = _numpy_lstsq(x.numpy(), y.numpy(), bias=True)
-    assert logged["weights/w_1_1"][-1][1] == pytest.approx(expected_w[1, 1], rel=1e-3)
-    assert logged["weights/w_0_2"][-1][1] == pytest.approx(expected_w[0, 2], rel=1e-3)
+    assert logged["weights/oranges/rainfall"][-1][1] == pytest.approx(expected_w[1, 1], rel=1e-3)
+    assert logged["weights/apples/humidity"][-1][1] == pytest.approx(expected_w[0, 2], rel=1e-3)
 
 
 def test_hp_metric_is_the_final_validation_loss(crop_run):

@@ -16,8 +16,8 @@ def test_toy_run_reproduces_the_notebook_losses_and_predicts_ten(run_cli, tmp_pa
     assert run_cli("predict", "--config", config("toy.yaml"), "--ckpt_path", "last") == 0
     with open(latest_version(tmp_path / "runs") / "predictions.csv") as f:
         rows = list(csv.DictReader(f))
-    assert rows == [{"x": "5", "y": rows[0]["y"]}]
-    assert float(rows[0]["y"]) == pytest.approx(10.0, abs=5e-4)
+    assert rows == [{"x": "5", "predicted_y": rows[0]["predicted_y"]}]
+    assert float(rows[0]["predicted_y"]) == pytest.approx(10.0, abs=5e-4)
 
 
 def test_fit_twice_into_one_directory(run_cli):

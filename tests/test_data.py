@@ -4,11 +4,20 @@ import numpy as np
 import pytest
 import torch
 
-from lit_linreg import CSVDataModule, LinearRegression, SyntheticDataModule
-from lit_linreg.data import EpochShuffle, TensorLoader
+from lit_linreg import LinearRegression, SyntheticDataModule, TableDataModule
+from lit_linreg.errors import DataError
+from lit_linreg.loader import EpochShuffle, TensorLoader
 from tests.conftest import ROOT, config, latest_version
 
 HOUSES = ROOT / "data" / "houses.csv"
+FEATURES = ["area_m2", "rooms", "age_years", "distance_km"]
+
+
+def houses() -> np.ndarray:
+    """The example table's numeric columns (four features, then the price), rows with an empty cell left out."""
+    with open(HOUSES, newline="") as f:
+        rows = [[row[c] for c in [*FEATURES, "price_k"]] for row in csv.DictReader(f)]
+    return np.array([[float(v) for v in row] for row in rows if all(row)])
 
 
 def test_each_epoch_is_a_fresh_permutation_replayed_exactly_from_seed_and_epoch():
@@ -47,7 +56,7 @@ def test_unshuffled_batches_are_views_and_shuffled_batches_gather_whole_rows():
 
 def test_synthetic_data_is_seeded_and_its_true_coefficients_are_recoverable():
     dm = SyntheticDataModule(n_samples=5000, n_features=3, n_targets=2, noise=0.01, val_fraction=0.2, seed=5)
-    splits = dm.load()
+    splits = dm.load("fit")
     x, y = splits["train"]
     assert x.shape == (4000, 3) and y.shape == (4000, 2) and splits["val"][0].shape == (1000, 3)
     assert x.dtype == torch.float32
@@ -56,51 +65,51 @@ def test_synthetic_data_is_seeded_and_its_true_coefficients_are_recoverable():
     torch.testing.assert_close(theta[:3].T.float(), dm.true_weight, atol=1e-3, rtol=0)
     torch.testing.assert_close(theta[3].float(), dm.true_bias, atol=1e-3, rtol=0)
     again = SyntheticDataModule(n_samples=5000, n_features=3, n_targets=2, noise=0.01, val_fraction=0.2, seed=5)
-    assert torch.equal(again.load()["train"][0], x)
-    assert not torch.equal(SyntheticDataModule(n_samples=5000, n_features=3, seed=6).load()["train"][0][:, :3], x)
+    assert torch.equal(again.load("fit")["train"][0], x)
+    assert not torch.equal(SyntheticDataModule(n_samples=5000, n_features=3, seed=6).load("fit")["train"][0][:, :3], x)
 
 
-def test_csv_module_knows_its_sizes_from_the_header_alone(tmp_path):
+def test_table_module_knows_its_sizes_before_reading_the_rows(tmp_path):
     path = tmp_path / "table.csv"
-    path.write_text("a,b,target\n1,2,3\nnot,yet,read\n")  # a bad row that only setup would see
-    dm = CSVDataModule(str(path), targets=["target"])
+    path.write_text("a,b,target\n1,2,3\n4,5,6\n7,8,9\n" + "1,2,3\n" * 20000 + "1,oops,3\n")  # past the first block
+    dm = TableDataModule(str(path), targets=["target"])
     assert (dm.feature_names, dm.target_names, dm.in_features, dm.out_features) == (["a", "b"], ["target"], 2, 1)
-    assert CSVDataModule(str(path), targets=["a", "b"], features=["target"]).in_features == 1
+    assert TableDataModule(str(path), targets=["a", "b"], features=["target"]).in_features == 1
+    with pytest.raises(DataError, match="row 20005, column 'b': 'oops' is not a number"):
+        dm.load("fit")
 
 
-def test_csv_module_reads_the_example_table_with_a_seeded_split():
-    with open(HOUSES) as f:
-        rows = [[float(v) for v in row] for row in list(csv.reader(f))[1:]]
-    expected = torch.tensor(rows, dtype=torch.float32)  # (240, 5): four features, then the price
-    dm = CSVDataModule(str(HOUSES), targets=["price_k"], val_fraction=0.25, seed=1)
-    splits = dm.load()
+def test_table_module_reads_the_example_table_with_a_seeded_split():
+    expected = houses().astype(np.float32)  # (295, 5)
+    dm = TableDataModule(str(HOUSES), targets=["price_k"], val_fraction=0.25, seed=1)
+    assert dm.feature_names == FEATURES  # id, address and neighbourhood hold text
+    splits = dm.load("fit")
     (x_train, y_train), (x_val, y_val) = splits["train"], splits["val"]
-    assert (len(x_train), len(x_val)) == (180, 60)
+    assert (len(x_train), len(x_val)) == (221, 74)
     together = torch.cat([torch.cat([x_train, y_train], 1), torch.cat([x_val, y_val], 1)])
     assert sorted(map(tuple, together.tolist())) == sorted(map(tuple, expected.tolist()))  # every row, once
-    same = CSVDataModule(str(HOUSES), targets=["price_k"], val_fraction=0.25, seed=1).load()
-    other = CSVDataModule(str(HOUSES), targets=["price_k"], val_fraction=0.25, seed=2).load()
+    same = TableDataModule(str(HOUSES), targets=["price_k"], val_fraction=0.25, seed=1).load("fit")
+    other = TableDataModule(str(HOUSES), targets=["price_k"], val_fraction=0.25, seed=2).load("fit")
     assert torch.equal(same["val"][0], x_val) and not torch.equal(other["val"][0], x_val)
 
 
 def test_standardization_uses_training_rows_only():
-    dm = CSVDataModule(str(HOUSES), targets=["price_k"], val_fraction=0.25)
+    dm = TableDataModule(str(HOUSES), targets=["price_k"], val_fraction=0.25)
     dm.setup("fit")
     x_train, y_train = dm.splits["train"]
     stats = dm.statistics
-    torch.testing.assert_close(stats["x_mean"], x_train.double().mean(0).float())
-    torch.testing.assert_close(stats["y_std"], y_train.double().std(0, unbiased=False).float())
-    everything = torch.cat([x_train, dm.splits["val"][0]])
+    torch.testing.assert_close(stats["x_mean"], x_train.double().mean(0), rtol=1e-6, atol=0)
+    torch.testing.assert_close(stats["y_std"], y_train.double().std(0, unbiased=False), rtol=1e-6, atol=0)
+    everything = torch.cat([x_train, dm.splits["val"][0]]).double()
     assert not torch.allclose(stats["x_mean"], everything.mean(0))
-    assert CSVDataModule(str(HOUSES), targets=["price_k"], standardize=False).statistics is None
+    assert TableDataModule(str(HOUSES), targets=["price_k"], standardize=False).statistics is None
 
 
 def test_a_checkpoint_alone_predicts_from_raw_inputs_in_original_units(run_cli, tmp_path):
-    assert run_cli("fit", "--config", config("csv.yaml")) == 0
+    assert run_cli("fit", "--config", config("table.yaml")) == 0
     run = latest_version(tmp_path / "runs")
     model = LinearRegression.load_from_checkpoint(run / "checkpoints" / "last.ckpt", weights_only=True)
-    with open(HOUSES) as f:
-        table = np.array([[float(v) for v in row] for row in list(csv.reader(f))[1:]], dtype=np.float64)
+    table = houses()
     x_raw, y = torch.tensor(table[:, :4], dtype=torch.float32), table[:, 4]
     with torch.no_grad():
         y_hat = model(x_raw).double().squeeze(1).numpy()
@@ -108,9 +117,9 @@ def test_a_checkpoint_alone_predicts_from_raw_inputs_in_original_units(run_cli, 
     best = design @ np.linalg.lstsq(design, y, rcond=None)[0]
     assert np.sqrt(np.mean((y_hat - y) ** 2)) < 1.05 * np.sqrt(np.mean((best - y) ** 2))  # prices, not z-scores
 
-    assert run_cli("predict", "--config", config("csv.yaml"), "--ckpt_path", "last") == 0
+    assert run_cli("predict", "--config", config("table.yaml"), "--ckpt_path", "last") == 0
     with open(latest_version(tmp_path / "runs") / "predictions.csv") as f:
         predicted = list(csv.DictReader(f))
-    assert list(predicted[0]) == ["area_m2", "rooms", "age_years", "distance_km", "price_k"]
-    row = torch.tensor([[float(predicted[0][c]) for c in ("area_m2", "rooms", "age_years", "distance_km")]])
-    assert float(predicted[0]["price_k"]) == pytest.approx(model(row).item(), rel=1e-5)
+    assert list(predicted[0]) == [*FEATURES, "predicted_price_k"]  # the validation rows, then the prediction
+    row = torch.tensor([[float(predicted[0][c]) for c in FEATURES]])
+    assert float(predicted[0]["predicted_price_k"]) == pytest.approx(model(row).item(), rel=1e-5)

@@ -89,5 +89,14 @@ def test_out_of_range_hyperparameters_are_refused(kwargs, message):
 
 
 def test_hyperparameters_are_primitives_only():
-    hp = dict(LinearRegression(3, 2).hparams)
-    assert all(isinstance(v, (int, float, str, bool)) for v in hp.values()), hp
+    schema = {"features": ["a", "b", "c"], "targets": ["y", "z"], "categories": {"c": ["p", "q"]}, "missing": "mean"}
+    hp = dict(LinearRegression(3, 2, schema=schema).hparams)
+
+    def primitive(v) -> bool:
+        if isinstance(v, dict):
+            return all(isinstance(k, str) and primitive(x) for k, x in v.items())
+        if isinstance(v, list):
+            return all(primitive(x) for x in v)
+        return v is None or isinstance(v, (int, float, str, bool))
+
+    assert all(primitive(v) for v in hp.values()), hp
