@@ -11,7 +11,6 @@ from __future__ import annotations
 import csv
 import hashlib
 import io
-import math
 import os
 import re
 import shutil
@@ -29,7 +28,7 @@ from hypothesis import strategies as st
 from lit_linreg.checkpoint import find_last
 from lit_linreg.cli import main
 from lit_linreg.datamodules import TableDataModule
-from lit_linreg.errors import DataError, UserError, find_user_error
+from lit_linreg.errors import UserError, find_user_error
 from tests.conftest import QUIET, config, record_fault
 
 CSV = ["--data.class_path", "lit_linreg.TableDataModule", "--data.init_args.targets", "[y]"]
