@@ -16,6 +16,8 @@ of the ratio between two runs made back to back.
    the data costs; the target allows 1.5x the bytes of the rows, N * (D + 1) * 4.
 3. Start-up: whole-process wall time of `fit --config configs/toy.yaml` (100 one-step epochs) against
    `minimal_lightning.py`, the same training in a ~30-line Lightning script.
+4. Reading a 1,000,000 x 32 numeric CSV (`read_table.py`): lit_linreg's pyarrow reader, every column as
+   float64, against numpy's `loadtxt` into float32, the reader it replaced; the read alone, imports excluded.
 
 Usage: `make bench`, or `python benchmarks/bench.py --repeats 5`.
 """
@@ -67,7 +69,11 @@ def epoch_seconds(output: str) -> float:
     return statistics.median(json.loads(re.search(r"EPOCH_SECONDS (\[.*?\])", output).group(1)))
 
 
-def repeat(env: dict[str, str]) -> dict[str, float]:
+def read_seconds(output: str) -> float:
+    return float(re.search(r"READ_SECONDS (\S+)", output).group(1))
+
+
+def repeat(env: dict[str, str], table_csv: str) -> dict[str, float]:
     """One run of every command, baselines right after what they are compared with; returns the raw figures."""
     with tempfile.TemporaryDirectory() as scratch:
         fit = ["-m", "lit_linreg", "fit", "--trainer.default_root_dir"]
@@ -82,6 +88,9 @@ def repeat(env: dict[str, str]) -> dict[str, float]:
         figures["rss_small"] = run([*fit, f"{scratch}/small", *synthetic, f"--data.n_samples={N_SMALL}"], env)[1]
         figures["toy_wall"] = run([*fit, f"{scratch}/toy", "--config", "configs/toy.yaml"], env)[0]
         figures["minimal_wall"] = run([str(HERE / "minimal_lightning.py")], env, cwd=Path(scratch))[0]
+        reader = [str(HERE / "read_table.py"), table_csv, "--reader"]
+        figures["read_lit_linreg"] = read_seconds(run([*reader, "lit_linreg"], env)[2])
+        figures["read_numpy"] = read_seconds(run([*reader, "numpy"], env)[2])
     return figures
 
 
@@ -98,6 +107,8 @@ def table(runs: list[dict[str, float]]) -> str:
     speed_up = median(lambda r: r["naive_epoch"] / r["fit_epoch"])
     memory = median(lambda r: (r["rss_big"] - r["rss_small"]) / DATA_BYTES)
     start_up = median(lambda r: r["toy_wall"] / r["minimal_wall"])
+    read, read_numpy = median(lambda r: r["read_lit_linreg"]), median(lambda r: r["read_numpy"])
+    read_ratio = median(lambda r: r["read_lit_linreg"] / r["read_numpy"])
     rows = [
         ("s/epoch; baseline: hand-written PyTorch loop",
          f"{fit:.3f}", f"{hand:.3f}", f"{per_epoch:.2f}x", "<= 1.5x (goal 1.0x)", per_epoch <= 1.5),
@@ -107,6 +118,8 @@ def table(runs: list[dict[str, float]]) -> str:
          f"{rss_big / MIB:.0f}", f"{rss_small / MIB:.0f}", f"{memory:.2f}x", "<= 1.5x", memory <= 1.5),
         ("start-up s, whole process, configs/toy.yaml; baseline: minimal_lightning.py",
          f"{toy:.2f}", f"{minimal:.2f}", f"{start_up:.2f}x", "<= 1.15x", start_up <= 1.15),
+        ("s to read a 1,000,000 x 32 numeric CSV; baseline: numpy.loadtxt, the reader pyarrow replaced",
+         f"{read:.2f}", f"{read_numpy:.2f}", f"{read_ratio:.2f}x", "<= 1.0x", read_ratio <= 1.0),
     ]  # fmt: skip
     lines = ["| measure | lit_linreg | baseline | ratio | target | met |", "|---|---|---|---|---|---|"]
     lines += [f"| {' | '.join(row[:-1])} | {'yes' if row[-1] else 'no'} |" for row in rows]
@@ -125,10 +138,13 @@ def main() -> None:
     if args.threads:
         env["OMP_NUM_THREADS"] = str(args.threads)
     runs = []
-    for i in range(args.repeats):
-        runs.append(repeat(env))
-        figures = ", ".join(f"{key} {value:.4g}" for key, value in runs[-1].items())
-        print(f"repeat {i + 1}/{args.repeats}: {figures}", file=sys.stderr, flush=True)
+    with tempfile.TemporaryDirectory() as scratch:
+        table_csv = f"{scratch}/table.csv"
+        run([str(HERE / "read_table.py"), table_csv, "--write"], env)
+        for i in range(args.repeats):
+            runs.append(repeat(env, table_csv))
+            figures = ", ".join(f"{key} {value:.4g}" for key, value in runs[-1].items())
+            print(f"repeat {i + 1}/{args.repeats}: {figures}", file=sys.stderr, flush=True)
 
     print(f"\nMachine: {platform.platform()}, {os.cpu_count()} CPUs, Python {platform.python_version()},", end=" ")
     print(f"torch {version('torch')}, lightning {version('lightning')}, threads: {args.threads or 'default'}")
