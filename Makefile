@@ -19,10 +19,11 @@ $(STAMP): pyproject.toml constraints.txt
 
 install: $(STAMP)  ## create .venv and install the package with pinned versions (idempotent)
 
-train: install  ## train the toy config and print the prediction for x = 5
+train: install  ## train the toy config and print the prediction for x = 5, as the notebooks do
 	$(PY) -m lit_linreg fit --config configs/toy.yaml --trainer.enable_progress_bar false
 	$(PY) -m lit_linreg predict --config configs/toy.yaml --ckpt_path last --trainer.enable_progress_bar false
-	@cat "$$(ls -td runs/lightning_logs/version_*/ | head -1)predictions.csv"
+	@awk -F, 'NR == 2 {printf "Prediction after training: f(%g) = %.3f\n", $$1, $$2}' \
+		"$$(ls -td runs/lightning_logs/version_*/ | head -1)predictions.csv"
 
 test: install  ## run the test suite (slow tests excluded)
 	$(PY) -m pytest -q

@@ -54,7 +54,7 @@ def atomic_write(path: str | os.PathLike, data: bytes | memoryview) -> None:
         os.replace(tmp, path)
     except BaseException as err:
         tmp.unlink(missing_ok=True)
-        if isinstance(err, OSError) and err.filename is None:  # write() and fsync() name no file: name it
+        if isinstance(err, OSError) and err.errno is not None and err.filename is None:  # write(), fsync(): name it
             err.filename = str(path)
         raise
     _fsync_dir(path.parent)  # make the rename itself durable
@@ -214,7 +214,7 @@ def experiment(data: Mapping[str, Any] | None) -> dict[str, str]:
     Returns `fingerprint` (a hash of them) and `data` (a short description for messages). A string that
     names an existing file counts by its real path, so `data/x.csv` and `./data/x.csv` are one experiment.
     """
-    data = dict(data or {})
+    data = data.as_dict() if hasattr(data, "as_dict") else dict(data or {})  # a jsonargparse Namespace, nested
     args = {
         key: _real_path(value)
         for key, value in sorted(dict(data.get("init_args") or {}).items())

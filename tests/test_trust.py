@@ -8,18 +8,28 @@ a non-finite buffer; and check the optimizer conventions (`--optimizer`, `--lr_s
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import hashlib
+import multiprocessing
+import os
 import shutil
+import signal
+import subprocess
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 import torch
+from jsonargparse import ArgumentError
 
-from lit_linreg.checkpoint import find_last, load_checkpoint
-from lit_linreg.cli import main
-from tests.conftest import QUIET, config, record_fault
+from lit_linreg import checkpoint
+from lit_linreg.checkpoint import claim_run_dir, find_last, load_checkpoint
+from lit_linreg.cli import cli_main, main
+from tests.conftest import QUIET, ROOT, config, record_fault
+from tests.faults import OsFailingAtFsync
 
 FAST = ["--reference.enabled", "false", "--figure.enabled", "false"]  # neither is under test here
 TOY = ["--config", config("toy.yaml"), "--trainer.max_epochs", "2", *FAST]
@@ -234,3 +244,267 @@ def test_refused_in_one_line(setup, argv, expected, code, tmp_path, capsys, toy_
     assert "The Zen of Python" not in captured.out  # `this` was never imported
     assert seconds < 20
     record_fault("hangs" if any(k in str(argv) for k in ("laughs", "num_nodes")) else "refusals")
+
+
+# --- Runs never share a directory -------------------------------------------------------------------------------
+
+
+def _claim(parent: Path, barrier) -> str:
+    barrier.wait()  # every process claims at the same moment
+    return claim_run_dir(parent).name
+
+
+def test_runs_started_at_the_same_moment_each_claim_their_own_directory(tmp_path):
+    context = multiprocessing.get_context("fork")
+    barrier = context.Manager().Barrier(8)
+    with context.Pool(8) as pool:
+        names = pool.starmap(_claim, [(tmp_path, barrier)] * 8)
+    assert sorted(names) == [f"version_{n}" for n in range(8)]
+    record_fault("races", 8)
+
+
+def test_without_a_logger_a_second_run_keeps_out_of_the_first_runs_files(tmp_path):
+    no_logger = [*TOY, "--trainer.max_epochs", "1", "--trainer.logger", "false"]
+    assert run("fit", *no_logger, root=tmp_path) == 0
+    first = digest(tmp_path)
+    assert run("fit", *no_logger, "--model.lr", "0.02", root=tmp_path) == 0
+    after = digest(tmp_path)
+    lost = [name for name, sha in first.items() if after.get(name) != sha]
+    record_fault("races")
+    record_fault("lost", len(lost))
+    assert lost == []
+    runs = tmp_path / "lightning_logs"
+    assert sorted(p.name for p in runs.iterdir()) == ["version_0", "version_1"]
+    for version, lr in (("version_0", 0.01), ("version_1", 0.02)):
+        assert f"lr: {lr}" in (runs / version / "config.yaml").read_text()
+        assert load_checkpoint(runs / version / "checkpoints" / "last.ckpt")["hyper_parameters"]["lr"] == lr
+
+
+# --- Full and read-only disks -----------------------------------------------------------------------------------
+
+
+def assert_nothing_half_written(root: Path, before: dict[str, str]) -> None:
+    after = digest(root)
+    lost = [name for name, sha in before.items() if after.get(name) != sha]
+    record_fault("lost", len(lost))
+    assert lost == []
+    # (TensorBoard's event files are logs, appended to: one may be left empty, as any log would.)
+    ours = [p for pattern in ("*.yaml", "*.ckpt", "*.csv") for p in root.rglob(pattern)]
+    assert not [p for p in ours if p.stat().st_size == 0]
+    assert not list(root.rglob("*.tmp"))
+
+
+@pytest.mark.parametrize("fsync, file", [(1, "config.yaml"), (3, "last.ckpt")], ids=["config", "checkpoint"])
+def test_a_full_disk_while_resuming_ends_in_one_line_and_leaves_nothing_half_written(
+    fsync, file, tmp_path, toy_root, monkeypatch, capsys
+):
+    root = tmp_path / "runs"
+    shutil.copytree(toy_root, root)
+    before = digest(root)
+    monkeypatch.setattr(checkpoint, "os", OsFailingAtFsync(fsync, errno.ENOSPC))  # the fsync-th write's fsync fails
+    capsys.readouterr()
+    assert run("fit", *TOY, "--trainer.max_epochs", "5", "--ckpt_path", "last", root=root) == 1
+    err = capsys.readouterr().err
+    record_fault("disk_faults")
+    assert len(err.splitlines()) == 1 and err.startswith("lit-linreg: error: "), err
+    assert err.rstrip().endswith(f"/lightning_logs/version_1/{'checkpoints/' if fsync > 1 else ''}{file}: {ENOSPC}")
+    assert_nothing_half_written(root, before)
+
+
+ENOSPC = os.strerror(errno.ENOSPC)
+
+
+@pytest.fixture
+def tmpfs(tmp_path):
+    """A 256 KiB tmpfs at tmp_path/disk (root only): a disk that really fills up, and can be made read-only."""
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    if os.geteuid() != 0 or subprocess.run(["mount", "-t", "tmpfs", "-o", "size=256k", "tmpfs", str(disk)]).returncode:
+        pytest.skip("mounting a tmpfs needs root")
+    yield disk
+    subprocess.run(["umount", "-l", str(disk)], check=True)
+
+
+def test_a_really_full_disk_and_a_read_only_one_end_in_one_line(tmpfs, toy_root, capsys):
+    root = tmpfs / "runs"
+    shutil.copytree(toy_root, root, ignore=shutil.ignore_patterns("events.out.*"))
+    with contextlib.suppress(OSError), open(tmpfs / "filler", "wb", buffering=0) as filler:
+        while True:  # fill the disk to the last byte
+            filler.write(b"\0" * 4096)
+    before = digest(root)
+    capsys.readouterr()
+    assert run("fit", *TOY, "--trainer.max_epochs", "5", "--ckpt_path", "last", root=root) == 1
+    err = capsys.readouterr().err
+    assert len(err.splitlines()) == 1 and err.rstrip().endswith(ENOSPC), err
+    assert_nothing_half_written(root, before)
+
+    subprocess.run(["mount", "-o", "remount,ro", str(tmpfs)], check=True)
+    assert run("fit", *TOY, "--ckpt_path", "last", root=root) == 1
+    err = capsys.readouterr().err
+    assert len(err.splitlines()) == 1 and err.rstrip().endswith(os.strerror(errno.EROFS)), err
+    assert_nothing_half_written(root, before)
+    record_fault("disk_faults", 2)
+
+
+# --- Stopped runs and broken states -----------------------------------------------------------------------------
+
+
+def test_sigterm_stops_fit_with_exit_143_and_its_last_checkpoint_resumes_bit_for_bit(tmp_path, capsys):
+    five = [*TOY, "--trainer.max_epochs", "5"]
+    assert run("fit", *five, root=tmp_path / "whole") == 0
+    capsys.readouterr()
+    assert run("fit", *five, "--trainer.callbacks+", "tests.faults.SigtermAt", "--trainer.callbacks.epoch", "3",
+               root=tmp_path / "stopped") == 143  # fmt: skip
+    err = capsys.readouterr().err
+    assert err.splitlines() == [
+        "lit-linreg: error: stopped by SIGTERM; last.ckpt holds the last completed epoch: resume with --ckpt_path last"
+    ]
+    record_fault("sigterms")
+    # The toy epoch is one batch: Lightning finishes it, writes last.ckpt, then stops; epoch 4 never starts.
+    assert load_checkpoint(find_last(tmp_path / "stopped"))["epoch"] == 3
+    assert run("fit", *five, "--ckpt_path", "last", root=tmp_path / "stopped") == 0
+    whole, resumed = weights(find_last(tmp_path / "whole")), weights(find_last(tmp_path / "stopped"))
+    record_fault("lost", sum(not torch.equal(whole[k], resumed[k]) for k in whole))
+    assert all(torch.equal(whole[k], resumed[k]) for k in whole)
+
+
+def test_a_non_finite_buffer_is_never_saved(tmp_path, capsys):
+    poison = ["--trainer.callbacks+", "tests.faults.PoisonBuffer", "--trainer.callbacks.epoch", "1"]
+    assert run("fit", *TOY, "--trainer.max_epochs", "3", *poison, root=tmp_path) == 1
+    assert "y_std became non-finite by the end of epoch 1: nothing was saved" in capsys.readouterr().err
+    record_fault("divergences")
+    assert load_checkpoint(find_last(tmp_path))["epoch"] == 0  # the last finite state; loading checks every tensor
+
+
+# --- Optimizers and schedulers, as LightningCLI documents them ----------------------------------------------------
+
+
+def param_group(root: Path) -> dict:
+    return load_checkpoint(find_last(root))["optimizer_states"][0]["param_groups"][0]
+
+
+def test_adam_resumes_bit_for_bit_and_keeps_its_own_settings(tmp_path):
+    adam = [*TOY, "--optimizer", "Adam", "--optimizer.lr", "0.1"]
+    assert run("fit", *adam, "--trainer.max_epochs", "4", root=tmp_path / "whole") == 0
+    assert run("fit", *adam, root=tmp_path / "resumed") == 0
+    assert run("fit", *adam, "--trainer.max_epochs", "4", "--ckpt_path", "last", root=tmp_path / "resumed") == 0
+    whole, resumed = (load_checkpoint(find_last(tmp_path / name)) for name in ("whole", "resumed"))
+    tensors = [
+        (whole["state_dict"][k], resumed["state_dict"][k]) for k in whole["state_dict"]
+    ] + [  # Adam's moments and step count
+        (whole["optimizer_states"][0]["state"][0][k], resumed["optimizer_states"][0]["state"][0][k])
+        for k in ("exp_avg", "exp_avg_sq", "step")
+    ]
+    record_fault("lost", sum(not torch.equal(a, b) for a, b in tensors))
+    assert all(torch.equal(a, b) for a, b in tensors)
+
+    # --model.lr configures the default SGD only: Adam keeps its own lr (it used to take 0.5 here) ...
+    assert run("fit", *adam, "--trainer.max_epochs", "5", "--model.lr", "0.5", "--ckpt_path", "last",
+               root=tmp_path / "resumed") == 0  # fmt: skip
+    assert param_group(tmp_path / "resumed")["lr"] == 0.1
+    # ... and a setting changed for the resume takes effect.
+    assert run("fit", *adam, "--trainer.max_epochs", "6", "--optimizer.lr", "0.05", "--ckpt_path", "last",
+               root=tmp_path / "resumed") == 0  # fmt: skip
+    assert param_group(tmp_path / "resumed")["lr"] == 0.05
+
+
+def test_a_scheduler_without_an_optimizer_schedules_the_default_sgd_and_resumes(tmp_path):
+    step_lr = [*TOY, "--lr_scheduler", "StepLR", "--lr_scheduler.step_size", "1", "--lr_scheduler.gamma", "0.5"]
+    assert run("fit", *step_lr, "--trainer.max_epochs", "3", root=tmp_path) == 0
+    assert param_group(tmp_path)["lr"] == pytest.approx(0.01 * 0.5**3)  # halved after each epoch, from --model.lr
+    assert run("fit", *step_lr, "--trainer.max_epochs", "4", "--ckpt_path", "last", root=tmp_path) == 0
+    assert param_group(tmp_path)["lr"] == pytest.approx(0.01 * 0.5**4)  # the schedule goes on, not back to 0.01
+
+
+def test_lbfgs_fits_the_toy_line_and_the_model_names_its_optimizer(tmp_path):
+    cli = cli_main(["fit", *TOY, "--optimizer", "LBFGS", "--optimizer.lr", "1", *QUIET,
+                    "--trainer.default_root_dir", str(tmp_path)])  # fmt: skip
+    assert cli.model.optimizer_name() == "LBFGS"
+    assert cli.model.linear.weight.item() == pytest.approx(2.0, abs=1e-4)  # the notebooks' w = 2
+
+
+# --- The same experiment, or a refusal --------------------------------------------------------------------------
+
+
+def test_last_and_best_stay_within_the_experiment(tmp_path):
+    validated = ["--trainer.check_val_every_n_epoch", "1"]
+    assert run("fit", *CROP, *validated, root=tmp_path) == 0  # version_0: standardized (the default)
+    assert run("fit", *CROP, "--data.standardize", "false", "--model.lr", "0.00001", root=tmp_path) == 0  # newer
+    runs = tmp_path / "lightning_logs"
+    assert run("predict", *CROP, "--ckpt_path", "last", root=tmp_path) == 0  # version_2
+    assert f"ckpt_path: {runs}/version_0/checkpoints/last.ckpt" in (runs / "version_2" / "config.yaml").read_text()
+    assert run("predict", *CROP, "--ckpt_path", "best", root=tmp_path) == 0  # version_3
+    assert f"ckpt_path: {runs}/version_0/checkpoints/best-" in (runs / "version_3" / "config.yaml").read_text()
+
+
+# --- Quiet, conventional runs -----------------------------------------------------------------------------------
+
+
+def test_a_run_prints_no_noise_and_writes_files_with_the_umask(tmp_path, capsys, caplog, recwarn, monkeypatch):
+    old = os.umask(0o027)
+    try:
+        assert run("fit", *TOY, "--trainer.max_epochs", "1", root=tmp_path) == 0
+        capsys.readouterr()
+        assert run("predict", *TOY, "--ckpt_path", "last", root=tmp_path) == 0
+    finally:
+        os.umask(old)
+    assert "resuming from" not in capsys.readouterr().out  # predict resumes nothing
+    assert not [r for r in caplog.records if "litlogger" in r.getMessage()]
+    assert not [w for w in recwarn if "dirpath has changed" in str(w.message)]
+    for path in (find_last(tmp_path), tmp_path / "lightning_logs" / "version_0" / "config.yaml"):
+        assert path.stat().st_mode & 0o777 == 0o640, path  # 0666 less the umask, as open() would give
+
+    monkeypatch.setenv("LIT_LINREG_DEBUG", "0")  # false: still one line
+    assert run("fit", *TOY, "--model.lr", "abc", root=tmp_path) == 2
+    assert len(capsys.readouterr().err.splitlines()) == 1
+    monkeypatch.setenv("LIT_LINREG_DEBUG", "yes")
+    with pytest.raises(ArgumentError):
+        run("fit", *TOY, "--model.lr", "abc", root=tmp_path)
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    assert capsys.readouterr().out.startswith("usage: lit-linreg ")
+
+
+# --- In separate processes ----------------------------------------------------------------------------------------
+
+
+def lit_linreg(*args: str, root: Path) -> subprocess.Popen:
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    env.pop("LIT_LINREG_DEBUG", None)
+    command = [sys.executable, "-m", "lit_linreg", *args, *QUIET, "--trainer.default_root_dir", str(root)]
+    return subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+@pytest.mark.slow
+def test_two_fits_started_together_each_keep_their_own_run(tmp_path):
+    processes = [lit_linreg("fit", *TOY, "--model.lr", lr, root=tmp_path) for lr in ("0.01", "0.02")]
+    assert [p.wait(timeout=300) for p in processes] == [0, 0]
+    record_fault("races", 2)
+    lrs = []
+    for version in sorted((tmp_path / "lightning_logs").iterdir()):
+        config_lr = next(line for line in (version / "config.yaml").read_text().splitlines() if "  lr:" in line)
+        lrs.append(load_checkpoint(version / "checkpoints" / "last.ckpt")["hyper_parameters"]["lr"])
+        assert config_lr.split()[-1] == str(lrs[-1])  # each run's config beside its own checkpoint
+    assert sorted(lrs) == [0.01, 0.02]
+
+
+@pytest.mark.slow
+def test_sigterm_from_outside_exits_non_zero_with_an_intact_checkpoint(tmp_path):
+    process = lit_linreg("fit", "--config", config("toy.yaml"), "--trainer.max_epochs", "100000", root=tmp_path)
+    deadline = time.monotonic() + 120
+    while not list(tmp_path.rglob("last.ckpt")) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    time.sleep(1.0)
+    process.send_signal(signal.SIGTERM)
+    _, err = process.communicate(timeout=60)
+    assert process.returncode == 143, err[-2000:]
+    assert err.splitlines()[-1].startswith("lit-linreg: error: stopped by SIGTERM")
+    assert load_checkpoint(find_last(tmp_path))["epoch"] >= 1
+    record_fault("sigterms")
+
+
+@pytest.mark.slow
+def test_make_train_prints_the_notebooks_prediction():
+    result = subprocess.run(["make", "train"], cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.splitlines()[-1] == "Prediction after training: f(5) = 10.000"
