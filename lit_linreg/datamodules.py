@@ -18,8 +18,10 @@ from lightning.pytorch.utilities import rank_zero_info
 from lit_linreg.encoding import TableEncoder, default_schema, needs_encoder
 from lit_linreg.errors import ConfigError, DataError
 from lit_linreg.loader import TensorLoader
+from lit_linreg.statistics import SufficientStatistics
 from lit_linreg.tables import Format, Table
 
+STATISTICS_BLOCK = 65536  # rows per update of the statistics pass
 STAGE_SPLITS = {"fit": ("train", "val"), "validate": ("val",), "test": ("test",), "predict": ("predict",)}
 
 
@@ -49,6 +51,8 @@ class InMemoryDataModule(L.LightningDataModule):
         self.target_names: list[str] = []
         self.splits: dict[str, tuple[torch.Tensor, ...]] = {}
         self._train64: tuple[torch.Tensor, torch.Tensor] | None = None  # float64 training rows, for statistics
+        self.train_statistics: SufficientStatistics | None = None  # set by `setup("fit")`
+        self.fill: torch.Tensor | None = None  # training means that fill missing features (missing: mean)
 
     @property
     def in_features(self) -> int:
@@ -68,37 +72,51 @@ class InMemoryDataModule(L.LightningDataModule):
         raise NotImplementedError
 
     def setup(self, stage: str) -> None:
-        if all(name in self.splits for name in STAGE_SPLITS[stage]):
-            return
-        device = self.trainer.strategy.root_device if self.trainer is not None else torch.device("cpu")
-        # Moved once here: batches are then cut on the device, never copied host-to-device per step.
-        loaded = self.load(stage)
-        self.splits |= {name: tuple(t.to(device) for t in split) for name, split in loaded.items()}
+        if not all(name in self.splits for name in STAGE_SPLITS[stage]):
+            device = self.trainer.strategy.root_device if self.trainer is not None else torch.device("cpu")
+            # Moved once here: batches are then cut on the device, never copied host-to-device per step.
+            loaded = self.load(stage)
+            self.splits |= {name: tuple(t.to(device) for t in split) for name, split in loaded.items()}
+        if stage == "fit" and self.train_statistics is None:
+            self.train_statistics = self._statistics_pass()
+
+    def _statistics_pass(self) -> SufficientStatistics:
+        """The one pass of sufficient statistics over the training rows, in float64, summed over DDP ranks.
+
+        Each rank takes every world_size-th training row, so the ranks' shares cover every row once whatever
+        the shuffle. The values are the file's float64 ones when the module kept them (`_train64`), encoded as
+        the model encodes them (one-hot categories, missing values filled with the training means).
+        """
+        x, y = self._train64 if self._train64 is not None else (t.double().cpu() for t in self.splits["train"])
+        rank, world_size = (self.trainer.global_rank, self.trainer.world_size) if self.trainer else (0, 1)
+        x, y = x[rank::world_size], y[rank::world_size]
+        schema = self.schema
+        self.fill = torch.zeros(x.shape[1], dtype=torch.float64)
+        if needs_encoder(schema):
+            encoder = TableEncoder(schema).double()
+            if schema["missing"] == "mean":  # the training means of the numeric features (each rank's own rows)
+                numeric = torch.tensor([name not in schema["categories"] for name in schema["features"]])
+                means = torch.from_numpy(np.nan_to_num(np.nanmean(x.numpy(), axis=0)))
+                self.fill = encoder.fill.copy_(torch.where(numeric, means, 0.0)).clone()
+            x = encoder(x)
+        stats = SufficientStatistics(x.shape[1], y.shape[1])
+        for start in range(0, len(x), STATISTICS_BLOCK):
+            stats.update(x[start : start + STATISTICS_BLOCK].numpy(), y[start : start + STATISTICS_BLOCK].numpy())
+        if self.trainer is not None and self.trainer.world_size > 1:
+            gathered = self.trainer.strategy.all_gather(torch.from_numpy(stats.to_array()))  # (world_size, L)
+            stats = SufficientStatistics.combine([SufficientStatistics.from_array(a) for a in gathered.cpu().numpy()])
+        return stats
 
     @property
     def statistics(self) -> dict[str, torch.Tensor] | None:
-        """Mean and standard deviation of the training design and targets, or None when not standardizing.
-
-        Computed in float64 from the values as read (`_train64` when the module kept them, else the float32
-        training tensors), after the schema's encoding; `fill` holds the training means of the raw features.
+        """What the model standardizes with: means and standard deviations of the training design and
+        targets, and the fills of missing features; None when not standardizing. From `train_statistics`.
         """
-        if not self.standardize:
+        if not self.standardize or self.train_statistics is None:
             return None
-        x, y = self._train64 if self._train64 is not None else (t.double() for t in self.splits["train"])
-        x, y = x.cpu(), y.cpu()
-        schema = self.schema
-        stats = {"fill": torch.zeros(x.shape[1], dtype=torch.float64)}
-        if needs_encoder(schema):
-            encoder = TableEncoder(schema).double()
-            if schema["missing"] == "mean":
-                numeric = torch.tensor([name not in schema["categories"] for name in schema["features"]])
-                means = torch.from_numpy(np.nan_to_num(np.nanmean(x.numpy(), axis=0)))
-                encoder.fill.copy_(torch.where(numeric, means, 0.0))
-                stats["fill"] = encoder.fill.clone()
-            x = encoder(x)
-        stats |= dict(zip(("x_mean", "x_std"), _mean_std(x), strict=True))
-        stats |= dict(zip(("y_mean", "y_std"), _mean_std(y), strict=True))
-        return stats
+        stats = self.train_statistics
+        values = {"x_mean": stats.x_mean, "x_std": stats.x_std, "y_mean": stats.y_mean, "y_std": stats.y_std}
+        return {name: torch.from_numpy(v) for name, v in values.items()} | {"fill": self.fill}
 
     def _loader(self, split: str, shuffle: bool = False, batch_size: int | None = None) -> TensorLoader:
         loader = TensorLoader(*self.splits[split], batch_size=batch_size, shuffle=shuffle, seed=self.seed)
@@ -117,13 +135,6 @@ class InMemoryDataModule(L.LightningDataModule):
 
     def predict_dataloader(self) -> TensorLoader:
         return self._loader("predict", batch_size=self.batch_size)
-
-
-def _mean_std(t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Column means and population standard deviations in float64; a constant column is left unscaled."""
-    t64 = t.double()
-    std = t64.std(dim=0, unbiased=False)
-    return t64.mean(dim=0), torch.where(std > 0, std, torch.ones_like(std))
 
 
 class ToyDataModule(InMemoryDataModule):

@@ -191,7 +191,8 @@ def test_an_unseen_category_is_refused_naming_value_and_column_unless_mapped_to_
     path = write_csv(tmp_path / "cars.csv", cars())
     new = write_csv(tmp_path / "new.csv", {"origin": ["USA", "Mars"], "weight": [2.0, 2.0], "hp": [100, 100]})
     base = ["--config", config("table.yaml"), "--data.path", str(path), "--data.targets", "[mpg]"]
-    assert run_cli("fit", *base, "--data.categorical", "[origin]", "--trainer.max_epochs", "1") == 0
+    base += ["--data.categorical", "[origin]"]
+    assert run_cli("fit", *base, "--trainer.max_epochs", "1") == 0
     predict = ["predict", *base, "--ckpt_path", "last", "--data.predict_path", str(new)]
     assert run_cli(*predict) == 2
     assert f"{new}: row 3, column 'origin': category 'Mars' was not seen in training" in capsys.readouterr().err
@@ -226,11 +227,13 @@ def test_missing_error_refuses_the_first_missing_cell(tmp_path):
 def test_missing_mean_fills_features_with_training_means_and_still_drops_a_missing_target(tmp_path):
     dm = TableDataModule(str(gappy(tmp_path)), targets=["mpg"], val_fraction=0)
     dm.missing = dm.schema["missing"] = "mean"
-    x, y = dm.load("fit")["train"]
+    dm.setup("fit")
+    x, y = dm.splits["train"]
     assert len(x) == 39 and torch.isnan(x).sum() == 2  # the target's row dropped; two features to fill
-    stats = dm.statistics
     train64 = dm._train64[0].numpy()
-    np.testing.assert_allclose(stats["fill"].numpy(), np.nanmean(train64, axis=0), rtol=1e-12)
+    np.testing.assert_allclose(dm.statistics["fill"].numpy(), np.nanmean(train64, axis=0), rtol=1e-12)
+    filled = np.where(np.isnan(train64), np.nanmean(train64, axis=0), train64)
+    np.testing.assert_allclose(dm.statistics["x_mean"].numpy(), filled.mean(axis=0), rtol=1e-12)
 
 
 def test_an_infinite_value_is_refused_not_dropped(tmp_path):
