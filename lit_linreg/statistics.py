@@ -1,0 +1,711 @@
+"""What the project needs from one pass over the training rows: moments, the exact fit, diagnostics, inference.
+
+One pass accumulates `SufficientStatistics` of A = [1, X - c_x, Y - c_y] (N, p), p = 1 + d + k, where c is the
+first row seen:
+
+- R, the triangular factor of A's QR decomposition. A'A = R'R, so R carries N, the column sums and every
+  cross-product, but solving from R keeps the condition number of the problem instead of squaring it as the
+  normal equations do. Shifting by a row of the data keeps the columns small when mean >> std, and makes a
+  constant column exactly zero.
+- The raw cross-products [1, X, Y]'[1, X, Y] in double-double precision, summed from exact products. A float64
+  QR is backward stable, which still costs digits on a problem whose residual dwarfs its fit (NIST's Wampler5
+  keeps 6 of 15); a step or two of iterative refinement against these sums recovers them.
+
+Everything below is computed from those in O(p^3) at most, with no second pass over the data.
+Shapes: N rows, d features, k targets, q design columns (1 + d with an intercept, d without).
+Only numpy is imported here; scipy is imported by `summarize`, the one function that needs distributions.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+
+QR_MAX_COLUMNS = 4096
+"""Widest [1, X, Y] (1 + d + k columns) accumulated as a QR factor under `method="auto"`.
+
+Past it the p x p factors get expensive to merge, stack and invert (O(p^3)), so wider tables accumulate the
+shifted Gram matrix A'A in float64 instead: the normal equations, which square the condition number (fine for
+well-conditioned wide data, lossy for nearly collinear columns), are not refined, and judge rank to sqrt(d eps).
+"""
+COLLINEARITY_INDEX = 30.0
+"""Belsley, Kuh & Welsch (1980): a condition index sqrt(lambda_max / lambda_i) above 30 marks a near-dependency."""
+VARIANCE_PROPORTION = 0.5
+"""A column belongs to a near-dependency when more than this share of its coefficient's variance comes from it."""
+REFINE_BELOW = 0.01
+"""Refine a solution when cond^2 * eps, the contraction of a refinement step, is below this (cond < 7e6)."""
+
+_METHODS = ("qr", "gram")
+_HEADER = 4  # to_array: d, k, method, N; then the shift, then the upper triangles of the state and exact sums
+_EXACT_ROWS = 4096  # rows per exact product: 2 * _SLICE_BITS + log2(4096) <= 53 keeps every sum exact
+_SLICE_BITS = 20
+
+
+class SufficientStatistics:
+    """Blockwise, mergeable sufficient statistics of a regression table.
+
+    Feed blocks with `update`; combine ranks with `merge` or `combine`. Under DDP every rank sends `to_array()`
+    (the same length on every rank, N = 0 included) through `all_gather` and builds the total with
+    `SufficientStatistics.combine([SufficientStatistics.from_array(a) for a in gathered])`: a stack of the ranks'
+    R factors and one more QR. (QR factors do not add, so `all_reduce` does not apply.)
+
+    `update` costs a QR of the (p + B, p) stack of R over the block, plus five products of the block's
+    column slices for the exact sums: a few times the cost of X'X, O(B p^2).
+
+    Args:
+        n_features: d, the columns of x.
+        n_targets: k, the columns of y.
+        method: "qr" keeps R and the exact sums; "gram" keeps A'A in float64 (see `QR_MAX_COLUMNS`); "auto"
+            picks "qr" up to `QR_MAX_COLUMNS` columns.
+    """
+
+    def __init__(self, n_features: int, n_targets: int = 1, method: str = "auto") -> None:
+        if method not in ("auto", *_METHODS):
+            raise ValueError(f"method must be 'auto', 'qr' or 'gram', got {method!r}")
+        if n_features < 1 or n_targets < 1:
+            raise ValueError(f"need n_features >= 1 and n_targets >= 1, got {n_features} and {n_targets}")
+        self.n_features, self.n_targets = n_features, n_targets
+        p = 1 + n_features + n_targets
+        self.method = ("gram" if p > QR_MAX_COLUMNS else "qr") if method == "auto" else method
+        self.n = 0
+        self.shift = np.zeros(n_features + n_targets)  # (d + k,) c, the first row seen
+        self._state = np.zeros((p, p))  # R, or A'A in "gram" mode, of [1, A - c]
+        self._exact = np.zeros((2, p, p)) if self.method == "qr" else None  # [1, X, Y]'[1, X, Y] as hi + lo
+        self._factor: np.ndarray | None = None
+
+    @property
+    def width(self) -> int:
+        """p = 1 + d + k, the columns of [1, X, Y]."""
+        return 1 + self.n_features + self.n_targets
+
+    def update(self, x: np.ndarray, y: np.ndarray) -> SufficientStatistics:
+        """Adds a block of rows: x (B, d) and y (B, k) or (B,). Returns self."""
+        x, y = np.asarray(x, dtype=np.float64), np.asarray(y, dtype=np.float64)
+        y = y[:, None] if y.ndim == 1 else y
+        if x.ndim != 2 or x.shape[1] != self.n_features or y.shape != (len(x), self.n_targets):
+            raise ValueError(
+                f"expected x (B, {self.n_features}) and y (B, {self.n_targets}), got {x.shape} and {y.shape}"
+            )
+        if len(x) == 0:
+            return self
+        raw = np.ones((len(x), self.width))  # (B, p) [1, x, y]
+        raw[:, 1 : 1 + self.n_features], raw[:, 1 + self.n_features :] = x, y
+        if not np.isfinite(raw).all():
+            raise ValueError("x and y must be finite: a NaN or inf would spoil every statistic")
+        if self.n == 0:
+            self.shift = raw[0, 1:].copy()
+        block = raw.copy()
+        block[:, 1:] -= self.shift
+        if self.method == "qr":
+            self._state = _triangular(np.vstack([self._state, block]))
+            for start in range(0, len(raw), _EXACT_ROWS):
+                _add_exact_products(self._exact, raw[start : start + _EXACT_ROWS])
+        else:
+            self._state += block.T @ block
+        self.n += len(raw)
+        self._factor = None
+        return self
+
+    def merge(self, other: SufficientStatistics) -> SufficientStatistics:
+        """Adds another accumulator's rows to this one. Returns self."""
+        vars(self).update(vars(SufficientStatistics.combine([self, other])))
+        return self
+
+    @classmethod
+    def combine(cls, parts: Sequence[SufficientStatistics]) -> SufficientStatistics:
+        """The statistics of all the parts' rows together, with one QR of their stacked factors."""
+        first = parts[0]
+        for part in parts:
+            if (part.n_features, part.n_targets, part.method) != (first.n_features, first.n_targets, first.method):
+                raise ValueError("cannot combine statistics of different widths or methods")
+        total = cls(first.n_features, first.n_targets, first.method)
+        filled = [part for part in parts if part.n > 0]
+        if not filled:
+            return total
+        total.shift = filled[0].shift.copy()
+        states = [_reshift(part._state, part.method, part.n, total.shift - part.shift) for part in filled]
+        total._state = _triangular(np.vstack(states)) if total.method == "qr" else np.sum(states, axis=0)
+        if total._exact is not None:
+            for part in filled:
+                _add_double_double(total._exact, part._exact[0])
+                total._exact[1] += part._exact[1]
+        total.n = sum(part.n for part in filled)
+        return total
+
+    def to_array(self) -> np.ndarray:
+        """Everything in one float64 vector, for `torch.distributed.all_gather`."""
+        upper = np.triu_indices(self.width)
+        matrices = [self._state] if self._exact is None else [self._state, *self._exact]
+        header = [self.n_features, self.n_targets, _METHODS.index(self.method), self.n]
+        return np.concatenate([np.asarray(header, dtype=np.float64), self.shift, *(m[upper] for m in matrices)])
+
+    @classmethod
+    def from_array(cls, array: np.ndarray) -> SufficientStatistics:
+        """Rebuilds the statistics `to_array` flattened."""
+        array = np.asarray(array, dtype=np.float64)
+        d, k, method, n = (int(v) for v in array[:_HEADER])
+        stats = cls(d, k, _METHODS[method])
+        upper, size = np.triu_indices(stats.width), stats.width * (stats.width + 1) // 2
+        matrices = [stats._state] if stats._exact is None else [stats._state, *stats._exact]
+        if array.size != _HEADER + d + k + len(matrices) * size:
+            raise ValueError(f"an array of {array.size} values is not the flattened statistics of d={d}, k={k}")
+        stats.n, stats.shift = n, array[_HEADER : _HEADER + d + k].copy()
+        for i, matrix in enumerate(matrices):
+            start = _HEADER + d + k + i * size
+            matrix[upper] = array[start : start + size]
+        symmetric = [stats._state] if stats.method == "gram" else list(stats._exact)
+        for matrix in symmetric:
+            matrix += np.triu(matrix, 1).T
+        return stats
+
+    def factor(self) -> np.ndarray:
+        """R (p, p), upper triangular with a non-negative diagonal: R'R = A'A for A = [1, X - c_x, Y - c_y]."""
+        if self.n == 0:
+            raise ValueError("no rows accumulated yet")
+        if self._factor is None:
+            if self.method == "qr":
+                self._factor = self._state
+            else:  # a square root of A'A made triangular: a Cholesky factor that a singular A'A does not stop
+                keep = np.flatnonzero(np.diag(self._state) > 0)  # a constant column's zeros stay exact
+                eigenvalues, vectors = np.linalg.eigh(self._state[np.ix_(keep, keep)])
+                self._factor = np.zeros_like(self._state)
+                root = np.sqrt(np.clip(eigenvalues, 0, None))[:, None] * vectors.T
+                self._factor[np.ix_(keep, keep)] = _triangular(root)
+        return self._factor
+
+    @property
+    def mean(self) -> np.ndarray:
+        """(d + k,) column means of [X, Y]: the shift plus the mean of the shifted columns."""
+        r = self.factor()
+        return self.shift + r[0, 1:] / r[0, 0]
+
+    @property
+    def std(self) -> np.ndarray:
+        """(d + k,) population standard deviations (ddof 0) of [X, Y]; 1 for a constant column.
+
+        Rows 1: of R hold the columns centred on their exact mean, so no sum of squares minus a squared mean
+        (which cancels catastrophically when mean >> std) is ever formed.
+        """
+        std = np.linalg.norm(self.factor()[1:, 1:], axis=0) / np.sqrt(self.n)
+        return np.where(std > 0, std, 1.0)
+
+    @property
+    def x_mean(self) -> np.ndarray:
+        return self.mean[: self.n_features]
+
+    @property
+    def y_mean(self) -> np.ndarray:
+        return self.mean[self.n_features :]
+
+    @property
+    def x_std(self) -> np.ndarray:
+        return self.std[: self.n_features]
+
+    @property
+    def y_std(self) -> np.ndarray:
+        return self.std[self.n_features :]
+
+    def gram(self) -> np.ndarray:
+        """[1, X, Y]'[1, X, Y] (p, p) in raw units: N, the column sums, X'X, X'Y and Y'Y are its blocks."""
+        if self._exact is not None:
+            return self._exact[0] + self._exact[1]
+        return _reshift(self._state, "gram", self.n, -self.shift)
+
+
+def _triangular(a: np.ndarray) -> np.ndarray:
+    """R of a (m, n), m >= n, with its diagonal made non-negative (flipping rows of R keeps R'R)."""
+    r = np.linalg.qr(a, mode="r")
+    return r * np.where(np.diag(r) < 0, -1.0, 1.0)[:, None]
+
+
+def _reshift(state: np.ndarray, method: str, n: int, delta: np.ndarray) -> np.ndarray:
+    """The state of [1, A - c - delta] from that of [1, A - c]: each column loses delta_j times the ones column."""
+    state = state.copy()
+    if method == "qr":  # column 0 of R is (sqrt(N), 0, ..., 0), so only row 0 changes
+        state[0, 1:] -= delta * state[0, 0]
+    else:
+        u = np.concatenate([[0.0], delta])
+        state -= np.outer(state[:, 0], u) + np.outer(u, state[0, :]) - n * np.outer(u, u)
+    return state
+
+
+def _uncentred(stats: SufficientStatistics) -> np.ndarray:
+    """R (p, p) of the raw [1, X, Y], from that of [1, X - c_x, Y - c_y]: the shift goes back into row 0."""
+    return _reshift(stats.factor(), "qr", stats.n, -stats.shift)
+
+
+# ------------------------------------------------------------------------------- exact sums (double-double)
+
+
+def _two_sum(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """a + b as s + e exactly, s = fl(a + b) (Knuth)."""
+    s = a + b
+    v = s - a
+    return s, (a - (s - v)) + (b - v)
+
+
+def _two_product(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """a * b as p + e exactly, p = fl(a * b) (Dekker: each factor split into two 26-bit halves)."""
+
+    def split(v: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        t = 134217729.0 * v  # 2^27 + 1
+        high = t - (t - v)
+        return high, v - high
+
+    p = a * b
+    (ah, al), (bh, bl) = split(a), split(b)
+    return p, ((ah * bh - p) + ah * bl + al * bh) + al * bl
+
+
+def _add_double_double(total: np.ndarray, term: np.ndarray) -> None:
+    """total (2, ...) = hi + lo += term, in place."""
+    total[0], error = _two_sum(total[0], term)
+    total[1] += error
+
+
+def _add_exact_products(total: np.ndarray, rows: np.ndarray) -> None:
+    """total (2, p, p) += rows'rows for rows (B, p), B <= 4096, every product and every sum exact.
+
+    Each column is cut into three slices on a grid of 2^-20 of its largest entry (Ozaki's error-free
+    splitting; what is left below 2^-60 of it is dropped, far less than float64 rounding of the data). A
+    product of two slices has at most 40 significant bits, so a sum of up to 4096 of them is exact in float64
+    and BLAS can compute it. The terms are then added in double-double.
+    """
+    slices, rest = [], np.ascontiguousarray(rows.T)  # (p, B): numpy broadcasts a column fast, a row slowly
+    for _ in range(3):
+        exponent = np.frexp(np.max(np.abs(rest), axis=1))[1]  # (p,) max |rest| < 2^exponent
+        sigma = np.ldexp(0.75, exponent + 52 - _SLICE_BITS)[:, None]  # fl(rest + sigma) rounds to 2^(exponent - 20)
+        high = (rest + sigma) - sigma
+        slices.append(high)
+        rest = rest - high
+    first, second, third = slices
+    _add_double_double(total, first @ first.T)
+    _add_double_double(total, second @ second.T)
+    for a, b in ((first, second), (first, third), (second, third)):  # the terms below 2^-80 are dropped
+        product = a @ b.T
+        _add_double_double(total, product)
+        _add_double_double(total, product.T)
+    total[0], total[1] = _two_sum(total[0], total[1])
+
+
+def _exact_gradient(exact: np.ndarray, design: np.ndarray, targets: np.ndarray, theta: np.ndarray) -> np.ndarray:
+    """A'(Y - A theta) (q, k) for the raw design columns `design` and theta (q, k), from the exact sums.
+
+    At the optimum this is 0 while A'Y and A'A theta are large, so it is summed in double-double before rounding.
+    """
+    hi, lo = exact[0], exact[1]
+    total, low = hi[np.ix_(design, targets)].copy(), lo[np.ix_(design, targets)].copy()  # (q, k)
+    for j, column in enumerate(design):
+        product, error = _two_product(hi[design, column][:, None], -theta[j][None, :])
+        total, carry = _two_sum(total, product)
+        low += carry + error - lo[design, column][:, None] * theta[j][None, :]
+    return total + low
+
+
+# ---------------------------------------------------------------------------------------------------- solve
+
+
+@dataclass(frozen=True)
+class LeastSquares:
+    """The exact least-squares fit of every target on the same features.
+
+    Attributes:
+        weight: (k, d) coefficients in original units.
+        bias: (k,) intercepts; zeros when fitted without one.
+        rank: Rank of the design, the intercept column included, judged on column-standardized features.
+        n: Rows.
+        sse: (k,) residual sum of squares per target.
+        fit_intercept: Whether an intercept was fitted.
+    """
+
+    weight: np.ndarray
+    bias: np.ndarray
+    rank: int
+    n: int
+    sse: np.ndarray
+    fit_intercept: bool
+    _r: np.ndarray = field(repr=False)  # (1 + d, 1 + d) R of [1, X - c_x]
+    _shift: np.ndarray = field(repr=False)  # (d,) c_x
+    _residual_sum: np.ndarray = field(repr=False)  # (k,) 1'(y - X w - b) at the optimum: zero with an intercept
+
+    @property
+    def mse(self) -> float:
+        """The optimum's train MSE: mean over rows and targets of the squared error."""
+        return float(self.sse.sum() / (self.n * len(self.sse)))
+
+    def gap(self, weight: np.ndarray, bias: np.ndarray | None = None) -> float:
+        """Train MSE of any (weight (k, d), bias (k,) or None for zero) minus the optimum's, in O(d^2 k).
+
+        The loss is quadratic with its minimum here, so the gap is ||A (theta - theta*)||^2 / (N k), computed as
+        ||R d_theta||^2 from the coefficient differences alone, never as a difference of two near-equal losses.
+        A no-intercept optimum's residuals do not sum to zero, which adds -2 db * 1'r* when a bias is passed.
+        """
+        dw = np.asarray(weight, dtype=np.float64).reshape(self.weight.shape) - self.weight  # (k, d)
+        db = (0.0 if bias is None else np.asarray(bias, dtype=np.float64)) - self.bias  # (k,)
+        dtheta = np.concatenate([(db + dw @ self._shift)[:, None], dw], axis=1)  # (k, 1 + d) on [1, X - c_x]
+        quad = np.square(dtheta @ self._r.T).sum()
+        return float((quad - 2.0 * np.dot(db, self._residual_sum)) / (self.n * len(self.sse)))
+
+
+def solve(stats: SufficientStatistics, fit_intercept: bool = True) -> LeastSquares:
+    """The exact least-squares W (k, d) and b (k,), per target, from the statistics alone.
+
+    The triangular system is solved in column-standardized units (each x divided by its std), which equilibrates
+    it; with an intercept it is also centred, so the intercept decouples. A full-rank solution is then refined
+    against the exact sums (see `_refine`). A rank-deficient X (a duplicated or constant column) gets the
+    minimum-norm solution in standardized units, the one full-batch gradient descent from zero on standardized
+    data converges to: a constant column gets weight 0, duplicated columns share it equally.
+    """
+    d, k = stats.n_features, stats.n_targets
+    design, targets, rest = _blocks(stats, fit_intercept)
+    scale = stats.x_std  # (d,)
+    rtol = (d * np.finfo(np.float64).eps) ** (1.0 if stats.method == "qr" else 0.5)  # A'A keeps half the digits
+    u, rank, cond = _min_norm(design / scale, targets, rtol)  # (d, k) in standardized units
+    w = u / scale[:, None]  # (d, k)
+    bias = stats.y_mean - w.T @ stats.x_mean if fit_intercept else np.zeros(k)
+    if stats.method == "qr" and cond**2 * np.finfo(np.float64).eps < REFINE_BELOW:
+        triangle = stats.factor()[: 1 + d, : 1 + d] if fit_intercept else design
+        theta = _refine(stats, fit_intercept, np.vstack([bias, w]) if fit_intercept else w, triangle)
+        w, bias = (theta[1:], theta[0]) if fit_intercept else (theta, bias)
+    rank += fit_intercept
+    sse = np.square(targets - design @ w).sum(0) + np.square(rest).sum(0)
+    residual_sum = np.zeros(k) if fit_intercept else stats.n * (stats.y_mean - w.T @ stats.x_mean)
+    return LeastSquares(
+        weight=w.T,
+        bias=bias,
+        rank=rank,
+        n=stats.n,
+        sse=sse,
+        fit_intercept=fit_intercept,
+        _r=stats.factor()[: 1 + d, : 1 + d],
+        _shift=stats.shift[:d],
+        _residual_sum=residual_sum,
+    )
+
+
+def _blocks(stats: SufficientStatistics, fit_intercept: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The design triangle (d, d), Q'Y over it (d, k) and the residual triangle (k, k) the solve works on.
+
+    With an intercept, rows 1 : 1 + d of R: X centred on its exact mean (Q's first column is 1 / sqrt(N)).
+    Without, the R factor of the raw [X, Y]: the shift moved back into R's first row, which then leaves
+    [X, Y] = Q (R without its first column), upper Hessenberg, one QR away from triangular.
+    """
+    d = stats.n_features
+    r = stats.factor() if fit_intercept else _triangular(_uncentred(stats)[:, 1:])
+    design, rest = slice(int(fit_intercept), int(fit_intercept) + d), slice(int(fit_intercept) + d, None)
+    return r[design, design], r[design, rest], r[rest, rest]
+
+
+def _min_norm(a: np.ndarray, b: np.ndarray, rtol: float) -> tuple[np.ndarray, int, float]:
+    """Minimum-norm least-squares solution of a u = b for a square upper-triangular a (q, q), b (q, k); rank; cond.
+
+    Full rank: back substitution, the most accurate for an ill-conditioned triangle. Otherwise the truncated
+    SVD, dropping singular values below rtol times the largest (q * eps is numpy's `matrix_rank` rule).
+    """
+    left, singular, right = np.linalg.svd(a)
+    rank = int((singular > singular[0] * rtol).sum())
+    if rank == a.shape[0]:
+        return np.linalg.solve(a, b), rank, singular[0] / singular[-1]  # pivoting never swaps rows of a triangle
+    return right[:rank].T @ ((left[:, :rank].T @ b) / singular[:rank, None]), rank, np.inf
+
+
+def _refine(stats: SufficientStatistics, fit_intercept: bool, theta: np.ndarray, r: np.ndarray) -> np.ndarray:
+    """Refines full-rank raw coefficients theta (q, k), [b; W'] or W': theta += (R'R)^-1 A'(Y - A theta).
+
+    r is the design's triangle: of [1, X - c_x] with an intercept (the step is taken in its shifted
+    coordinates), of the raw X without.
+
+    A backward-stable QR answer is off by about eps * (cond + cond^2 * ||residual|| / ||fit||), relative: R's
+    target columns carry rounding of the size of ||Y||. The gradient from the exact sums carries none, and R
+    only has to make each step contract (by about cond^2 * eps, hence `REFINE_BELOW`), so one or two steps
+    reach the least-squares solution of the float64 data as given. A step that does not shrink is not taken.
+    """
+    d, k = stats.n_features, stats.n_targets
+    columns, targets = np.arange(0 if fit_intercept else 1, 1 + d), np.arange(1 + d, 1 + d + k)
+    shift, scale = stats.shift[:d], np.concatenate([[1.0], stats.x_std])[-len(columns) :]
+    previous = np.inf
+    for _ in range(3):
+        gradient = _exact_gradient(stats._exact, columns, targets, theta)
+        if fit_intercept:  # to the shifted coordinates of R: [1, X - c] theta_s = [1, X] theta
+            gradient[1:] -= shift[:, None] * gradient[0]
+        step = np.linalg.solve(r, np.linalg.solve(r.T, gradient))
+        if fit_intercept:
+            step[0] -= shift @ step[1:]
+        size = np.linalg.norm(step * scale[:, None])
+        if not size < previous / 2 or size == 0:
+            break
+        theta, previous = theta + step, size
+    return theta
+
+
+def train_mse(stats: SufficientStatistics, weight: np.ndarray, bias: np.ndarray | None = None) -> float:
+    """Train MSE (mean over rows and targets) of any weight (k, d) and bias (k,) or None, in O(p^2 k).
+
+    ||Y - X W' - b||^2 = ||A V||^2 = ||R V||^2, V (p, k) the coefficients of the residual on [1, X - c_x, Y - c_y].
+    """
+    r, d, k = stats.factor(), stats.n_features, stats.n_targets
+    weight = np.asarray(weight, dtype=np.float64).reshape(k, d)
+    bias = np.zeros(k) if bias is None else np.asarray(bias, dtype=np.float64)
+    v = np.zeros((stats.width, k))
+    v[0] = stats.shift[d:] - bias - weight @ stats.shift[:d]
+    v[1 : 1 + d] = -weight.T
+    v[1 + d :] = np.eye(k)
+    return float(np.square(r @ v).sum() / (stats.n * k))
+
+
+# ------------------------------------------------------------------------------------------------ diagnostics
+
+
+@dataclass(frozen=True)
+class Diagnostics:
+    """How hard the standardized problem is for gradient descent, and which columns make it so.
+
+    Attributes:
+        eigenvalues: Eigenvalues of the Hessian of the standardized loss, ascending (see `hessian_eigenvalues`).
+        condition_number: Largest over smallest Hessian eigenvalue (inf when singular).
+        max_stable_lr: 2 / largest eigenvalue: full-batch gradient descent diverges at or above it.
+        correlation_eigenvalues: (d,) eigenvalues of the correlation matrix Z'Z / N, ascending.
+        condition_indices: (d,) sqrt(largest / each) of those, in the same order.
+        vif: (d,) variance inflation factors, the diagonal of the inverse correlation matrix (inf: exactly collinear).
+        collinear: Groups of feature names caught in a near-dependency (see `collinear_groups`).
+    """
+
+    eigenvalues: np.ndarray
+    condition_number: float
+    max_stable_lr: float
+    correlation_eigenvalues: np.ndarray
+    condition_indices: np.ndarray
+    vif: np.ndarray
+    collinear: list[tuple[str, ...]]
+
+    def describe(self) -> str:
+        """One line: condition number, largest stable learning rate, collinear groups."""
+        groups = "; ".join("{" + ", ".join(group) + "}" for group in self.collinear) or "none"
+        return (
+            f"condition number {self.condition_number:.3g}, max stable lr {self.max_stable_lr:.3g}, collinear: {groups}"
+        )
+
+
+def correlation_spectrum(stats: SufficientStatistics) -> tuple[np.ndarray, np.ndarray]:
+    """Eigenvalues (d,) ascending and eigenvectors (d, d), as columns, of the correlation matrix C = Z'Z / N of x.
+
+    Taken from the SVD of the standardized centred triangle R_z / sqrt(N) (C = R_z'R_z / N), which resolves a
+    small eigenvalue to eps * sqrt(lambda_max * lambda) rather than eps * lambda_max. A constant column is a
+    zero column of Z and contributes an eigenvalue 0.
+    """
+    d = stats.n_features
+    r_z = stats.factor()[1 : 1 + d, 1 : 1 + d] / stats.x_std / np.sqrt(stats.n)
+    _, singular, right = np.linalg.svd(r_z)
+    return np.square(singular[::-1]), right[::-1].T
+
+
+def hessian_eigenvalues(stats: SufficientStatistics, k: int, has_bias: bool) -> np.ndarray:
+    """Eigenvalues, ascending, of the Hessian of the loss the model trains in standardized units.
+
+    With z = (x - mean) / std, t = (y - mean_y) / std_y and loss = (1 / (N k)) sum over rows and the k outputs of
+    (t - z w - b)^2, each output's Hessian in (w, b) is H = (2 / (N k)) [Z 1]'[Z 1] = (2 / k) [[C, 0], [0, 1]],
+    since Z is centred (Z'1 = 0) and C = Z'Z / N. So its eigenvalues are (2 / k) eig(C), plus 2 / k for the
+    bias; the same for every output. Without a bias, (2 / k) eig(C).
+    """
+    eigenvalues = correlation_spectrum(stats)[0]
+    if has_bias:
+        eigenvalues = np.sort(np.append(eigenvalues, 1.0))
+    return 2.0 / k * eigenvalues
+
+
+def max_stable_lr(eigenvalues: np.ndarray) -> float:
+    """2 / lambda_max: full-batch gradient descent converges for any smaller learning rate and diverges above it."""
+    return float(2.0 / np.max(eigenvalues))
+
+
+def collinear_groups(
+    stats: SufficientStatistics, names: Sequence[str] | None = None, threshold: float = COLLINEARITY_INDEX
+) -> list[tuple[str, ...]]:
+    """Feature names caught in near-dependencies, by Belsley's rule on the correlation matrix.
+
+    Each eigenvector whose condition index sqrt(lambda_max / lambda_i) exceeds `threshold` is a near-dependency;
+    its members are the columns that owe more than `VARIANCE_PROPORTION` of their coefficient's variance to
+    it (variance-decomposition proportions: v_ji^2 / lambda_i over sum_i v_ji^2 / lambda_i). Dependencies that
+    share a column are merged. A constant column is a dependency on its own (with the intercept).
+    """
+    names = list(names) if names is not None else [f"x{j}" for j in range(stats.n_features)]
+    eigenvalues, vectors = correlation_spectrum(stats)
+    phi = np.square(vectors) / _floored(eigenvalues)  # (columns, components)
+    proportions = phi / phi.sum(axis=1, keepdims=True)
+    groups: list[set[int]] = []
+    for component, index in enumerate(_condition_indices(eigenvalues)):
+        group = set(np.flatnonzero(proportions[:, component] > VARIANCE_PROPORTION).tolist())
+        if index <= threshold or not group:
+            continue
+        for other in [g for g in groups if g & group]:
+            groups.remove(other)
+            group |= other
+        groups.append(group)
+    return [tuple(names[j] for j in sorted(group)) for group in sorted(groups, key=min)]
+
+
+def diagnose(stats: SufficientStatistics, k: int, has_bias: bool, names: Sequence[str] | None = None) -> Diagnostics:
+    """All the diagnostics at once, for a model with k outputs, with or without a bias (see `hessian_eigenvalues`)."""
+    eigenvalues = hessian_eigenvalues(stats, k, has_bias)
+    correlation, vectors = correlation_spectrum(stats)
+    vif = (np.square(vectors) / _floored(correlation)).sum(axis=1)
+    return Diagnostics(
+        eigenvalues=eigenvalues,
+        condition_number=float(eigenvalues[-1] / eigenvalues[0]) if eigenvalues[0] > 0 else np.inf,
+        max_stable_lr=max_stable_lr(eigenvalues),
+        correlation_eigenvalues=correlation,
+        condition_indices=_condition_indices(correlation),
+        vif=np.where(vif < 1 / np.finfo(np.float64).eps, vif, np.inf),
+        collinear=collinear_groups(stats, names),
+    )
+
+
+def _floored(eigenvalues: np.ndarray) -> np.ndarray:
+    """Eigenvalues with exact zeros (constant or duplicated columns) raised to a tiny positive value."""
+    return np.maximum(eigenvalues, np.finfo(np.float64).eps ** 2 * max(eigenvalues.max(initial=0.0), 1.0))
+
+
+def _condition_indices(eigenvalues: np.ndarray) -> np.ndarray:
+    with np.errstate(divide="ignore"):
+        return np.sqrt(eigenvalues.max(initial=0.0) / np.maximum(eigenvalues, 0.0))
+
+
+# -------------------------------------------------------------------------------------------------- inference
+
+
+@dataclass(frozen=True)
+class Summary:
+    """One target's fit as R's summary(lm) and statsmodels' OLS report it.
+
+    Per coefficient (the intercept first, named "(intercept)"): estimate, std_error, t_value, p_value
+    (two-sided) and the confidence interval [conf_low, conf_high]; NaN where the residual degrees of freedom
+    are not positive. Then the residual standard error, R^2, adjusted R^2, the F statistic against the model
+    with no features (its p-value), N, and the residual and model degrees of freedom.
+    """
+
+    names: tuple[str, ...]
+    estimate: np.ndarray
+    std_error: np.ndarray
+    t_value: np.ndarray
+    p_value: np.ndarray
+    conf_low: np.ndarray
+    conf_high: np.ndarray
+    residual_std_error: float
+    r2: float
+    adj_r2: float
+    f_statistic: float
+    f_pvalue: float
+    n: int
+    df_resid: int
+    df_model: int
+
+    def table(self) -> str:
+        """The coefficient table and the fit's summary lines, as R prints them."""
+        width = max(len(name) for name in self.names)
+        lines = [f"{'':{width}}  {'Estimate':>12} {'Std. Error':>12} {'t value':>9} {'Pr(>|t|)':>10}"]
+        for row in zip(self.names, self.estimate, self.std_error, self.t_value, self.p_value, strict=True):
+            lines.append(f"{row[0]:{width}}  {row[1]:12.5g} {row[2]:12.5g} {row[3]:9.3f} {row[4]:10.3g}")
+        return "\n".join(
+            [
+                *lines,
+                f"Residual standard error: {self.residual_std_error:.5g} on {self.df_resid} degrees of freedom",
+                f"R-squared: {self.r2:.5g}, adjusted R-squared: {self.adj_r2:.5g}",
+                f"F-statistic: {self.f_statistic:.5g} on {self.df_model} and {self.df_resid} DF, "
+                f"p-value: {self.f_pvalue:.3g}",
+            ]
+        )
+
+
+def summarize(
+    stats: SufficientStatistics,
+    fit_intercept: bool = True,
+    names: Sequence[str] | None = None,
+    level: float = 0.95,
+) -> list[Summary]:
+    """Per-target inference from the statistics alone, as statsmodels' `OLS(y, X).fit()` reports it.
+
+    Full rank: the estimates are `solve`'s; the variances s^2 diag((X'X)^-1) come from the inverse of the
+    standardized triangle, as sums of squares that cannot cancel (for the intercept, s^2 (1/N + m'(S'S)^-1 m)
+    with S the centred triangle). Rank-deficient, as statsmodels: the estimates are the minimum-norm solution
+    in raw units, pinv([1, X]) y (not `solve`'s standardized one; the fitted values are the same), the
+    covariance s^2 pinv pinv', and the degrees of freedom count rank(X). Without an intercept R^2 is uncentred
+    (1 - SSE / y'y) and the F test is against the zero model, as statsmodels does for a model with no constant.
+
+    Args:
+        stats: The accumulated statistics.
+        fit_intercept: Fit an intercept, reported first as "(intercept)".
+        names: d feature names; "x0", "x1", ... by default.
+        level: Confidence level of the intervals.
+    """
+    from scipy import stats as distributions
+
+    d, k, n = stats.n_features, stats.n_targets, stats.n
+    names = list(names) if names is not None else [f"x{j}" for j in range(d)]
+    fit = solve(stats, fit_intercept)
+    q = d + fit_intercept
+    df_resid, df_model = n - fit.rank, fit.rank - fit_intercept
+    if fit_intercept:
+        tss = np.square(stats.factor()[1:, 1 + d :]).sum(0)  # about the mean
+    else:
+        tss = np.square(_uncentred(stats)[:, 1 + d :]).sum(0)  # y'y
+    if fit.rank == q:
+        estimates = np.column_stack([fit.bias, fit.weight]) if fit_intercept else fit.weight  # (k, q)
+        unit_variance = _unit_variances(stats, fit_intercept)
+    else:
+        estimates, unit_variance = _pinv_fit(stats, fit_intercept, fit.rank)
+    nan = np.full(k, np.nan)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        sigma2 = fit.sse / df_resid if df_resid > 0 else nan
+        se = np.sqrt(sigma2[:, None] * unit_variance[None, :])  # (k, q)
+        t = estimates / se
+        r2 = 1.0 - fit.sse / tss
+        adj_r2 = 1.0 - (n - fit_intercept) / df_resid * (1.0 - r2) if df_resid > 0 else nan
+        f = (tss - fit.sse) / df_model / sigma2 if df_model > 0 else nan
+    quantile = distributions.t.ppf((1.0 + level) / 2.0, df_resid) if df_resid > 0 else np.nan
+    p_values = 2.0 * distributions.t.sf(np.abs(t), df_resid) if df_resid > 0 else np.full((k, q), np.nan)
+    f_pvalues = distributions.f.sf(f, df_model, df_resid) if df_model > 0 and df_resid > 0 else nan
+    labels = (("(intercept)",) if fit_intercept else ()) + tuple(names)
+    return [
+        Summary(
+            names=labels,
+            estimate=estimates[i],
+            std_error=se[i],
+            t_value=t[i],
+            p_value=p_values[i],
+            conf_low=estimates[i] - quantile * se[i],
+            conf_high=estimates[i] + quantile * se[i],
+            residual_std_error=float(np.sqrt(sigma2[i])),
+            r2=float(r2[i]),
+            adj_r2=float(adj_r2[i]),
+            f_statistic=float(f[i]),
+            f_pvalue=float(f_pvalues[i]),
+            n=n,
+            df_resid=df_resid,
+            df_model=df_model,
+        )
+        for i in range(k)
+    ]
+
+
+def _unit_variances(stats: SufficientStatistics, fit_intercept: bool) -> np.ndarray:
+    """diag((X'X)^-1) (q,) of a full-rank design, from the inverse of its column-standardized triangle."""
+    design, scale = _blocks(stats, fit_intercept)[0], stats.x_std
+    inverse = np.linalg.solve(design / scale, np.eye(stats.n_features))  # R_z^-1
+    slopes = np.square(inverse).sum(1) / np.square(scale)
+    if not fit_intercept:
+        return slopes
+    intercept = 1.0 / stats.n + np.square(inverse.T @ (stats.x_mean / scale)).sum()  # 1/N + m'(S'S)^-1 m
+    return np.concatenate([[intercept], slopes])
+
+
+def _pinv_fit(stats: SufficientStatistics, fit_intercept: bool, rank: int) -> tuple[np.ndarray, np.ndarray]:
+    """pinv(A) Y (k, q) and diag(pinv(A) pinv(A)') (q,) of the raw design A, from its `rank` largest singular values."""
+    d = stats.n_features
+    r = _uncentred(stats) if fit_intercept else _triangular(_uncentred(stats)[:, 1:])  # R of [1, X, Y] or [X, Y]
+    q = d + fit_intercept
+    left, singular, right = np.linalg.svd(r[:q, :q])
+    left, singular, right = left[:, :rank], singular[:rank], right[:rank]
+    estimates = right.T @ ((left.T @ r[:q, q:]) / singular[:, None])  # (q, k)
+    return estimates.T, np.square(right.T / singular).sum(1)
