@@ -25,9 +25,10 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from lit_linreg.errors import CheckpointError
 
 STAMP = "lit_linreg"  # the checkpoint key of RunStamp's record
-# Data arguments that change how the rows are fed, not which rows are trained on (and `predict_*`, the rows
-# to predict for): a resume, or a predict with `last`, may change them.
-LOADER_ARGS = frozenset({"batch_size", "num_workers", "pin_memory"})
+# DataModule arguments that leave the training rows as they are: how batches are fed, what to test or predict
+# for (and every `predict_*`), the schema the CLI hands over from a checkpoint. Runs differing only in these
+# are one experiment: a resume, or a predict with `last`, may change them.
+NOT_TRAINING_DATA = frozenset({"batch_size", "num_workers", "pin_memory", "unknown_category", "test_path", "schema"})
 
 
 def atomic_write(path: str | os.PathLike, data: bytes | memoryview) -> None:
@@ -209,7 +210,7 @@ def check_resumable(checkpoint: dict[str, Any], path: str | os.PathLike, optimiz
 
 
 def experiment(data: Mapping[str, Any] | None) -> dict[str, str]:
-    """What makes two runs one experiment: the DataModule's class and arguments, less how batches are fed.
+    """What makes two runs one experiment: the DataModule's class and its arguments, less NOT_TRAINING_DATA.
 
     Returns `fingerprint` (a hash of them) and `data` (a short description for messages). A string that
     names an existing file counts by its real path, so `data/x.csv` and `./data/x.csv` are one experiment.
@@ -218,7 +219,7 @@ def experiment(data: Mapping[str, Any] | None) -> dict[str, str]:
     args = {
         key: _real_path(value)
         for key, value in sorted(dict(data.get("init_args") or {}).items())
-        if key not in LOADER_ARGS and not key.startswith("predict") and value is not None
+        if key not in NOT_TRAINING_DATA and not key.startswith("predict") and value is not None
     }
     identity = json.dumps([data.get("class_path"), args], default=str, sort_keys=True)
     shown = ", ".join(f"{key}={value}" for key, value in args.items())

@@ -63,6 +63,7 @@ IMPORT_DENYLIST = [
     *("sys", "signal", "tempfile", "threading", "_thread"),
 ]
 MAX_CONFIG_NODES = 100_000  # values in one YAML document, aliases counted each time they are used
+MAX_CONFIG_DEPTH = 64  # lists and mappings within each other
 
 
 class AtomicSaveConfig(SaveConfigCallback):
@@ -139,7 +140,7 @@ class LinearRegressionCLI(LightningCLI):
                 raise ConfigError(f"{subcommand} needs --ckpt_path: a checkpoint file, `last` or `best`")
             return None
         if config.ckpt_path in ("last", "best"):
-            root = config.trainer.default_root_dir or "."
+            root = os.path.expanduser(config.trainer.default_root_dir or ".")
             config.ckpt_path = str(find_checkpoint(root, config.ckpt_path, self._experiment["fingerprint"]))
             if subcommand == "fit":
                 print(f"resuming from {config.ckpt_path}")
@@ -206,7 +207,7 @@ class LinearRegressionCLI(LightningCLI):
         shared one, and without a logger every run wrote into `<root>/checkpoints`. The claimed number goes
         to the TensorBoard or CSV logger (`_version`: no public setter), or, with `--trainer.logger false`,
         becomes the Trainer's root (`_default_root_dir`: no public setter); other ranks get the directory
-        by Lightning's broadcast. A logger given an explicit version keeps it.
+        by Lightning's broadcast. A logger given an explicit version keeps it, unless another run is there.
         """
         if rank_zero_only.rank != 0:
             return
@@ -218,6 +219,11 @@ class LinearRegressionCLI(LightningCLI):
             _require_attribute(logger, "_version")
             if logger._version is None:
                 logger._version = int(claim_run_dir(logger.root_dir).name.removeprefix("version_"))
+            elif Path(logger.log_dir).is_dir() and any(Path(logger.log_dir).iterdir()):
+                raise ConfigError(
+                    f"{logger.log_dir} holds another run: give --trainer.logger.init_args.version a new value,"
+                    " or none for the next free one"
+                )
 
 
 def _require_attribute(obj: object, name: str) -> None:
@@ -257,22 +263,29 @@ def refuse_multi_node_without_launcher(trainer: Trainer) -> None:
 
 
 def _bounded_yaml_load(stream: str) -> Any:
-    """jsonargparse's YAML loader, refusing documents that expand to more than MAX_CONFIG_NODES values.
+    """jsonargparse's YAML loader, refusing documents that would hang or crash the parser.
 
     YAML aliases share one object, so a few lines of nested aliases ("billion laughs") load at once but
-    expand to billions of values when jsonargparse copies or walks them: the walk below counts each use.
+    expand to billions of values when jsonargparse copies or walks them: the walk below counts each use,
+    up to MAX_CONFIG_NODES, and the depth, up to MAX_CONFIG_DEPTH (thousands of nested brackets exhaust
+    Python's recursion limit).
     """
+    depth = 0  # brackets first: PyYAML recurses once per level, and tens of thousands overflow the C stack
+    for bracket in re.finditer(r"[\[\]{}]", stream):
+        depth += 1 if bracket[0] in "[{" else -1
+        if depth > MAX_CONFIG_DEPTH:
+            raise ConfigError(f"a config nests deeper than {MAX_CONFIG_DEPTH} levels")
     value = _yaml_load(stream)
-    pending, seen = [value], 0
+    pending, seen = [(value, 0)], 0
     while pending:
-        item = pending.pop()
+        item, depth = pending.pop()
         seen += 1
         if seen > MAX_CONFIG_NODES:
             raise ConfigError(f"a config expands to more than {MAX_CONFIG_NODES:,} values (nested YAML aliases?)")
-        if isinstance(item, dict):
-            pending.extend(item.values())
-        elif isinstance(item, list):
-            pending.extend(item)
+        if depth > MAX_CONFIG_DEPTH:
+            raise ConfigError(f"a config nests deeper than {MAX_CONFIG_DEPTH} levels")
+        if isinstance(item, dict | list):
+            pending.extend((child, depth + 1) for child in (item.values() if isinstance(item, dict) else item))
     return value
 
 
@@ -354,7 +367,7 @@ _FILE_ERRORS = {errno.ENOSPC, errno.EDQUOT, errno.EACCES, errno.EPERM, errno.ERO
 
 def _fail(err: BaseException, reason: Exception | str, code: int) -> int:
     """Print `reason` as one line on stderr and return `code`; re-raise `err` when LIT_LINREG_DEBUG is true."""
-    if os.environ.get("LIT_LINREG_DEBUG", "").strip().lower() in ("1", "true", "yes", "on"):
+    if isinstance(err, Exception) and os.environ.get("LIT_LINREG_DEBUG", "").strip().lower() in ("1", "true", "yes"):
         raise err
     if denied := re.search(r"Importing '([\w.]+)' is not allowed", str(reason)):  # jsonargparse's import denylist
         reason = f"a config may not name {denied[1]}: naming it would run code (see the README: a config is code)"

@@ -71,7 +71,8 @@ FAULTS = {
     "divergences": "runs stopped at a non-finite loss",
     "refusals": "unsafe configs, values the Trainer rejects, checkpoints with NaN, other tensors or of another"
     " experiment, questions asked without a checkpoint: each refused with one line",
-    "hangs": "inputs that used to hang (nested YAML aliases, num_nodes without a launcher), refused within seconds",
+    "hangs": "inputs that used to hang or crash (YAML aliases, 50,000 nested brackets, num_nodes without a launcher),"
+    " refused within seconds",
     "disk_faults": "full disks (ENOSPC) and unwritable run directories: one line, nothing half-written",
     "sigterms": "SIGTERMs of training runs: exit 143, last.ckpt intact, resumed bit for bit",
     "races": "runs started together into one directory, each given its own",

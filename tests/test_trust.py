@@ -158,6 +158,20 @@ REFUSALS = [
         2,
         id="billion-laughs",
     ),
+    pytest.param(
+        write("deep.yaml", "model:\n  lr: " + "[" * 50_000 + "]" * 50_000 + "\n"),  # crashed PyYAML's C stack
+        ["fit", *TOY, "--config", "{tmp}/deep.yaml"],
+        ["a config nests deeper than 64 levels"],
+        2,
+        id="deep-brackets",
+    ),
+    pytest.param(
+        write("loop.yaml", "a: &a [*a]\nmodel:\n  lr: *a\n"),
+        ["fit", *TOY, "--config", "{tmp}/loop.yaml"],
+        ["a config nests deeper than 64 levels"],
+        2,
+        id="recursive-alias",
+    ),
     # --- checkpoints that must not be used ----------------------------------------------------------------------
     pytest.param(
         edited_checkpoint(lambda c: c["state_dict"]["linear.weight"].fill_(float("nan"))),
@@ -215,7 +229,23 @@ REFUSALS = [
         2,
         id="ckpt-best-never-validated",
     ),
-    # --- run directories that cannot be written -----------------------------------------------------------------
+    # --- run directories that are not this run's to write -------------------------------------------------------
+    pytest.param(
+        copy_runs,
+        [
+            "fit",
+            *TOY,
+            "--trainer.logger",
+            "TensorBoardLogger",
+            "--trainer.logger.save_dir",
+            "{tmp}/runs",
+            "--trainer.logger.version",
+            "0",
+        ],  # fmt: skip
+        ["{tmp}/runs/lightning_logs/version_0 holds another run"],
+        2,
+        id="logger-version-of-another-run",
+    ),
     pytest.param(
         write("a-file", "not a directory"),
         ["fit", *TOY, "--trainer.default_root_dir", "{tmp}/a-file"],
@@ -243,7 +273,7 @@ def test_refused_in_one_line(setup, argv, expected, code, tmp_path, capsys, toy_
         assert fragment.replace("{tmp}", str(tmp_path)) in captured.err, captured.err
     assert "The Zen of Python" not in captured.out  # `this` was never imported
     assert seconds < 20
-    record_fault("hangs" if any(k in str(argv) for k in ("laughs", "num_nodes")) else "refusals")
+    record_fault("hangs" if any(k in str(argv) for k in ("laughs", "num_nodes", "deep", "loop")) else "refusals")
 
 
 # --- Runs never share a directory -------------------------------------------------------------------------------
