@@ -10,105 +10,218 @@ import csv
 from pathlib import Path
 
 import lightning as L
+import numpy as np
 import torch
 from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.utilities import rank_zero_only
 
+from lit_linreg import statistics
+
 
 class LeastSquaresReference(L.Callback):
-    """Solves the training split's least-squares problem exactly and logs how far SGD still is from it.
+    """The exact least-squares answer of the training split, how far SGD still is from it, and why.
 
-    At the start of fit it accumulates the normal equations (X'X, X'Y, Y'Y) in float64 in one
-    pass over the train loader, sums them over DDP ranks, and solves the centred, column-scaled
-    system with an SVD-based solver (rank-deficient X gets the minimum-norm solution). Because the
-    model's train MSE is a quadratic in its coefficients, it follows from those sums exactly, with no
-    further pass. Each epoch it logs, in original units:
+    At the start of fit it takes the DataModule's one pass of sufficient statistics (`train_statistics`, see
+    statistics.py; a DataModule without one gets a pass over its train loader here) and from them alone:
 
-    - `optimum/loss`: the optimum's train MSE (a constant);
-    - `optimum/loss_gap`: the model's train MSE minus the optimum's, (d' X'X d) / (N * outputs) >= 0;
-    - `optimum/weight_gap`: the L2 distance between the model's coefficients (W and b) and the optimum's.
+    - solves the least-squares problem exactly (QR, refined), logging `optimum/loss`, its train MSE;
+    - scores that answer on the validation rows, `optimum/val_loss`: a baseline for any model;
+    - prints and logs the diagnostics: the Hessian's condition number, the largest stable learning rate,
+      the nearly collinear columns (`diagnostics/condition_number`, `diagnostics/max_stable_lr`).
 
-    At the end of fit it prints a table of the final fit beside the optimum.
+    Each epoch it logs, for a model that offers `coefficients()` (W and b in original units):
+    `optimum/loss_gap` (the model's train MSE minus the optimum's, >= 0), `optimum/relative_gap` (that over
+    the optimum's MSE, or over the targets' variance where the optimum fits almost exactly, R² > 0.999),
+    and `optimum/weight_gap`. With `stop_at_relative_gap` set, training stops once the relative gap is
+    below it. At the end of fit it prints the fit beside the optimum and a statistician's summary (as R's
+    `summary(lm)`), and writes every coefficient to `coefficients.csv` in the run's log directory.
 
     Args:
         enabled: Compute and log the reference.
-        max_table_coefficients: Print coefficients in the end-of-fit table when there are at most this many.
+        max_table_coefficients: Coefficients printed at most at the end of fit (largest |t| first); all of
+            them are in coefficients.csv.
+        stop_at_relative_gap: Stop training once `optimum/relative_gap` is at or below this; None never stops.
     """
 
-    def __init__(self, enabled: bool = True, max_table_coefficients: int = 16) -> None:
+    def __init__(
+        self, enabled: bool = True, max_table_coefficients: int = 16, stop_at_relative_gap: float | None = None
+    ) -> None:
         self.enabled = enabled
         self.max_table_coefficients = max_table_coefficients
-        self.weight: torch.Tensor | None = None  # (out, in) float64
-        self.bias: torch.Tensor | None = None  # (out,) float64
+        self.stop_at_relative_gap = stop_at_relative_gap
+        self.fit: statistics.LeastSquares | None = None
         self.loss: float | None = None
         self.model_loss: float | None = None
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if not self.enabled:
             return
-        has_bias = pl_module.linear.bias is not None
-        sums = normal_equations(
-            trainer.train_dataloader, has_bias, pl_module.device, getattr(pl_module, "encoder", None)
-        )
-        sums = {k: trainer.strategy.reduce(v, reduce_op="sum") for k, v in sums.items()}
-        self._gram, self._cross, self._yy, self._n = sums["gram"], sums["cross"], sums["yy"], sums["n"]
-        self._sst = sums["yy"] - sums["y_sum"].square() / sums["n"]  # (out,) total sum of squares about the mean
-        self.weight, self.bias = solve_least_squares(sums, has_bias)
-        self.loss = self._mse(self._theta(self.weight, self.bias)).item()
+        stats = getattr(trainer.datamodule, "train_statistics", None) or statistics_from_loader(trainer, pl_module)
+        self.stats, self.has_bias = stats, _has_bias(pl_module)
+        self.fit = statistics.solve(stats, self.has_bias)
+        self.loss = self.fit.mse
+        variance = float(np.square(stats.y_std).mean())  # the MSE of predicting each target's mean
+        self.scale = self.loss if self.loss > 1e-3 * variance else variance  # what the gap is relative to
+        names = getattr(pl_module, "design_names", None)
+        self.diagnostics = statistics.diagnose(stats, stats.n_targets, self.has_bias, names)
+        self.val_loss = self._val_loss(trainer, pl_module)
+        scalars = {
+            "optimum/loss": self.loss,
+            "diagnostics/condition_number": self.diagnostics.condition_number,
+            "diagnostics/max_stable_lr": self.diagnostics.max_stable_lr,
+        }
+        if self.val_loss is not None:
+            scalars["optimum/val_loss"] = self.val_loss
+        log_epoch_scalars(trainer, scalars)
+        if trainer.is_global_zero:
+            print(f"least squares: train MSE {self.loss:.6g}; standardized problem: {self.diagnostics.describe()}")
 
-    def _theta(self, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
-        """Stacked coefficients (p, out): W' with b as a last row when the model has a bias."""
-        rows = [weight.T, bias[None, :]] if self._gram.shape[0] > weight.shape[1] else [weight.T]
-        return torch.cat(rows).to(self._gram)
-
-    def _sse(self, theta: torch.Tensor) -> torch.Tensor:
-        """Per-output train sum of squared errors of coefficients theta, from the sums alone: (out,)."""
-        return ((theta * (self._gram @ theta)).sum(0) - 2 * (theta * self._cross).sum(0) + self._yy).clamp_min(0)
-
-    def _mse(self, theta: torch.Tensor) -> torch.Tensor:
-        return self._sse(theta).sum() / (self._n * theta.shape[1])
-
-    def r2(self, weight: torch.Tensor, bias: torch.Tensor) -> float:
-        """Train R² of coefficients in original units, averaged over outputs (as torchmetrics' R2Score)."""
-        sst = torch.where(self._sst > 0, self._sst, torch.ones_like(self._sst))
-        return (1 - self._sse(self._theta(weight, bias)) / sst).mean().item()
+    def _val_loss(self, trainer: L.Trainer, pl_module: L.LightningModule) -> float | None:
+        """The least-squares answer's MSE on the validation rows (one pass, float64), or None without them."""
+        loader = trainer.datamodule.val_dataloader() if trainer.datamodule is not None else None
+        if loader is None:
+            return None
+        encode = getattr(pl_module, "encoder", None)
+        weight, bias = torch.from_numpy(self.fit.weight), torch.from_numpy(self.fit.bias)
+        sse, count = 0.0, 0
+        with torch.no_grad():
+            for x, y in loader:
+                x, y = x.cpu().double(), y.cpu().double()
+                x = encode.double()(x) if encode is not None else x
+                sse += (x @ weight.T + bias - y).square().sum().item()
+                count += y.numel()
+        if encode is not None:
+            encode.float()
+        total = trainer.strategy.reduce(torch.tensor([sse, count], dtype=torch.float64), reduce_op="sum")
+        return float(total[0] / total[1]) if total[1] > 0 else None
 
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if self.weight is None:
+        if self.fit is None or not hasattr(pl_module, "coefficients"):
             return
-        weight, bias = pl_module.coefficients()
-        delta = self._theta(weight, bias) - self._theta(self.weight, self.bias)  # (p, out)
-        loss_gap = (delta * (self._gram @ delta)).sum() / (self._n * delta.shape[1])
-        self.model_loss = self.loss + loss_gap.item()
+        weight, bias = (t.cpu().numpy() for t in pl_module.coefficients())
+        loss_gap = max(self.fit.gap(weight, bias if self.has_bias else None), 0.0)
+        self.model_loss = self.loss + loss_gap
+        relative = loss_gap / self.scale
+        weight_gap = np.sqrt(np.square(weight - self.fit.weight).sum() + np.square(bias - self.fit.bias).sum())
         log_epoch_scalars(
             trainer,
-            {"optimum/loss": self.loss, "optimum/loss_gap": loss_gap.item(), "optimum/weight_gap": delta.norm().item()},
+            {"optimum/loss_gap": loss_gap, "optimum/relative_gap": relative, "optimum/weight_gap": float(weight_gap)},
         )
+        if self.stop_at_relative_gap is not None and relative <= self.stop_at_relative_gap:
+            trainer.should_stop = True
 
     @rank_zero_only
     def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if self.weight is None or trainer.sanity_checking:
+        if self.fit is None or trainer.sanity_checking:
             return
         metrics = trainer.callback_metrics
+        optimizer = trainer.optimizers[0].__class__.__name__ if trainer.optimizers else "none"
         rows = [
             ("train MSE", self.model_loss, self.loss),
-            ("train R2", self.r2(*pl_module.coefficients()), self.r2(self.weight, self.bias)),
-            ("val MSE", _item(metrics.get("val/loss")), None),
+            ("val MSE", _item(metrics.get("val/loss")), self.val_loss),
             ("val R2", _item(metrics.get("val/r2")), None),
         ]
-        weight, bias = pl_module.coefficients()
-        has_bias = pl_module.linear.bias is not None
-        names = coefficient_names(pl_module)
-        fitted, best = _stacked(weight, bias, has_bias), _stacked(self.weight, self.bias, has_bias)
-        coefficients = list(zip(names, fitted, best, strict=True))
-        shown = coefficients[: self.max_table_coefficients]
-        rows += [(name, value.item(), best.item()) for name, value, best in shown]
+        summaries = statistics.summarize(self.stats, self.has_bias, getattr(pl_module, "design_names", None))
+        linear = hasattr(pl_module, "coefficients")
+        fitted = _by_term(pl_module) if linear else {}
+        records = coefficient_records(
+            pl_module.schema["targets"] if hasattr(pl_module, "schema") else None, summaries, fitted
+        )
+        print(f"optimizer: {optimizer}")
         print(format_table(rows))
-        if len(shown) < len(coefficients):
-            print(
-                f"({len(coefficients) - len(shown)} more coefficients not shown; raise"
-                " --reference.max_table_coefficients, or see weights/* in TensorBoard)"
+        shown = sorted(records, key=lambda r: -abs(r["t"]) if np.isfinite(r["t"]) else 0.0)
+        shown = shown[: self.max_table_coefficients]
+        print(format_summary(shown, summaries, list(dict.fromkeys(r["target"] for r in records))))
+        path = Path(trainer.log_dir or trainer.default_root_dir) / "coefficients.csv"
+        write_coefficients(path, records)
+        if len(shown) < len(records):
+            print(f"({len(records) - len(shown)} more coefficients in {path}, the largest |t| shown first)")
+        if not linear:
+            print("(coefficients, the inference table and optimum/loss_gap apply to a linear model only)")
+
+
+def _has_bias(pl_module: L.LightningModule) -> bool:
+    linear = getattr(pl_module, "linear", None)
+    return getattr(linear, "bias", None) is not None if linear is not None else True
+
+
+def statistics_from_loader(trainer: L.Trainer, pl_module: L.LightningModule) -> statistics.SufficientStatistics:
+    """One pass over this rank's training batches, gathered over the ranks: for a DataModule without its own."""
+    encode = getattr(pl_module, "encoder", None)
+    stats = None
+    for x, y in trainer.train_dataloader:
+        x, y = x.cpu().double(), y.cpu().double()
+        x = encode.double()(x) if encode is not None else x
+        stats = stats or statistics.SufficientStatistics(x.shape[1], y.shape[1])
+        stats.update(x.numpy(), y.numpy())
+    if encode is not None:
+        encode.float()
+    if trainer.world_size > 1:
+        gathered = trainer.strategy.all_gather(torch.from_numpy(stats.to_array()))
+        stats = statistics.SufficientStatistics.combine(
+            [statistics.SufficientStatistics.from_array(a) for a in gathered.cpu().numpy()]
+        )
+    return stats
+
+
+def _by_term(pl_module: L.LightningModule) -> dict[tuple[int, str], float]:
+    """The model's coefficients in original units by (target index, term), "(intercept)" for b."""
+    weight, bias = (t.cpu().double().numpy() for t in pl_module.coefficients())
+    out = {}
+    for i in range(weight.shape[0]):
+        out |= {(i, name): float(w) for name, w in zip(pl_module.design_names, weight[i], strict=True)}
+        out[(i, "(intercept)")] = float(bias[i])
+    return out
+
+
+def coefficient_records(targets, summaries, fitted) -> list[dict]:
+    """One record per (target, term): SGD's value beside the least-squares estimate and its inference."""
+    records = []
+    for i, summary in enumerate(summaries):
+        target = targets[i] if targets else f"y{i}"
+        for j, term in enumerate(summary.names):
+            records.append(
+                {
+                    "target": target,
+                    "term": term,
+                    "sgd": fitted.get((i, term), float("nan")),
+                    "least_squares": float(summary.estimate[j]),
+                    "std_error": float(summary.std_error[j]),
+                    "t": float(summary.t_value[j]),
+                    "p_value": float(summary.p_value[j]),
+                    "ci_low": float(summary.conf_low[j]),
+                    "ci_high": float(summary.conf_high[j]),
+                }
             )
+    return records
+
+
+def write_coefficients(path: Path, records: list[dict]) -> None:
+    """coefficients.csv: every coefficient in full float64 precision (repr round-trips)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    columns = ["target", "term", "sgd", "least_squares", "std_error", "t", "p_value", "ci_low", "ci_high"]
+    with open(path, "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(columns)
+        writer.writerows([r[c] if isinstance(r[c], str) else repr(r[c]) for c in columns] for r in records)
+
+
+def format_summary(records: list[dict], summaries, targets: list[str]) -> str:
+    """The coefficient table (SGD beside least squares, with inference) and each target's summary lines."""
+    width = max([12, *(len(f"{r['target']}/{r['term']}") + 2 for r in records)])
+    head = ["SGD fit", "least squares", "std error", "t", "p-value", "95% CI low", "95% CI high"]
+    lines = [f"{'':<{width}}" + "".join(f"{h:>14}" for h in head)]
+    for r in records:
+        cells = [r["sgd"], r["least_squares"], r["std_error"], r["t"], r["p_value"], r["ci_low"], r["ci_high"]]
+        lines.append(f"{r['target'] + '/' + r['term']:<{width}}" + "".join(f"{v:>14.6g}" for v in cells))
+    for summary, target in zip(summaries, targets, strict=True):
+        lines.append(
+            f"{target}: residual standard error {summary.residual_std_error:.6g} on {summary.df_resid} DF;"
+            f" R² {summary.r2:.6g}, adjusted R² {summary.adj_r2:.6g};"
+            f" F {summary.f_statistic:.6g} on {summary.df_model} and {summary.df_resid} DF, p {summary.f_pvalue:.3g};"
+            f" N {summary.n}"
+        )
+    return "\n".join(lines)
 
 
 def coefficient_names(pl_module: L.LightningModule) -> list[str]:
@@ -149,53 +262,6 @@ def format_table(rows: list[tuple[str, float | None, float | None]]) -> str:
     lines = [f"{'':<{width}}{'SGD fit':>14}{'least squares':>14}"]
     lines += [f"{name:<{width}}{cell(fit)}{cell(best)}" for name, fit, best in rows]
     return "\n".join(lines)
-
-
-def normal_equations(loader, has_bias: bool, device: torch.device, encode=None) -> dict[str, torch.Tensor]:
-    """Sums X'X, X'Y, Y'Y, the column sums of Y and N over one pass of a loader of (x, y) batches, in float64.
-
-    `encode` maps raw inputs to the design the linear layer sees (one-hot categories, filled-in values).
-    """
-    gram = cross = yy = y_sum = None
-    n = torch.zeros((), dtype=torch.float64, device=device)
-    for x, y in loader:
-        x, y = x.to(device, torch.float64), y.to(device, torch.float64)  # (B, in), (B, out)
-        if encode is not None:
-            x = encode(x)  # (B, design columns)
-        if has_bias:
-            x = torch.cat([x, torch.ones(len(x), 1, dtype=x.dtype, device=device)], dim=1)  # (B, in + 1)
-        if gram is None:
-            gram, cross, yy, y_sum = x.T @ x, x.T @ y, y.square().sum(0), y.sum(0)
-        else:
-            gram += x.T @ x
-            cross += x.T @ y
-            yy += y.square().sum(0)
-            y_sum += y.sum(0)
-        n += len(x)
-    return {"gram": gram, "cross": cross, "yy": yy, "y_sum": y_sum, "n": n}
-
-
-def solve_least_squares(sums: dict[str, torch.Tensor], has_bias: bool) -> tuple[torch.Tensor, torch.Tensor]:
-    """Minimum-norm least-squares W (out, in) and b (out,) from the normal-equation sums.
-
-    With a bias the problem is centred first (the intercept then drops out), and the columns are
-    scaled to unit norm, so the SVD's cut-off for a rank-deficient X is relative to each feature's scale.
-    For a rank-deficient X the answer is the minimum-norm solution in those scaled units: the one SGD
-    started from zero reaches on standardized data (a duplicated column shares its weight equally).
-    """
-    gram, cross, n = (sums[k].cpu() for k in ("gram", "cross", "n"))
-    if has_bias:
-        mean_x, mean_y = gram[-1, :-1] / n, cross[-1] / n
-        sxx = gram[:-1, :-1] - n * torch.outer(mean_x, mean_x)
-        sxy = cross[:-1] - n * torch.outer(mean_x, mean_y)
-    else:
-        sxx, sxy = gram, cross
-    scale = sxx.diagonal().clamp_min(0).sqrt()
-    scale = torch.where(scale > 0, scale, torch.ones_like(scale))
-    beta = torch.linalg.lstsq(sxx / torch.outer(scale, scale), sxy / scale[:, None], driver="gelsd").solution
-    weight = (beta / scale[:, None]).T  # (out, in)
-    bias = mean_y - weight @ mean_x if has_bias else torch.zeros(weight.shape[0], dtype=weight.dtype)
-    return weight, bias
 
 
 class CoefficientLogger(L.Callback):

@@ -1,3 +1,4 @@
+import csv
 import json
 import socket
 import subprocess
@@ -10,9 +11,8 @@ import numpy as np
 import pytest
 import torch
 
-from lit_linreg.callbacks import format_table, normal_equations, solve_least_squares
+from lit_linreg.callbacks import format_table
 from lit_linreg.cli import main
-from lit_linreg.loader import TensorLoader
 from tests.conftest import QUIET, config, latest_version, scalars
 
 
@@ -24,61 +24,36 @@ def crop_run(tmp_path_factory):
     return latest_version(root)
 
 
-def _numpy_lstsq(x: np.ndarray, y: np.ndarray, bias: bool) -> tuple[np.ndarray, np.ndarray]:
-    design = np.hstack([x, np.ones((len(x), 1))]) if bias else x
-    theta = np.linalg.lstsq(design, y, rcond=None)[0]  # minimum-norm solution
-    return (theta[:-1].T, theta[-1]) if bias else (theta.T, np.zeros(y.shape[1]))
+def test_coefficients_csv_matches_statsmodels_ols_when_every_row_trains(tmp_path):
+    import statsmodels.api as sm
+    from statsmodels.datasets import longley
 
+    frame = longley.load_pandas().data
+    frame.to_csv(tmp_path / "longley.csv", index=False)
+    argv = ["fit", "--config", config("table.yaml"), "--data.path", str(tmp_path / "longley.csv")]
+    argv += ["--data.targets", "[TOTEMP]", "--data.val_fraction", "0", "--trainer.max_epochs", "1"]
+    assert main([*argv, *QUIET, "--trainer.default_root_dir", str(tmp_path / "runs")]) == 0
+    with open(latest_version(tmp_path / "runs") / "coefficients.csv") as f:
+        rows = {row["term"]: row for row in csv.DictReader(f)}
 
-@pytest.mark.parametrize("bias", [True, False], ids=["bias", "no-bias"])
-@pytest.mark.parametrize("rank_deficient", [False, True], ids=["full-rank", "rank-deficient"])
-def test_streamed_least_squares_equals_the_direct_solution(bias, rank_deficient):
-    g = torch.Generator().manual_seed(0)
-    x = torch.randn(1000, 4, generator=g) * torch.tensor([1.0, 10.0, 0.1, 3.0]) + 5
-    if rank_deficient:  # a duplicated and a scaled column: X'X is singular
-        x = torch.cat([x, x[:, :1], 2 * x[:, 1:2]], dim=1)
-    y = x @ torch.randn(x.shape[1], 2, generator=g) + 3 + 0.1 * torch.randn(1000, 2, generator=g)
-    loader = TensorLoader(x, y, batch_size=128, shuffle=True, seed=1)  # batched, shuffled: the sums must not care
-
-    weight, b = solve_least_squares(normal_equations(loader, bias, torch.device("cpu")), bias)
-
-    expected_w, expected_b = _numpy_lstsq(x.double().numpy(), y.double().numpy(), bias)
-    predictions = x.double() @ weight.T + b
-    expected_predictions = x.double().numpy() @ expected_w.T + expected_b
-    np.testing.assert_allclose(predictions.numpy(), expected_predictions, rtol=1e-6, atol=1e-6)
-    if rank_deficient:
-        # Many solutions fit equally well. The solver picks the minimum-norm one in column-scaled units (where SGD
-        # from zero on standardized data ends): a duplicated column shares its weight equally, and a column 2x
-        # another takes half the weight of it.
-        np.testing.assert_allclose(weight[:, 4].numpy(), weight[:, 0].numpy(), rtol=1e-6)
-        np.testing.assert_allclose(weight[:, 1].numpy(), 2 * weight[:, 5].numpy(), rtol=1e-6)
-    else:
-        np.testing.assert_allclose(weight.numpy(), expected_w, rtol=1e-6, atol=1e-8)
-
-
-def test_train_r2_from_the_sums_equals_torchmetrics_on_the_rows():
-    from types import SimpleNamespace
-
-    from torchmetrics.functional import r2_score
-
-    from lit_linreg.callbacks import LeastSquaresReference
-
-    g = torch.Generator().manual_seed(1)
-    x, y = torch.randn(500, 3, generator=g), torch.randn(500, 2, generator=g) * torch.tensor([1.0, 30.0])
-    reference = LeastSquaresReference()
-    trainer = SimpleNamespace(train_dataloader=TensorLoader(x, y, batch_size=64), strategy=SimpleNamespace())
-    trainer.strategy.reduce = lambda value, reduce_op: value  # one process: the sums are already complete
-    module = SimpleNamespace(linear=torch.nn.Linear(3, 2), device=torch.device("cpu"))
-    reference.on_train_start(trainer, module)
-
-    weight, bias = torch.randn(2, 3, generator=g, dtype=torch.float64), torch.randn(2, dtype=torch.float64)
-    expected = r2_score(x.double() @ weight.T + bias, y.double(), multioutput="uniform_average")
-    assert reference.r2(weight, bias) == pytest.approx(expected.item(), rel=1e-9)
+    ols = sm.OLS(frame["TOTEMP"], sm.add_constant(frame.drop(columns="TOTEMP"))).fit()
+    low, high = ols.conf_int().T.values
+    for j, term in enumerate(ols.params.index):
+        row = rows["(intercept)" if term == "const" else term]
+        expected = [ols.params.iloc[j], ols.bse.iloc[j], ols.tvalues.iloc[j], ols.pvalues.iloc[j], low[j], high[j]]
+        got = [float(row[c]) for c in ("least_squares", "std_error", "t", "p_value", "ci_low", "ci_high")]
+        np.testing.assert_allclose(got, expected, rtol=1e-6)
+        assert row["target"] == "TOTEMP" and np.isfinite(float(row["sgd"]))
 
 
 def test_crop_run_logs_the_optimum_and_a_gap_that_falls_to_zero(crop_run):
     logged = scalars(crop_run)
-    assert [v for _, v in logged["optimum/loss"]] == [pytest.approx(0.4831, abs=1e-4)] * 50
+    assert [v for _, v in logged["optimum/loss"]] == [pytest.approx(0.4831, abs=1e-4)]  # a constant, logged once
+    assert logged["optimum/val_loss"][0][1] == pytest.approx(0.4831, abs=1e-4)  # validation reuses the 5 rows
+    relative = [v for _, v in logged["optimum/relative_gap"]]
+    # The optimum explains 99.96 % of the variance: the gap is measured against the targets' variance instead.
+    variance = np.var(np.array([[56, 70], [81, 101], [119, 133], [22, 37], [103, 119]]), axis=0).mean()
+    assert relative[-1] == pytest.approx(logged["optimum/loss_gap"][-1][1] / variance, rel=1e-3)
     gaps = [v for _, v in logged["optimum/loss_gap"]]
     assert min(gaps) >= -1e-5  # at least 0 up to float32 rounding
     assert gaps[0] > 100 * gaps[-1] and gaps[-1] < 0.01 * 0.4831
@@ -95,7 +70,8 @@ def test_crop_run_logs_each_coefficient_in_original_units(crop_run):
     # Original units: the final weights are the least-squares coefficients of the raw table (within SGD's 0.1 %).
     x = torch.tensor([[73, 67, 43], [91, 88, 64], [87, 134, 58], [102, 43, 37], [69, 96, 70.0]], dtype=torch.float64)
     y = torch.tensor([[56, 70], [81, 101], [119, 133], [22, 37], [103, 119.0]], dtype=torch.float64)
-    expected_w, _ = _numpy_lstsq(x.numpy(), y.numpy(), bias=True)
+    design = torch.cat([x, torch.ones(5, 1, dtype=torch.float64)], dim=1)
+    expected_w = torch.linalg.lstsq(design, y).solution[:3].T.numpy()  # (2, 3)
     assert logged["weights/oranges/rainfall"][-1][1] == pytest.approx(expected_w[1, 1], rel=1e-3)
     assert logged["weights/apples/humidity"][-1][1] == pytest.approx(expected_w[0, 2], rel=1e-3)
 
