@@ -128,6 +128,11 @@ class LeastSquaresReference(L.Callback):
             pl_module.schema["targets"] if hasattr(pl_module, "schema") else None, summaries, fitted
         )
         print(f"optimizer: {optimizer}")
+        if self.model_loss is not None:
+            print(
+                f"relative gap {(self.model_loss - self.loss) / self.scale:.3g} after {trainer.current_epoch} epochs,"
+                f" {self.stats.n} training rows x {self.stats.n_features} columns"
+            )
         print(format_table(rows))
         shown = sorted(records, key=lambda r: -abs(r["t"]) if np.isfinite(r["t"]) else 0.0)
         shown = shown[: self.max_table_coefficients]

@@ -329,7 +329,8 @@ class RunStamp(L.Callback):
         changed = {key: value for key, value in self.settings.items() if saved.get(key) != value}
         for state in checkpoint.get("optimizer_states", []):
             for group in state.get("param_groups", []):
-                group.update({key: value for key, value in changed.items() if key in group})
+                # "auto" (--model.lr auto) is no value: the model's own tuning sets the new optimizer, not this.
+                group.update({k: v for k, v in changed.items() if k in group and not isinstance(v, str)})
 
 
 class LastCheckpoint(ModelCheckpoint):

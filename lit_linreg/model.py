@@ -10,10 +10,13 @@ The notebooks' loop, step by step, and where each step lives now:
 
 from __future__ import annotations
 
+import math
 from typing import Literal
 
 import lightning as L
+import numpy as np
 import torch
+from lightning.pytorch.utilities import rank_zero_info
 from torch import nn
 from torchmetrics import MeanAbsoluteError, MeanSquaredError, MetricCollection
 from torchmetrics.regression import R2Score
@@ -36,8 +39,8 @@ class LinearRegression(L.LightningModule):
         out_features: Output columns; the CLI links it from the DataModule.
         bias: Learn an intercept b.
         init: "default" is PyTorch's uniform init; "zeros" starts from W = 0, b = 0 as the notebooks do.
-        lr: SGD learning rate, > 0.
-        momentum: SGD momentum, in [0, 1).
+        lr: SGD learning rate, > 0; "auto" takes it from the training data's curvature (see `tune_sgd`).
+        momentum: SGD momentum, in [0, 1); "auto" too (heavy-ball momentum for full-batch training).
         weight_decay: SGD weight decay (applies to W and b), >= 0.
         l1_strength: L1 penalty l1 * sum|W| added to the loss (W only, not b), >= 0.
         l2_strength: L2 penalty l2 * sum(W**2) added to the loss (W only, not b), >= 0.
@@ -50,8 +53,8 @@ class LinearRegression(L.LightningModule):
         out_features: int,
         bias: bool = True,
         init: Literal["default", "zeros"] = "default",
-        lr: float = 0.01,
-        momentum: float = 0.0,
+        lr: float | Literal["auto"] = 0.01,
+        momentum: float | Literal["auto"] = 0.0,
         weight_decay: float = 0.0,
         l1_strength: float = 0.0,
         l2_strength: float = 0.0,
@@ -60,8 +63,12 @@ class LinearRegression(L.LightningModule):
         super().__init__()
         _check("model.in_features", in_features, in_features >= 1, "at least 1")
         _check("model.out_features", out_features, out_features >= 1, "at least 1")
-        _check("model.lr", lr, lr > 0, "> 0")
-        _check("model.momentum", momentum, 0 <= momentum < 1, "in [0, 1)")
+        if lr != "auto":
+            _check("model.lr", lr, lr > 0, "> 0 or auto")
+        if momentum != "auto":
+            _check("model.momentum", momentum, 0 <= momentum < 1, "in [0, 1) or auto")
+        self.lr, self.momentum = lr, momentum  # numbers once `tune_sgd` has resolved "auto"
+        self.max_stable_lr: float | None = None  # full-batch gradient descent diverges at or above it
         for name, value in (("weight_decay", weight_decay), ("l1_strength", l1_strength), ("l2_strength", l2_strength)):
             _check(f"model.{name}", value, value >= 0, ">= 0")
         if init not in ("default", "zeros"):
@@ -102,9 +109,53 @@ class LinearRegression(L.LightningModule):
         # after DataModule.setup, which Lightning runs just before this hook.
         if stage != "fit":  # the checkpoint holds them
             return
-        stats = getattr(getattr(self.trainer, "datamodule", None), "statistics", None)
+        datamodule = getattr(self.trainer, "datamodule", None)
+        stats = getattr(datamodule, "statistics", None)
         if stats is not None:
             self.set_standardization(**stats)
+        moments = getattr(datamodule, "train_statistics", None)
+        if moments is not None:
+            full_batch = getattr(datamodule, "batch_size", 0) is None
+            self.tune_sgd(moments, standardized=stats is not None, full_batch=full_batch)
+        elif "auto" in (self.lr, self.momentum):
+            raise ConfigError("model.lr and model.momentum 'auto' need a DataModule with train_statistics")
+
+    def tune_sgd(self, moments, standardized: bool, full_batch: bool) -> None:
+        """Resolve `lr: auto` and `momentum: auto` from the eigenvalues of the training loss's Hessian.
+
+        With L and mu its largest and smallest (non-zero) eigenvalues, full-batch gradient descent diverges at
+        lr >= 2 / L. Full batch, "auto" is Polyak's heavy ball, the fastest fixed lr and momentum for a
+        quadratic: lr = 0.9 * 4 / (sqrt(L) + sqrt(mu))^2, momentum = ((sqrt(k) - 1) / (sqrt(k) + 1))^2 with k = L / mu;
+        with a fixed momentum 0, lr = 2 / (L + mu). Mini-batches add noise: lr = 1 / L, momentum 0.
+        """
+        from lit_linreg import statistics
+
+        k, has_bias = moments.n_targets, self.linear.bias is not None
+        if standardized:
+            eigenvalues = statistics.hessian_eigenvalues(moments, k, has_bias)
+        else:  # the raw design: H = 2 / (N k) [X 1]'[X 1] for each output
+            columns = [*range(1, 1 + moments.n_features), *([0] if has_bias else [])]
+            gram = moments.gram()[np.ix_(columns, columns)]
+            eigenvalues = np.linalg.eigvalsh(2 * gram / (moments.n * k))
+        largest = float(eigenvalues.max())
+        smallest = float(eigenvalues[eigenvalues > largest * 1e-12].min())
+        self.max_stable_lr = 2 / largest
+        if "auto" not in (self.lr, self.momentum):
+            return
+        if full_batch and self.momentum in ("auto", 0.0):
+            if self.momentum == "auto":
+                ratio = (math.sqrt(largest / smallest) - 1) / (math.sqrt(largest / smallest) + 1)
+                # 0.9: a margin for the float32 training copy, whose curvature differs from the float64 one's.
+                self.lr, self.momentum = 0.9 * 4 / (math.sqrt(largest) + math.sqrt(smallest)) ** 2, ratio**2
+            else:
+                self.lr = 2 / (largest + smallest)
+        else:
+            self.lr = 1 / largest if self.lr == "auto" else self.lr
+            self.momentum = 0.0 if self.momentum == "auto" else self.momentum
+        rank_zero_info(
+            f"lr auto: {self.lr:.4g}, momentum {self.momentum:.4g} (Hessian eigenvalues {smallest:.3g} to"
+            f" {largest:.3g}, condition number {largest / smallest:.3g}; full batch: {full_batch})"
+        )
 
     def set_standardization(
         self,
@@ -154,7 +205,7 @@ class LinearRegression(L.LightningModule):
         if not torch.isfinite(loss):
             raise DivergenceError(
                 f"the training loss became {loss.item()} at epoch {self.current_epoch}, step {self.global_step}:"
-                " training stopped; lower --model.lr or standardize the data"
+                f" training stopped; {self._lr_advice()}"
             )
         # Logged in original target units and before this step's update, as the notebooks print it; only on the
         # steps the logger writes (every `log_every_n_steps`), as a `self.log` call costs more than this step.
@@ -189,7 +240,9 @@ class LinearRegression(L.LightningModule):
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
         hp = self.hparams
-        return torch.optim.SGD(self.parameters(), lr=hp.lr, momentum=hp.momentum, weight_decay=hp.weight_decay)
+        if "auto" in (self.lr, self.momentum):
+            raise ConfigError("model.lr or model.momentum is 'auto' but no training data tuned it")
+        return torch.optim.SGD(self.parameters(), lr=self.lr, momentum=self.momentum, weight_decay=hp.weight_decay)
 
     @torch.no_grad()
     def coefficients(self) -> tuple[torch.Tensor, torch.Tensor]:
@@ -204,6 +257,12 @@ class LinearRegression(L.LightningModule):
         weight = t[:, None] * w_s / s[None, :]
         bias = t * (b_s - w_s @ (m / s)) + u
         return weight, bias
+
+    def _lr_advice(self) -> str:
+        """What to change after a divergence: the learning rate the data allows, when the statistics are known."""
+        if self.max_stable_lr is None:
+            return "lower --model.lr or standardize the data"
+        return f"the data allows lr < {self.max_stable_lr:.4g} (full batch): lower --model.lr, or use --model.lr auto"
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         # Never let a diverged state reach disk: the last finite checkpoint stays the newest one. Every tensor
@@ -222,6 +281,6 @@ class LinearRegression(L.LightningModule):
         return type(self.trainer.optimizers[0]).__name__
 
 
-def _check(name: str, value: float, ok: bool, rule: str) -> None:
+def _check(name: str, value: float, ok: bool, rule: str) -> None:  # noqa: D103
     if not ok:
         raise ConfigError(f"{name} must be {rule}, got {value}")
