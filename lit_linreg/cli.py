@@ -28,6 +28,7 @@ from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.fabric.utilities.rank_zero import rank_zero_only
 from lightning.pytorch import LightningDataModule, Trainer
+from lightning.pytorch.accelerators import CPUAccelerator
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback, instantiate_class
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
@@ -124,6 +125,7 @@ class LinearRegressionCLI(LightningCLI):
         super().parse_arguments(parser, args)
         config = self.config[self.config.subcommand]
         refuse_functions(config)
+        check_seed(config.get("seed_everything"))
         self._experiment = experiment(config.get("data"))
         self._checkpoint = self._resolve_checkpoint(config)
         if self._checkpoint is not None:
@@ -135,6 +137,8 @@ class LinearRegressionCLI(LightningCLI):
         Lightning's own `last` and `best` look only in this run's version folder, which is new.
         """
         subcommand = self.config.subcommand
+        if config.get("ckpt_path") == "":
+            raise ConfigError("--ckpt_path is empty: give a checkpoint file, `last` or `best`")
         if not config.get("ckpt_path"):
             if subcommand != "fit":  # the model's untrained weights would give a silent wrong answer
                 raise ConfigError(f"{subcommand} needs --ckpt_path: a checkpoint file, `last` or `best`")
@@ -162,7 +166,7 @@ class LinearRegressionCLI(LightningCLI):
             raise ConfigError(f"trainer: {err}") from err
 
     def after_instantiate_classes(self) -> None:
-        refuse_multi_node_without_launcher(self.trainer)
+        refuse_launches_that_hang(self.trainer)
         optimizer, settings = self._optimizer_settings()
         if self._checkpoint is not None:
             hp, path = self.model.hparams, self._get(self.config, "ckpt_path")
@@ -249,16 +253,30 @@ def refuse_functions(config: Namespace, prefix: str = "") -> None:
             refuse_functions(value, name)
 
 
-def refuse_multi_node_without_launcher(trainer: Trainer) -> None:
-    """Refuse `--trainer.num_nodes N > 1` when no launcher started the nodes: rank 0 would wait forever.
+def check_seed(seed: Any) -> None:
+    """Refuse a seed numpy cannot take (it raised a ValueError inside Lightning)."""
+    if isinstance(seed, int) and not isinstance(seed, bool) and not 0 <= seed < 2**32:
+        raise ConfigError(f"seed_everything must be in [0, 2**32 - 1], got {seed}")
 
-    Lightning detects torchrun, SLURM, LSF, Kubeflow and MPI; by hand, NODE_RANK (and MASTER_ADDR) set on each node.
+
+def refuse_launches_that_hang(trainer: Trainer) -> None:
+    """Refuse process layouts that would wait forever or swamp the machine.
+
+    `--trainer.num_nodes N > 1` with no launcher to start the other nodes: rank 0 would wait for them
+    forever. Lightning detects torchrun, SLURM, LSF, Kubeflow and MPI; by hand, set NODE_RANK (and
+    MASTER_ADDR) on each node. More CPU processes than cores (`--trainer.devices 1000`): they never
+    all start.
     """
     environment = getattr(trainer.strategy, "cluster_environment", None)
     if trainer.num_nodes > 1 and isinstance(environment, LightningEnvironment) and "NODE_RANK" not in os.environ:
         raise ConfigError(
             f"--trainer.num_nodes {trainer.num_nodes} needs a launcher that starts every node: run under torchrun"
             " or srun, or set MASTER_ADDR, MASTER_PORT and NODE_RANK on each node"
+        )
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    if isinstance(trainer.accelerator, CPUAccelerator) and trainer.num_devices > cores:
+        raise ConfigError(
+            f"--trainer.devices {trainer.num_devices} asks for more CPU processes than this machine's {cores} cores"
         )
 
 
@@ -344,12 +362,18 @@ def main(args: list[str] | None = None) -> int:
         user_error = find_user_error(err)
         if user_error is not None:
             return _fail(err, user_error, code=1 if isinstance(user_error, DivergenceError) else 2)
+        if isinstance(err, RuntimeError) and str(err).startswith(_LIGHTNING_CONFIG_ERRORS):
+            return _fail(err, err, code=2)
         system_error = _find_os_error(err)
         if system_error is None:
             raise
         where = f"{system_error.filename}: " if system_error.filename else ""
         return _fail(err, f"{where}{system_error.strerror}", code=1)
     return 0
+
+
+# Lightning's RuntimeErrors that are a mistake in the config, found only once training runs.
+_LIGHTNING_CONFIG_ERRORS = ("Early stopping conditioned on metric",)
 
 
 def _find_os_error(err: BaseException) -> OSError | None:

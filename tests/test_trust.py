@@ -121,6 +121,33 @@ REFUSALS = [
         2,
         id="num-nodes-without-launcher",
     ),
+    pytest.param(
+        nothing,
+        ["fit", *TOY, "--trainer.accelerator", "cpu", "--trainer.devices", "1000"],  # hung, starting processes
+        ["--trainer.devices 1000 asks for more CPU processes than this machine's"],
+        2,
+        id="devices-1000-on-cpu",
+    ),
+    pytest.param(nothing, ["fit", *TOY, "--seed_everything", "-1"], ["seed_everything must be in"], 2, id="seed-neg"),
+    pytest.param(
+        nothing,
+        [
+            "fit",
+            *TOY,
+            "--trainer.max_epochs",
+            "1",
+            "--trainer.check_val_every_n_epoch",
+            "1",
+            "--trainer.callbacks+",
+            "EarlyStopping",
+            "--trainer.callbacks.monitor",
+            "val/bogus",
+        ],  # fmt: skip
+        ["Early stopping conditioned on metric `val/bogus` which is not available"],
+        2,
+        id="early-stopping-on-no-metric",
+    ),
+    pytest.param(nothing, ["fit", *TOY, "--ckpt_path", ""], ["--ckpt_path is empty"], 2, id="ckpt-path-empty"),
     # --- questions that need trained weights -------------------------------------------------------------------
     *(
         pytest.param(nothing, [cmd, *TOY], [f"{cmd} needs --ckpt_path"], 2, id=f"{cmd}-without-ckpt")
@@ -273,7 +300,9 @@ def test_refused_in_one_line(setup, argv, expected, code, tmp_path, capsys, toy_
         assert fragment.replace("{tmp}", str(tmp_path)) in captured.err, captured.err
     assert "The Zen of Python" not in captured.out  # `this` was never imported
     assert seconds < 20
-    record_fault("hangs" if any(k in str(argv) for k in ("laughs", "num_nodes", "deep", "loop")) else "refusals")
+    record_fault(
+        "hangs" if any(k in str(argv) for k in ("laughs", "num_nodes", "deep", "loop", "1000")) else "refusals"
+    )
 
 
 # --- Runs never share a directory -------------------------------------------------------------------------------
