@@ -58,6 +58,7 @@ class LeastSquaresReference(L.Callback):
             return
         stats = getattr(trainer.datamodule, "train_statistics", None) or statistics_from_loader(trainer, pl_module)
         self.stats, self.has_bias = stats, _has_bias(pl_module)
+        self.log_dir = Path(trainer.log_dir or trainer.default_root_dir)  # a collective: every rank asks here
         self.fit = statistics.solve(stats, self.has_bias)
         self.loss = self.fit.mse
         variance = float(np.square(stats.y_std).mean())  # the MSE of predicting each target's mean
@@ -137,7 +138,7 @@ class LeastSquaresReference(L.Callback):
         shown = sorted(records, key=lambda r: -abs(r["t"]) if np.isfinite(r["t"]) else 0.0)
         shown = shown[: self.max_table_coefficients]
         print(format_summary(shown, summaries, list(dict.fromkeys(r["target"] for r in records))))
-        path = Path(trainer.log_dir or trainer.default_root_dir) / "coefficients.csv"
+        path = self.log_dir / "coefficients.csv"
         write_coefficients(path, records)
         if len(shown) < len(records):
             print(f"({len(records) - len(shown)} more coefficients in {path}, the largest |t| shown first)")

@@ -263,7 +263,7 @@ BAD_INPUTS = [
         id="flag-typo",
     ),
     pytest.param(
-        nothing, ["fit", *TOY, "--model.lr", "abc"], ['Parser key "model.lr"', "Got value: abc"], id="flag-lr-abc"
+        nothing, ["fit", *TOY, "--model.lr", "abc"], ['Parser key "model.lr"', "Given value: abc"], id="flag-lr-abc"
     ),
     pytest.param(
         write("data.csv", GOOD_CSV),
@@ -283,18 +283,20 @@ BAD_INPUTS = [
         ["'lit_linreg.NoSuchModule'", "has no attribute 'NoSuchModule'"],
         id="flag-no-such-data-class",
     ),
-    pytest.param(nothing, ["fit", *TOY, "--model.lr", "0"], ["model.lr must be > 0, got 0.0"], id="lr-zero"),
-    pytest.param(nothing, ["fit", *TOY, "--model.lr", "-0.5"], ["model.lr must be > 0, got -0.5"], id="lr-negative"),
+    pytest.param(nothing, ["fit", *TOY, "--model.lr", "0"], ["model.lr must be > 0 or auto, got 0.0"], id="lr-zero"),
+    pytest.param(
+        nothing, ["fit", *TOY, "--model.lr", "-0.5"], ["model.lr must be > 0 or auto, got -0.5"], id="lr-negative"
+    ),
     pytest.param(
         nothing,
         ["fit", *TOY, "--model.momentum", "1.5"],
-        ["model.momentum must be in [0, 1), got 1.5"],
+        ["model.momentum must be in [0, 1) or auto, got 1.5"],
         id="momentum-1.5",
     ),
     pytest.param(
         nothing,
         ["fit", *TOY, "--model.momentum", "-0.1"],
-        ["model.momentum must be in [0, 1), got -0.1"],
+        ["model.momentum must be in [0, 1) or auto, got -0.1"],
         id="momentum-negative",
     ),
     pytest.param(
