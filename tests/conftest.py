@@ -68,7 +68,7 @@ FAULTS = {
     "random_csvs": "random CSV texts (hypothesis): loaded exactly or refused with one line",
     "kills": "SIGKILLs of training runs (mid-epoch, mid-checkpoint-write, at random times), each resumed",
     "failed_writes": "checkpoint writes failed before the rename",
-    "divergences": "runs stopped at a non-finite loss",
+    "divergences": "runs stopped at a non-finite loss or state (nothing non-finite is saved)",
     "refusals": "unsafe configs, values the Trainer rejects, checkpoints with NaN, other tensors or of another"
     " experiment, questions asked without a checkpoint: each refused with one line",
     "hangs": "inputs that used to hang or crash (YAML aliases, 50,000 nested brackets, num_nodes without a launcher),"
