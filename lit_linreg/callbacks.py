@@ -76,6 +76,12 @@ class LeastSquaresReference(L.Callback):
         log_epoch_scalars(trainer, scalars)
         if trainer.is_global_zero:
             print(f"least squares: train MSE {self.loss:.6g}; standardized problem: {self.diagnostics.describe()}")
+            if stats.method == "gram":  # normal equations square the condition number
+                digits = max(0.0, 15.9 - 2 * np.log10(max(self.diagnostics.condition_number, 1.0)))
+                print(
+                    f"least squares from the normal equations ({stats.n} rows > {statistics.QR_MAX_ROWS}, or wide):"
+                    f" about {digits:.0f} significant digits"
+                )
 
     def _val_loss(self, trainer: L.Trainer, pl_module: L.LightningModule) -> float | None:
         """The least-squares answer's MSE on the validation rows (one pass, float64), or None without them."""

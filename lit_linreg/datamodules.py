@@ -18,7 +18,7 @@ from lightning.pytorch.utilities import rank_zero_info
 from lit_linreg.encoding import TableEncoder, default_schema, needs_encoder
 from lit_linreg.errors import ConfigError, DataError
 from lit_linreg.loader import TensorLoader
-from lit_linreg.statistics import SufficientStatistics
+from lit_linreg.statistics import SufficientStatistics, choose_method
 from lit_linreg.tables import Format, Table
 
 STATISTICS_BLOCK = 65536  # rows per update of the statistics pass
@@ -99,7 +99,8 @@ class InMemoryDataModule(L.LightningDataModule):
                 means = torch.from_numpy(np.nan_to_num(np.nanmean(x.numpy(), axis=0)))
                 self.fill = encoder.fill.copy_(torch.where(numeric, means, 0.0)).clone()
             x = encoder(x)
-        stats = SufficientStatistics(x.shape[1], y.shape[1])
+        n_rows = len(self._train64[0]) if self._train64 is not None else len(self.splits["train"][0])
+        stats = SufficientStatistics(x.shape[1], y.shape[1], choose_method(n_rows, 1 + x.shape[1] + y.shape[1]))
         for start in range(0, len(x), STATISTICS_BLOCK):
             stats.update(x[start : start + STATISTICS_BLOCK].numpy(), y[start : start + STATISTICS_BLOCK].numpy())
         if self.trainer is not None and self.trainer.world_size > 1:

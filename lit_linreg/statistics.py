@@ -23,6 +23,13 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+QR_MAX_ROWS = 262_144
+"""Most training rows accumulated as a QR factor by `choose_method`; taller tables keep the Gram matrix.
+
+The QR update with its exact sums costs about 25 times X'X (1.6 s per million rows of 33 columns on one core),
+several training epochs of a tall table; the float64 Gram matrix costs about 5 times X'X, under one epoch.
+Ill-conditioned real tables are mostly short; `LeastSquaresReference` says how many digits a Gram solve keeps.
+"""
 QR_MAX_COLUMNS = 4096
 """Widest [1, X, Y] (1 + d + k columns) accumulated as a QR factor under `method="auto"`.
 
@@ -41,6 +48,11 @@ _METHODS = ("qr", "gram")
 _HEADER = 4  # to_array: d, k, method, N; then the shift, then the upper triangles of the state and exact sums
 _EXACT_ROWS = 4096  # rows per exact product: 2 * _SLICE_BITS + log2(4096) <= 53 keeps every sum exact
 _SLICE_BITS = 20
+
+
+def choose_method(n_rows: int, n_columns: int) -> str:
+    """ "qr" for a table of at most `QR_MAX_ROWS` rows and `QR_MAX_COLUMNS` columns of [1, X, Y], else "gram"."""
+    return "qr" if n_rows <= QR_MAX_ROWS and n_columns <= QR_MAX_COLUMNS else "gram"
 
 
 class SufficientStatistics:
@@ -90,21 +102,30 @@ class SufficientStatistics:
             )
         if len(x) == 0:
             return self
-        raw = np.ones((len(x), self.width))  # (B, p) [1, x, y]
-        raw[:, 1 : 1 + self.n_features], raw[:, 1 + self.n_features :] = x, y
-        if not np.isfinite(raw).all():
-            raise ValueError("x and y must be finite: a NaN or inf would spoil every statistic")
         if self.n == 0:
-            self.shift = raw[0, 1:].copy()
-        block = raw.copy()
-        block[:, 1:] -= self.shift
+            self.shift = np.concatenate([x[0], y[0]])
         if self.method == "qr":
-            self._state = _triangular(np.vstack([self._state, block]))
+            raw = np.ones((len(x), self.width))  # (B, p) [1, x, y]
+            raw[:, 1 : 1 + self.n_features], raw[:, 1 + self.n_features :] = x, y
+            block = raw.copy()
+            block[:, 1:] -= self.shift
+            state = _triangular(np.vstack([self._state, block]))
+            exact = self._exact.copy()
             for start in range(0, len(raw), _EXACT_ROWS):
-                _add_exact_products(self._exact, raw[start : start + _EXACT_ROWS])
-        else:
-            self._state += block.T @ block
-        self.n += len(raw)
+                _add_exact_products(exact, raw[start : start + _EXACT_ROWS])
+        else:  # one copy, shifted in place: the pass over a tall table costs about what X'X does
+            block = np.empty((len(x), self.width))
+            block[:, 0] = 1.0
+            np.subtract(x, self.shift[: self.n_features], out=block[:, 1 : 1 + self.n_features])
+            np.subtract(y, self.shift[self.n_features :], out=block[:, 1 + self.n_features :])
+            state, exact = self._state + block.T @ block, None
+        # A NaN or inf anywhere in the block reaches the products: checking them costs p^2, not B p.
+        if not np.isfinite(state).all() or (exact is not None and not np.isfinite(exact).all()):
+            if self.n == 0:
+                self.shift = np.zeros(self.n_features + self.n_targets)
+            raise ValueError("x and y must be finite: a NaN or inf would spoil every statistic")
+        self._state, self._exact = state, exact if exact is not None else self._exact
+        self.n += len(x)
         self._factor = None
         return self
 
