@@ -103,9 +103,10 @@ class LeastSquaresReference(L.Callback):
         return float(total[0] / total[1]) if total[1] > 0 else None
 
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if self.fit is None or not hasattr(pl_module, "coefficients"):
+        coefficients = pl_module.coefficients() if self.fit is not None and hasattr(pl_module, "coefficients") else None
+        if coefficients is None:  # no model to compare, or a network without coefficients: the baseline stands
             return
-        weight, bias = (t.cpu().numpy() for t in pl_module.coefficients())
+        weight, bias = (t.cpu().numpy() for t in coefficients)
         loss_gap = max(self.fit.gap(weight, bias if self.has_bias else None), 0.0)
         self.model_loss = self.loss + loss_gap
         relative = loss_gap / self.scale
@@ -129,7 +130,7 @@ class LeastSquaresReference(L.Callback):
             ("val R2", _item(metrics.get("val/r2")), None),
         ]
         summaries = statistics.summarize(self.stats, self.has_bias, getattr(pl_module, "design_names", None))
-        linear = hasattr(pl_module, "coefficients")
+        linear = hasattr(pl_module, "coefficients") and pl_module.coefficients() is not None
         fitted = _by_term(pl_module) if linear else {}
         records = coefficient_records(
             pl_module.schema["targets"] if hasattr(pl_module, "schema") else None, summaries, fitted
@@ -153,8 +154,10 @@ class LeastSquaresReference(L.Callback):
 
 
 def _has_bias(pl_module: L.LightningModule) -> bool:
-    linear = getattr(pl_module, "linear", None)
-    return getattr(linear, "bias", None) is not None if linear is not None else True
+    """Whether a linear model has an intercept; the baseline of any other network fits one."""
+    if not getattr(pl_module, "is_linear", False):
+        return True
+    return pl_module.hparams.get("bias", True)
 
 
 def statistics_from_loader(trainer: L.Trainer, pl_module: L.LightningModule) -> statistics.SufficientStatistics:
@@ -240,7 +243,7 @@ def coefficient_names(pl_module: L.LightningModule) -> list[str]:
     """`target/feature` for every weight, then `target/(intercept)` for every bias, in `_stacked`'s order."""
     targets, features = pl_module.schema["targets"], pl_module.design_names
     names = [f"{target}/{feature}" for target in targets for feature in features]
-    if pl_module.linear.bias is not None:
+    if _has_bias(pl_module):
         names += [f"{target}/(intercept)" for target in targets]
     return names
 
@@ -291,8 +294,14 @@ class CoefficientLogger(L.Callback):
         self.max_scalars = max_scalars
 
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        weight, bias = pl_module.coefficients()
-        has_bias = pl_module.linear.bias is not None
+        coefficients = pl_module.coefficients() if hasattr(pl_module, "coefficients") else None
+        if coefficients is None:  # not a linear model: nothing here applies
+            if not getattr(self, "_said", False) and trainer.is_global_zero:
+                print("coefficients: weights/* apply to a linear model only; this network has none")
+            self._said = True
+            return
+        weight, bias = coefficients
+        has_bias = _has_bias(pl_module)
         if weight.numel() + has_bias * bias.numel() <= self.max_scalars:
             values = _stacked(weight, bias, has_bias).tolist()
             names = coefficient_names(pl_module)

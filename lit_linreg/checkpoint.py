@@ -149,26 +149,35 @@ def _first_line(err: BaseException) -> str:
     return (str(err).strip().splitlines() or [type(err).__name__])[0]
 
 
-def check_compatible(
-    checkpoint: dict[str, Any], path: str | os.PathLike, in_features: int, out_features: int, bias: bool
-) -> None:
-    """Refuse a checkpoint that does not fit this model, naming what differs.
+def check_compatible(checkpoint: dict[str, Any], path: str | os.PathLike, model: torch.nn.Module) -> None:
+    """Refuse a checkpoint that does not fit this model's network, naming what differs.
 
-    The sizes are read from the saved weight, (out_features, in_features): the tensor that has to fit;
-    the bias from whether a `linear.bias` was saved.
+    For the default linear network the sizes are read from the saved weight, (out_features, in_features),
+    and the bias from whether a `net.bias` was saved; any other network is compared tensor by tensor by
+    `check_tensors`.
     """
-    weight = checkpoint["state_dict"].get("linear.weight")
+    saved = checkpoint["state_dict"]
+    ours = [name for name in model.state_dict() if name.startswith("net.")]
+    if not any(name in saved for name in ours):
+        raise CheckpointError(
+            f"{path}: not a checkpoint of this network (its state_dict has none of {', '.join(ours[:3])})"
+        )
+    if not getattr(model, "is_linear", False):
+        return
+    weight, linear = saved.get("net.weight"), model.net
     if not isinstance(weight, torch.Tensor) or weight.dim() != 2:
-        raise CheckpointError(f"{path}: not a lit_linreg checkpoint (its state_dict has no linear.weight matrix)")
-    saved = {"in_features": weight.shape[1], "out_features": weight.shape[0]}
+        raise CheckpointError(f"{path}: not a lit_linreg checkpoint (its state_dict has no net.weight matrix)")
     differ = [
-        f"{name} {saved[name]} in the checkpoint, {ours} in this data"
-        for name, ours in (("in_features", in_features), ("out_features", out_features))
-        if saved[name] != ours
+        f"{name} {theirs} in the checkpoint, {mine} in this data"
+        for name, theirs, mine in (
+            ("in_features", weight.shape[1], linear.in_features),
+            ("out_features", weight.shape[0], linear.out_features),
+        )
+        if theirs != mine
     ]
     if differ:
         raise CheckpointError(f"{path}: trained on data of another shape: {'; '.join(differ)}")
-    saved_bias = "linear.bias" in checkpoint["state_dict"]
+    saved_bias, bias = "net.bias" in saved, linear.bias is not None
     if saved_bias != bias:
         raise CheckpointError(
             f"{path}: model.bias is {str(saved_bias).lower()} in the checkpoint but {str(bias).lower()} here;"

@@ -169,8 +169,8 @@ class LinearRegressionCLI(LightningCLI):
         refuse_launches_that_hang(self.trainer)
         optimizer, settings = self._optimizer_settings()
         if self._checkpoint is not None:
-            hp, path = self.model.hparams, self._get(self.config, "ckpt_path")
-            check_compatible(self._checkpoint, path, self.model.linear.in_features, hp.out_features, hp.bias)
+            path = self._get(self.config, "ckpt_path")
+            check_compatible(self._checkpoint, path, self.model)
             check_tensors(self._checkpoint, path, self.model)
             if self.subcommand == "fit":
                 check_resumable(self._checkpoint, path, optimizer)

@@ -45,6 +45,9 @@ class LinearRegression(L.LightningModule):
         l1_strength: L1 penalty l1 * sum|W| added to the loss (W only, not b), >= 0.
         l2_strength: L2 penalty l2 * sum(W**2) added to the loss (W only, not b), >= 0.
         schema: The data's columns (see encoding.py); the CLI links it from the DataModule.
+        net: The network from standardized inputs to standardized outputs; `nn.Linear` if None. One that
+            defines `build(in_features, out_features)` gets the data's sizes from the model (see nets.py).
+            `bias` and `init` apply to the default linear layer only; l1/l2 penalize every `weight`.
     """
 
     def __init__(
@@ -59,6 +62,7 @@ class LinearRegression(L.LightningModule):
         l1_strength: float = 0.0,
         l2_strength: float = 0.0,
         schema: dict | None = None,
+        net: nn.Module | None = None,
     ) -> None:
         super().__init__()
         _check("model.in_features", in_features, in_features >= 1, "at least 1")
@@ -73,7 +77,8 @@ class LinearRegression(L.LightningModule):
             _check(f"model.{name}", value, value >= 0, ">= 0")
         if init not in ("default", "zeros"):
             raise ConfigError(f"model.init must be 'default' or 'zeros', got {init!r}")
-        self.save_hyperparameters()  # primitives only: checkpoints load with weights_only=True
+        # Primitives only, so checkpoints load with weights_only=True: a custom net is rebuilt from the config.
+        self.save_hyperparameters(ignore=["net"])
         self.schema = schema or default_schema(
             [f"x{i}" for i in range(in_features)], [f"y{i}" for i in range(out_features)]
         )
@@ -83,14 +88,18 @@ class LinearRegression(L.LightningModule):
                 f" targets, but in_features is {in_features} and out_features {out_features}"
             )
         self.encoder = TableEncoder(self.schema) if needs_encoder(self.schema) else None
-        self.design_names = design_names(self.schema)  # the columns the linear layer sees, in order
+        self.design_names = design_names(self.schema)  # the columns the network sees, in order
         width = len(self.design_names)
 
-        self.linear = nn.Linear(width, out_features, bias=bias)
-        if init == "zeros":
-            nn.init.zeros_(self.linear.weight)
-            if bias:
-                nn.init.zeros_(self.linear.bias)
+        if net is None:
+            net = nn.Linear(width, out_features, bias=bias)
+            if init == "zeros":
+                nn.init.zeros_(net.weight)
+                if bias:
+                    nn.init.zeros_(net.bias)
+        elif callable(getattr(net, "build", None)):
+            net.build(width, out_features)
+        self.net = net
         # Identity until a standardizing DataModule provides statistics (see `setup`).
         self.register_buffer("x_mean", torch.zeros(width))
         self.register_buffer("x_std", torch.ones(width))
@@ -114,7 +123,9 @@ class LinearRegression(L.LightningModule):
         if stats is not None:
             self.set_standardization(**stats)
         moments = getattr(datamodule, "train_statistics", None)
-        if moments is not None:
+        if "auto" in (self.lr, self.momentum) and not self.is_linear:
+            raise ConfigError("model.lr and model.momentum 'auto' apply to a linear model only: give numbers")
+        if moments is not None and self.is_linear:
             full_batch = getattr(datamodule, "batch_size", 0) is None
             self.tune_sgd(moments, standardized=stats is not None, full_batch=full_batch)
         elif "auto" in (self.lr, self.momentum):
@@ -130,7 +141,7 @@ class LinearRegression(L.LightningModule):
         """
         from lit_linreg import statistics
 
-        k, has_bias = moments.n_targets, self.linear.bias is not None
+        k, has_bias = moments.n_targets, self.net.bias is not None
         if standardized:
             eigenvalues = statistics.hessian_eigenvalues(moments, k, has_bias)
         else:  # the raw design: H = 2 / (N k) [X 1]'[X 1] for each output
@@ -182,21 +193,25 @@ class LinearRegression(L.LightningModule):
 
         A categorical input column holds codes: the position of each value in `schema["categories"][column]`.
         """
-        return self.linear(self._standardized(x)) * self.y_std + self.y_mean
+        return self.net(self._standardized(x)) * self.y_std + self.y_mean
 
     def _squared_error(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """Per-output mean squared error in standardized units, (out_features,)."""
         target = (y - self.y_mean) / self.y_std  # (B, out_features)
-        return (self.linear(self._standardized(x)) - target).pow(2).mean(dim=0)
+        return (self.net(self._standardized(x)) - target).pow(2).mean(dim=0)
+
+    @property
+    def is_linear(self) -> bool:
+        """Whether the network is one linear layer: then coefficients, inference and the loss gap mean something."""
+        return isinstance(self.net, nn.Linear)
 
     def penalty(self) -> torch.Tensor | float:
-        """The L1 and L2 penalties on W (not b); 0.0 when both strengths are 0."""
-        weight, penalty = self.linear.weight, 0.0
-        if self.hparams.l1_strength:
-            penalty = penalty + self.hparams.l1_strength * weight.abs().sum()
-        if self.hparams.l2_strength:
-            penalty = penalty + self.hparams.l2_strength * weight.pow(2).sum()
-        return penalty
+        """The L1 and L2 penalties on every `weight` (W of the linear model, never b); 0.0 when both are 0."""
+        l1, l2 = self.hparams.l1_strength, self.hparams.l2_strength
+        if not (l1 or l2):
+            return 0.0
+        weights = [p for name, p in self.net.named_parameters() if name.endswith("weight")]
+        return sum(l1 * w.abs().sum() + l2 * w.pow(2).sum() for w in weights)
 
     def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
         x, y = batch
@@ -245,13 +260,16 @@ class LinearRegression(L.LightningModule):
         return torch.optim.SGD(self.parameters(), lr=self.lr, momentum=self.momentum, weight_decay=hp.weight_decay)
 
     @torch.no_grad()
-    def coefficients(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """W (out_features, in_features) and b (out_features,) in original units, as float64.
+    def coefficients(self) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """W (out_features, design columns) and b (out_features,) in original units, as float64; None unless linear.
 
-        Undoes the standardization: y = t * (W_s (x - m) / s + b_s) + u.
+        Undoes the standardization: y = t * (W_s (x - m) / s + b_s) + u. Callbacks that need coefficients call
+        this and stand aside on None.
         """
-        w_s = self.linear.weight.double()
-        b_s = self.linear.bias.double() if self.linear.bias is not None else torch.zeros(len(w_s), dtype=w_s.dtype)
+        if not self.is_linear:
+            return None
+        w_s = self.net.weight.double()
+        b_s = self.net.bias.double() if self.net.bias is not None else torch.zeros(len(w_s), dtype=w_s.dtype)
         s, m, t, u = (getattr(self, n).double() for n in ("x_std", "x_mean", "y_std", "y_mean"))
         b_s = b_s.to(w_s.device)
         weight = t[:, None] * w_s / s[None, :]

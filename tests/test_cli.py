@@ -72,7 +72,7 @@ def test_ddp_on_two_cpu_processes_gives_the_single_process_weights(run_cli, run_
 
     def weight(root):
         checkpoint = torch.load(latest_version(root) / "checkpoints" / "last.ckpt", weights_only=True)
-        return checkpoint["state_dict"]["linear.weight"]
+        return checkpoint["state_dict"]["net.weight"]
 
     assert weight(tmp_path / "ddp").item() == pytest.approx(weight(tmp_path / "single").item(), abs=1e-5)
     assert weight(tmp_path / "ddp").item() == pytest.approx(2.0, abs=1e-4)

@@ -400,7 +400,7 @@ BAD_INPUTS = [
         id="ckpt-not-a-dict",
     ),
     pytest.param(  # a bare model.state_dict() wrapped by hand: Lightning used to fail with a KeyError
-        torch_save({"state_dict": {"linear.weight": torch.zeros(1, 1)}}),
+        torch_save({"state_dict": {"net.weight": torch.zeros(1, 1)}}),
         ["predict", *TOY, "--ckpt_path", "{tmp}/evil.ckpt"],
         ["{tmp}/evil.ckpt: not a checkpoint written by Lightning (no pytorch-lightning_version)"],
         id="ckpt-not-from-lightning",
@@ -408,7 +408,7 @@ BAD_INPUTS = [
     pytest.param(
         torch_save(lightning_like({"encoder.weight": torch.zeros(2, 2)})),
         ["predict", *TOY, "--ckpt_path", "{tmp}/evil.ckpt"],
-        ["{tmp}/evil.ckpt: not a lit_linreg checkpoint (its state_dict has no linear.weight matrix)"],
+        ["{tmp}/evil.ckpt: not a checkpoint of this network (its state_dict has none of net.weight)"],
         id="ckpt-other-model",
     ),
     pytest.param(

@@ -25,12 +25,12 @@ def fit(model, datamodule, epochs, tmp_path):
 
 def test_autograd_gradient_equals_the_analytic_mse_gradient():
     model = LinearRegression(1, 1, bias=False, init="zeros")
-    model.linear.weight.data.fill_(0.7)
+    model.net.weight.data.fill_(0.7)
     loss = model._squared_error(X, Y).mean()
     loss.backward()
     w = 0.7
     analytic = 2 / len(X) * (X * (w * X - Y)).sum()  # 2/N * sum(x (w x - y))
-    assert model.linear.weight.grad.item() == pytest.approx(analytic.item(), rel=1e-6)
+    assert model.net.weight.grad.item() == pytest.approx(analytic.item(), rel=1e-6)
 
 
 def test_summed_gradient_at_lr_equals_averaged_gradient_at_lr_times_n():
@@ -45,20 +45,20 @@ def test_summed_gradient_at_lr_equals_averaged_gradient_at_lr_times_n():
         optimizer.zero_grad()
         model._squared_error(X, Y).mean().backward()
         optimizer.step()
-    assert model.linear.weight.item() == pytest.approx(w_sum.item(), abs=1e-6)
+    assert model.net.weight.item() == pytest.approx(w_sum.item(), abs=1e-6)
     assert w_sum.item() == pytest.approx(2.0, abs=1e-4)  # 20 summed steps reach w = 2, as in the notebook
 
 
 def test_l2_penalty_shrinks_the_toy_weight_to_its_closed_form(tmp_path):
     model = LinearRegression(1, 1, bias=False, init="zeros", lr=0.01, l2_strength=1.0)
     fit(model, ToyDataModule(), 300, tmp_path)
-    assert model.linear.weight.item() == pytest.approx(2 * 7.5 / 8.5, abs=1e-4)  # 1.7647
+    assert model.net.weight.item() == pytest.approx(2 * 7.5 / 8.5, abs=1e-4)  # 1.7647
 
 
 def test_l1_penalty_applies_to_weights_not_bias():
     model = LinearRegression(2, 1, init="zeros", l1_strength=0.5, l2_strength=0.25)
-    model.linear.weight.data = torch.tensor([[1.0, -2.0]])
-    model.linear.bias.data = torch.tensor([10.0])
+    model.net.weight.data = torch.tensor([[1.0, -2.0]])
+    model.net.bias.data = torch.tensor([10.0])
     assert float(model.penalty()) == pytest.approx(0.5 * 3 + 0.25 * 5)
 
 

@@ -201,9 +201,9 @@ REFUSALS = [
     ),
     # --- checkpoints that must not be used ----------------------------------------------------------------------
     pytest.param(
-        edited_checkpoint(lambda c: c["state_dict"]["linear.weight"].fill_(float("nan"))),
+        edited_checkpoint(lambda c: c["state_dict"]["net.weight"].fill_(float("nan"))),
         ["predict", *TOY, *EDITED],
-        ["{tmp}/edited.ckpt: refused: non-finite values (NaN or inf) in linear.weight"],
+        ["{tmp}/edited.ckpt: refused: non-finite values (NaN or inf) in net.weight"],
         2,
         id="ckpt-nan-weight",
     ),
@@ -479,7 +479,7 @@ def test_lbfgs_fits_the_toy_line_and_the_model_names_its_optimizer(tmp_path):
     cli = cli_main(["fit", *TOY, "--optimizer", "LBFGS", "--optimizer.lr", "1", *QUIET,
                     "--trainer.default_root_dir", str(tmp_path)])  # fmt: skip
     assert cli.model.optimizer_name() == "LBFGS"
-    assert cli.model.linear.weight.item() == pytest.approx(2.0, abs=1e-4)  # the notebooks' w = 2
+    assert cli.model.net.weight.item() == pytest.approx(2.0, abs=1e-4)  # the notebooks' w = 2
 
 
 # --- The same experiment, or a refusal --------------------------------------------------------------------------
