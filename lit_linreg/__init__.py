@@ -8,11 +8,13 @@ from lit_linreg.datamodules import (
     ToyDataModule,
 )
 from lit_linreg.model import LinearRegression
+from lit_linreg.nets import MLP
 
 __all__ = [
     "CropYieldDataModule",
     "InMemoryDataModule",
     "LinearRegression",
+    "MLP",
     "SyntheticDataModule",
     "TableDataModule",
     "ToyDataModule",

@@ -17,7 +17,8 @@ from lightning.pytorch.utilities import rank_zero_info
 
 from lit_linreg.encoding import TableEncoder, default_schema, needs_encoder
 from lit_linreg.errors import ConfigError, DataError
-from lit_linreg.loader import TensorLoader
+from lit_linreg.loader import TensorLoader, batches_per_epoch, mixed_seed
+from lit_linreg.parquet import TEST, TRAIN, VAL, split_of
 from lit_linreg.statistics import SufficientStatistics, choose_method
 from lit_linreg.tables import Format, Table
 
@@ -71,25 +72,47 @@ class InMemoryDataModule(L.LightningDataModule):
         """Return the splits `stage` needs: "train", "val" and "test" as (x, y), "predict" as (x,)."""
         raise NotImplementedError
 
+    def load_share(self, stage: str, rank: int, world_size: int) -> dict[str, tuple[torch.Tensor, ...]]:
+        """This rank's rows of the splits `stage` needs; the union over ranks is every row, once.
+
+        By default the whole of `load(stage)`, every `world_size`-th row kept; a module that can read or make its
+        own share alone (a Parquet table, synthetic data) overrides this, so no rank ever holds every row.
+        """
+        splits = self.load(stage)
+        if self._train64 is not None and world_size > 1:
+            self._train64 = tuple(t[rank::world_size].contiguous() for t in self._train64)
+        return _every_nth(splits, rank, world_size)
+
     def setup(self, stage: str) -> None:
+        rank, world_size = self._rank()
         if not all(name in self.splits for name in STAGE_SPLITS[stage]):
             device = self.trainer.strategy.root_device if self.trainer is not None else torch.device("cpu")
             # Moved once here: batches are then cut on the device, never copied host-to-device per step.
-            loaded = self.load(stage)
+            loaded = self.load_share(stage, rank, world_size)
             self.splits |= {name: tuple(t.to(device) for t in split) for name, split in loaded.items()}
         if stage == "fit" and self.train_statistics is None:
+            counts = self._all_ranks(len(self.splits["train"][0]))
+            self._n_train_total, self._max_train_rows = sum(counts), max(counts)
             self.train_statistics = self._statistics_pass()
+            self._train64 = None  # the float64 copy served the pass alone
+
+    def _rank(self) -> tuple[int, int]:
+        return (self.trainer.global_rank, self.trainer.world_size) if self.trainer is not None else (0, 1)
+
+    def _all_ranks(self, count: int) -> list[int]:
+        """`count` of every rank, in rank order (an all_gather under DDP)."""
+        if self.trainer is None or self.trainer.world_size == 1:
+            return [count]
+        return self.trainer.strategy.all_gather(torch.tensor([count])).flatten().tolist()
 
     def _statistics_pass(self) -> SufficientStatistics:
         """The one pass of sufficient statistics over the training rows, in float64, summed over DDP ranks.
 
-        Each rank takes every world_size-th training row, so the ranks' shares cover every row once whatever
-        the shuffle. The values are the file's float64 ones when the module kept them (`_train64`), encoded as
+        Each rank passes over its own training rows (see `load_share`), so the ranks' shares cover every row
+        once. The values are the file's float64 ones when the module kept them (`_train64`), encoded as
         the model encodes them (one-hot categories, missing values filled with the training means).
         """
-        x, y = self._train64 if self._train64 is not None else (t.double().cpu() for t in self.splits["train"])
-        rank, world_size = (self.trainer.global_rank, self.trainer.world_size) if self.trainer else (0, 1)
-        x, y = x[rank::world_size], y[rank::world_size]
+        x, y = self._train64 if self._train64 is not None else (t.cpu() for t in self.splits["train"])
         schema = self.schema
         self.fill = torch.zeros(x.shape[1], dtype=torch.float64)
         if needs_encoder(schema):
@@ -99,10 +122,11 @@ class InMemoryDataModule(L.LightningDataModule):
                 means = torch.from_numpy(np.nan_to_num(np.nanmean(x.numpy(), axis=0)))
                 self.fill = encoder.fill.copy_(torch.where(numeric, means, 0.0)).clone()
             x = encoder(x)
-        n_rows = len(self._train64[0]) if self._train64 is not None else len(self.splits["train"][0])
+        n_rows = getattr(self, "_n_train_total", len(x))  # every rank's rows: the ranks must choose alike
         stats = SufficientStatistics(x.shape[1], y.shape[1], choose_method(n_rows, 1 + x.shape[1] + y.shape[1]))
-        for start in range(0, len(x), STATISTICS_BLOCK):
-            stats.update(x[start : start + STATISTICS_BLOCK].numpy(), y[start : start + STATISTICS_BLOCK].numpy())
+        for start in range(0, len(x), STATISTICS_BLOCK):  # float64 a block at a time: never a float64 copy of all
+            block = slice(start, start + STATISTICS_BLOCK)
+            stats.update(x[block].double().numpy(), y[block].double().numpy())
         if self.trainer is not None and self.trainer.world_size > 1:
             gathered = self.trainer.strategy.all_gather(torch.from_numpy(stats.to_array()))  # (world_size, L)
             stats = SufficientStatistics.combine([SufficientStatistics.from_array(a) for a in gathered.cpu().numpy()])
@@ -119,23 +143,32 @@ class InMemoryDataModule(L.LightningDataModule):
         values = {"x_mean": stats.x_mean, "x_std": stats.x_std, "y_mean": stats.y_mean, "y_std": stats.y_std}
         return {name: torch.from_numpy(v) for name, v in values.items()} | {"fill": self.fill}
 
-    def _loader(self, split: str, shuffle: bool = False, batch_size: int | None = None) -> TensorLoader:
-        loader = TensorLoader(*self.splits[split], batch_size=batch_size, shuffle=shuffle, seed=self.seed)
-        if self.trainer is not None:
-            loader.shard(self.trainer.global_rank, self.trainer.world_size)
-        return loader
+    def _loader(self, split: str, shuffle: bool = False, n_batches: int | None = None) -> TensorLoader:
+        rank, _ = self._rank()
+        tensors, batch_size = self.splits[split], self.batch_size
+        return TensorLoader(
+            *tensors, batch_size=batch_size, shuffle=shuffle, seed=self.seed, rank=rank, n_batches=n_batches
+        )
 
     def train_dataloader(self) -> TensorLoader:
-        return self._loader("train", shuffle=self.batch_size is not None, batch_size=self.batch_size)
+        # The same number of batches on every rank, whose shares may differ by a few rows (see loader.py).
+        max_rows = getattr(self, "_max_train_rows", len(self.splits["train"][0]))
+        n_batches = batches_per_epoch(max_rows, self.batch_size)
+        if len(self.splits["train"][0]) < n_batches:
+            raise DataError(
+                f"a rank holds {len(self.splits['train'][0])} training rows, fewer than the {n_batches} batches of"
+                " an epoch: use fewer ranks or a larger --data.batch_size"
+            )
+        return self._loader("train", shuffle=self.batch_size is not None, n_batches=n_batches)
 
     def val_dataloader(self) -> TensorLoader:
-        return self._loader("val", batch_size=self.batch_size)
+        return self._loader("val")
 
     def test_dataloader(self) -> TensorLoader:
-        return self._loader("test", batch_size=self.batch_size)
+        return self._loader("test")
 
     def predict_dataloader(self) -> TensorLoader:
-        return self._loader("predict", batch_size=self.batch_size)
+        return self._loader("predict")
 
 
 class ToyDataModule(InMemoryDataModule):
@@ -194,6 +227,10 @@ class SyntheticDataModule(InMemoryDataModule):
     (n_targets, n_features) and `true_bias` (n_targets,). The first `1 - val_fraction` of the rows
     train, the rest validate and test (the rows are i.i.d., so a contiguous split is a random one).
 
+    Rows are made in blocks of `GENERATION_BLOCK`, each from its own seed, so any run of rows can be made
+    alone: under DDP each rank makes only its share (a contiguous run of the training rows and one of the
+    validation rows), and the data set is the same whatever the world size.
+
     Args:
         n_samples: Rows generated, training and validation together.
         n_features: Input columns.
@@ -203,7 +240,12 @@ class SyntheticDataModule(InMemoryDataModule):
         batch_size: Rows per training batch.
         standardize: Scale with training statistics (X is already standard normal, so off by default).
         seed: Seed of the data, the true coefficients and the shuffle.
+        relation: "linear" makes y = X @ W*.T + b* + noise; "sine" makes y = sin(X) @ W*.T + b* + noise, a known
+            nonlinear target for a network other than the linear model (see nets.py). X and the noise are the
+            same draws either way.
     """
+
+    GENERATION_BLOCK = 65536
 
     def __init__(
         self,
@@ -215,6 +257,7 @@ class SyntheticDataModule(InMemoryDataModule):
         batch_size: int | None = 1024,
         standardize: bool = False,
         seed: int = 0,
+        relation: Literal["linear", "sine"] = "linear",
     ) -> None:
         super().__init__(batch_size=batch_size, standardize=standardize, seed=seed)
         for name, value in (("n_samples", n_samples), ("n_features", n_features), ("n_targets", n_targets)):
@@ -222,22 +265,44 @@ class SyntheticDataModule(InMemoryDataModule):
                 raise ConfigError(f"data.{name} must be at least 1, got {value}")
         if noise < 0:
             raise ConfigError(f"data.noise must be >= 0, got {noise}")
+        if relation not in ("linear", "sine"):
+            raise ConfigError(f"data.relation must be 'linear' or 'sine', got {relation!r}")
         _check_fraction("val_fraction", val_fraction)
         self.n_samples, self.noise, self.val_fraction = n_samples, noise, val_fraction
+        self.relation = relation
         self.feature_names = [f"x{i}" for i in range(n_features)]
         self.target_names = [f"y{i}" for i in range(n_targets)]
         generator = torch.Generator().manual_seed(seed)
         self.true_weight = torch.randn(n_targets, n_features, generator=generator)
         self.true_bias = torch.randn(n_targets, generator=generator)
 
+    def rows(self, start: int, stop: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Rows `start .. stop - 1` of the data set: x (n, in_features) and y (n, out_features)."""
+        x = torch.empty(stop - start, self.in_features)
+        y = torch.empty(stop - start, self.out_features)
+        block = self.GENERATION_BLOCK
+        for first in range(start - start % block, stop, block):
+            # One generator per block, seeded from the seed and the block's number: blocks are independent.
+            generator = torch.Generator().manual_seed(mixed_seed(self.seed, first // block))
+            n = min(block, self.n_samples - first)
+            bx = torch.randn(n, self.in_features, generator=generator)  # (n, in_features)
+            inputs = torch.sin(bx) if self.relation == "sine" else bx  # what W* weighs
+            by = torch.addmm(self.true_bias, inputs, self.true_weight.T)  # (n, out_features)
+            by.add_(torch.randn(by.shape, generator=generator), alpha=self.noise)
+            lo, hi = max(start, first), min(stop, first + n)
+            x[lo - start : hi - start], y[lo - start : hi - start] = (
+                bx[lo - first : hi - first],
+                by[lo - first : hi - first],
+            )
+        return x, y
+
     def load(self, stage: str) -> dict[str, tuple[torch.Tensor, ...]]:
-        generator = torch.Generator().manual_seed(self.seed + 1)
-        x = torch.randn(self.n_samples, self.in_features, generator=generator)  # (N, in_features)
-        y = torch.addmm(self.true_bias, x, self.true_weight.T)  # (N, out_features)
-        y.add_(torch.randn(y.shape, generator=generator), alpha=self.noise)
+        return self.load_share(stage, 0, 1)
+
+    def load_share(self, stage: str, rank: int, world_size: int) -> dict[str, tuple[torch.Tensor, ...]]:
         n_train, _, _ = _split_sizes(self.n_samples, self.val_fraction, 0.0)
-        train = (x[:n_train], y[:n_train])  # views: the data is held once
-        val = (x[n_train:], y[n_train:]) if n_train < self.n_samples else train
+        train = self.rows(*_share(0, n_train, rank, world_size))
+        val = self.rows(*_share(n_train, self.n_samples, rank, world_size)) if n_train < self.n_samples else train
         return {"train": train, "val": val, "test": val, "predict": (val[0],)}
 
 
@@ -366,13 +431,15 @@ class TableDataModule(InMemoryDataModule):
             self._tables[path] = Table(path, self.format, self.delimiter)
         return self._tables[path]
 
-    def _read(self, path: Path, with_targets: bool, keep_all_rows: bool = False):
-        """(x, y) float64 arrays of a table, with categories as codes; rows with missing cells handled.
+    def _read(self, table: Table, with_targets: bool, keep_all_rows: bool = False):
+        """(x, y, rows) of a table: float64 arrays with categories as codes, and the kept rows' numbers.
 
-        x holds NaN where `missing: mean` fills a feature later. With `keep_all_rows` (predict), a missing
-        feature that nothing fills is refused instead of dropped, so every row gets its prediction.
+        Rows with missing cells are handled by `missing`; `rows` (N,) numbers the rows kept, counted from 0 in
+        the whole table, before any is dropped. x holds NaN where `missing: mean` fills a feature later. With
+        `keep_all_rows` (predict), a missing feature that nothing fills is refused instead of dropped, so every
+        row gets its prediction.
         """
-        table = self._table(path)
+        path = table.path
         categories = self._schema["categories"]
         needed = self.feature_names + (self.target_names if with_targets else [])
         absent = [name for name in needed if name not in table.kinds]
@@ -398,15 +465,16 @@ class TableDataModule(InMemoryDataModule):
             x[:, j] = self._codes(table, name, columns[name]) if name in categories else columns[name]
         y = np.stack([columns[name] for name in self.target_names], axis=1) if with_targets else None
         if drop.any():
+            where = "" if table.groups is None else " of this rank's share"
             rank_zero_info(
-                f"{path}: dropped {int(drop.sum())} of {n_rows} rows with a missing value in a used column"
+                f"{path}: dropped {int(drop.sum())} of {n_rows} rows{where} with a missing value in a used column"
                 " (--data.missing)"
             )
             x, y = x[~drop], (y[~drop] if y is not None else None)
         for name, values in (("feature", x), ("target", y)):
             if values is not None:
                 _check_float32(path, table, values, self.feature_names if name == "feature" else self.target_names)
-        return x, y
+        return x, y, table.first_row + np.flatnonzero(~drop)
 
     def _codes(self, table: Table, name: str, values: np.ndarray) -> np.ndarray:
         """Integer codes of a categorical column: -1 for a level training never saw (unknown_category: zeros).
@@ -424,31 +492,71 @@ class TableDataModule(InMemoryDataModule):
         return codes
 
     def load(self, stage: str) -> dict[str, tuple[torch.Tensor, ...]]:
-        splits = {}
+        return self.load_share(stage, 0, 1)
+
+    def load_share(self, stage: str, rank: int, world_size: int) -> dict[str, tuple[torch.Tensor, ...]]:
+        """This rank's rows: a Parquet table's own row groups alone; a CSV file read whole, every world_size-th kept.
+
+        A Parquet table's rows are split by a hash of the seed and the row number (see parquet.py), so each rank
+        decides its rows alone and the split is the same whatever the world size; a CSV file's by a seeded
+        permutation of its rows.
+        """
         if stage == "predict" and self.predict_path is not None:
             path = Path(self.predict_path)
-            x, _ = self._read(path, with_targets=False, keep_all_rows=True)
+            x, _, _ = self._read(self._table(path), with_targets=False, keep_all_rows=True)
             self.predict_table = self._table(path).read_as_written()
-            return {"predict": (torch.from_numpy(x).float(),)}
+            return _every_nth({"predict": (torch.from_numpy(x).float(),)}, rank, world_size)
         if stage == "test" and self.test_fraction == 0 and self.test_path is not None:
-            x, y = self._read(Path(self.test_path), with_targets=True)
-            return {"test": (torch.from_numpy(x).float(), torch.from_numpy(y).float())}
-        x, y = self._read(self.path, with_targets=True)
-        n_train, n_val, n_test = _split_sizes(len(x), self.val_fraction, self.test_fraction)
-        perm = torch.randperm(len(x), generator=torch.Generator().manual_seed(self.seed)).numpy()
-        parts = {"train": perm[:n_train], "val": perm[n_train : n_train + n_val], "test": perm[n_train + n_val :]}
+            x, y, _ = self._read(self._table(Path(self.test_path)), with_targets=True)
+            return _every_nth({"test": (torch.from_numpy(x).float(), torch.from_numpy(y).float())}, rank, world_size)
+        table = self._table(self.path)
+        parquet = table.format == "parquet"
+        if parquet and world_size > 1:
+            table = table.share(rank, world_size)
+        x, y, rows = self._read(table, with_targets=True)
+        if parquet:
+            codes = split_of(self.seed, rows, self.val_fraction, self.test_fraction)
+            parts = {
+                name: np.flatnonzero(codes == code) for name, code in (("train", TRAIN), ("val", VAL), ("test", TEST))
+            }
+            if world_size == 1:
+                _check_split_sizes(len(x), *(len(parts[n]) for n in ("train", "val", "test")), self)
+        else:
+            n_train, n_val, _ = _split_sizes(len(x), self.val_fraction, self.test_fraction)
+            perm = torch.randperm(len(x), generator=torch.Generator().manual_seed(self.seed)).numpy()
+            parts = {"train": perm[:n_train], "val": perm[n_train : n_train + n_val], "test": perm[n_train + n_val :]}
+            if world_size > 1:
+                parts = {name: rows[rank::world_size] for name, rows in parts.items()}
         x32, y32 = torch.from_numpy(x).float(), torch.from_numpy(y).float()
-        for name, rows in parts.items():
-            rows = torch.from_numpy(rows)
-            splits[name] = (x32[rows], y32[rows])
-        if n_val == 0:
+        splits = {}
+        for name, index in parts.items():
+            index = torch.from_numpy(index)
+            splits[name] = (x32[index], y32[index])
+        if self.val_fraction == 0:
             splits["val"] = splits["train"]
-        if n_test == 0:
+        if self.test_fraction == 0:
             splits["test"] = splits["val"]
         splits["predict"] = (splits["val"][0],)
         train_rows = torch.from_numpy(parts["train"])
         self._train64 = (torch.from_numpy(x)[train_rows], torch.from_numpy(y)[train_rows])
         return splits
+
+
+def _every_nth(splits: dict[str, tuple[torch.Tensor, ...]], rank: int, world_size: int) -> dict:
+    """Every world_size-th row of each split, from `rank` on: the ranks' shares cover every row once."""
+    if world_size == 1:
+        return splits
+    return {name: tuple(t[rank::world_size].contiguous() for t in split) for name, split in splits.items()}
+
+
+def _check_split_sizes(n_rows: int, n_train: int, n_val: int, n_test: int, dm: TableDataModule) -> None:
+    """Refuse a hashed split that leaves no training row, or fewer than the 2 rows R² needs in a held-out split."""
+    if n_train < 1 or (dm.val_fraction and n_val < 2) or (dm.test_fraction and n_test < 2):
+        raise DataError(
+            f"{n_rows} data rows are too few at val_fraction {dm.val_fraction} and test_fraction"
+            f" {dm.test_fraction}: the split gave {n_train} training, {n_val} validation and {n_test} test rows;"
+            " need at least 1 training row and 2 rows in each held-out split"
+        )
 
 
 def _missing_cells(values: np.ndarray) -> np.ndarray:
@@ -468,6 +576,12 @@ def _check_float32(path: Path, table: Table, values: np.ndarray, names: list[str
 def _check_fraction(name: str, value: float) -> None:
     if not 0 <= value < 1:  # also refuses nan
         raise ConfigError(f"data.{name} must be in [0, 1), got {value}")
+
+
+def _share(start: int, stop: int, rank: int, world_size: int) -> tuple[int, int]:
+    """The contiguous run of rows `start .. stop - 1` that `rank` of `world_size` holds: equal within one row."""
+    n = stop - start
+    return start + rank * n // world_size, start + (rank + 1) * n // world_size
 
 
 def _split_sizes(n_rows: int, val_fraction: float, test_fraction: float) -> tuple[int, int, int]:

@@ -3,89 +3,141 @@
 The usual `TensorDataset` + `DataLoader(shuffle=True)` indexes one row at a time in Python and collates the
 rows: for a linear model that is nearly all of an epoch. `TensorLoader` cuts each batch as a slice (in order)
 or an `index_select` gather (shuffled) of tensors already on the training device.
+
+Under DDP each rank holds only its own share of the rows (see `InMemoryDataModule.load_share`), so a loader
+never shards: it shuffles and cuts the rows it was given. Ranks may hold a few rows more or fewer; a training
+loader is told the number of batches (`n_batches`, the same on every rank, so DDP's collectives stay in step)
+and cuts its rows into that many batches of equal size, within one row.
+
+A loader is stateful in Lightning's sense (`state_dict` / `load_state_dict`): the fit loop saves where in
+the epoch it is with every checkpoint, and a run resumed from a mid-epoch checkpoint carries on at the next
+batch of the same order.
 """
 
 from __future__ import annotations
 
 import math
+from typing import Any
 
+import numpy as np
 import torch
 
 
+def mixed_seed(*parts: int) -> int:
+    """One 32-bit seed from several numbers (numpy's SeedSequence hash).
+
+    torch's CPU generator keeps only the low 32 bits of a seed, so `seed + (rank << 32)` would give every rank
+    the same stream; a hash of the parts gives each combination its own.
+    """
+    return int(np.random.SeedSequence([int(p) for p in parts]).generate_state(1)[0])
+
+
+def epoch_seed(seed: int, epoch: int, rank: int = 0) -> int:
+    """The seed of one rank's shuffle in one epoch."""
+    return mixed_seed(seed, epoch, rank)
+
+
+def balanced_bounds(n_rows: int, n_batches: int) -> list[int]:
+    """Where `n_rows` rows are cut into `n_batches` batches of equal size within one row: n_batches + 1 offsets."""
+    return [i * n_rows // n_batches for i in range(n_batches + 1)]
+
+
 class EpochShuffle:
-    """Which rows of the training set one process visits in one epoch.
+    """The order in which one process visits its rows in one epoch.
 
-    The order is a fresh uniform permutation of all rows each epoch (shuffling without replacement),
-    drawn from `seed + epoch`, so a resumed run replays exactly the order an uninterrupted run saw.
-    Under DDP, rank r takes every `world_size`-th row of that permutation, so the ranks see disjoint
-    rows; the `N % world_size` rows left over change each epoch.
-
-    Lightning calls `set_epoch` at the start of every epoch on the `sampler` of each loader, which is
-    why `TensorLoader.sampler` is an instance of this class.
+    The order is a fresh uniform permutation of the rows each epoch (shuffling without replacement),
+    drawn from `seed`, the epoch and the rank, so a resumed run replays exactly the order an uninterrupted
+    run saw. Lightning calls `set_epoch` at the start of every epoch on the `sampler` of each loader, which
+    is why `TensorLoader.sampler` is an instance of this class.
     """
 
-    def __init__(self, n_rows: int, seed: int = 0, shuffle: bool = True) -> None:
+    def __init__(self, n_rows: int, seed: int = 0, shuffle: bool = True, rank: int = 0) -> None:
         self.n_rows = n_rows
         self.seed = seed
         self.shuffle = shuffle
+        self.rank = rank
         self.epoch = 0
-        self.rank = 0
-        self.world_size = 1
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
 
-    def rows_per_rank(self) -> int:
-        if self.shuffle:
-            return self.n_rows // self.world_size  # equal counts keep DDP's collectives in step
-        return len(range(self.rank, self.n_rows, self.world_size))
-
     def indices(self) -> torch.Tensor | None:
-        """Row indices for this rank and epoch, or None for "all rows in order" (one process, no shuffle)."""
+        """Row indices in this epoch's order, or None for "all rows in order" (no shuffle)."""
         if not self.shuffle:
-            if self.world_size == 1:
-                return None
-            return torch.arange(self.rank, self.n_rows, self.world_size)
-        generator = torch.Generator().manual_seed(self.seed + self.epoch)
-        perm = torch.randperm(self.n_rows, generator=generator)
-        return perm[self.rank :: self.world_size][: self.rows_per_rank()]
+            return None
+        generator = torch.Generator().manual_seed(epoch_seed(self.seed, self.epoch, self.rank))
+        return torch.randperm(self.n_rows, generator=generator)
 
 
 class TensorLoader:
     """An iterable of batches cut from whole tensors that share their first dimension.
 
     Args:
-        tensors: (N, ...) tensors, already on the device the model trains on.
-        batch_size: Rows per batch; None for the whole (per-rank) set in one batch.
-        shuffle: Reshuffle rows every epoch (see `EpochShuffle`); else keep file order.
+        tensors: (N, ...) tensors of this rank's rows, already on the device the model trains on.
+        batch_size: Rows per batch; None for all rows in one batch.
+        shuffle: Reshuffle rows every epoch (see `EpochShuffle`); else keep their order.
         seed: Seed of the shuffle.
+        rank: This process's rank: ranks shuffle their rows differently.
+        n_batches: Cut the rows into exactly this many batches of equal size within one row (training: the
+            same count on every rank); None cuts `batch_size` rows at a time, the last batch shorter.
     """
 
     batch_sampler = None  # Lightning inspects `sampler` and `batch_sampler` as it would on a DataLoader
 
-    def __init__(self, *tensors: torch.Tensor, batch_size: int | None, shuffle: bool = False, seed: int = 0):
+    def __init__(
+        self,
+        *tensors: torch.Tensor,
+        batch_size: int | None,
+        shuffle: bool = False,
+        seed: int = 0,
+        rank: int = 0,
+        n_batches: int | None = None,
+    ) -> None:
         self.tensors = tensors
+        self.n_rows = len(tensors[0])
         self.batch_size = batch_size
-        self.sampler = EpochShuffle(len(tensors[0]), seed=seed, shuffle=shuffle)
+        self.n_batches = n_batches
+        self.sampler = EpochShuffle(self.n_rows, seed=seed, shuffle=shuffle, rank=rank)
+        self._yielded = 0  # batches handed out in the current epoch: the position a checkpoint records
+        self._resume: dict[str, int] | None = None
 
-    def shard(self, rank: int, world_size: int) -> TensorLoader:
-        self.sampler.rank, self.sampler.world_size = rank, world_size
-        return self
-
-    def _batch_rows(self) -> int:
-        return self.batch_size or max(self.sampler.rows_per_rank(), 1)
+    def _bounds(self) -> list[int]:
+        if self.n_batches is not None:
+            return balanced_bounds(self.n_rows, self.n_batches)
+        step = self.batch_size or max(self.n_rows, 1)
+        return [*range(0, self.n_rows, step), self.n_rows]
 
     def __len__(self) -> int:
-        return math.ceil(self.sampler.rows_per_rank() / self._batch_rows())
+        return len(self._bounds()) - 1
+
+    def state_dict(self) -> dict[str, int]:
+        """Where this epoch is: saved by Lightning's fit loop in every checkpoint."""
+        return {"epoch": self.sampler.epoch, "batches": self._yielded}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Start the next pass of epoch `state["epoch"]` after the batches it had already handed out."""
+        self._resume = {"epoch": int(state["epoch"]), "batches": int(state["batches"])}
+
+    def _first_batch(self) -> int:
+        resume, self._resume = self._resume, None
+        if resume is not None and resume["epoch"] == self.sampler.epoch:
+            return resume["batches"]
+        return 0
 
     def __iter__(self):
-        n, step = self.sampler.rows_per_rank(), self._batch_rows()
+        bounds, first = self._bounds(), self._first_batch()
+        self._yielded = first
         index = self.sampler.indices()
-        if index is None:  # contiguous slices are views: no copy at all
-            for start in range(0, n, step):
-                yield tuple(t[start : start + step] for t in self.tensors)
-            return
-        index = index.to(self.tensors[0].device)
-        for start in range(0, n, step):
-            rows = index[start : start + step]
-            yield tuple(t.index_select(0, rows) for t in self.tensors)  # same rows as t[rows], ~2x faster on CPU
+        if index is not None:
+            index = index.to(self.tensors[0].device)
+        for start, stop in zip(bounds[first:-1], bounds[first + 1 :], strict=True):
+            self._yielded += 1
+            if index is None:  # contiguous slices are views: no copy at all
+                yield tuple(t[start:stop] for t in self.tensors)
+            else:  # same rows as t[rows], ~2x faster on CPU
+                yield tuple(t.index_select(0, index[start:stop]) for t in self.tensors)
+
+
+def batches_per_epoch(max_rows: int, batch_size: int | None) -> int:
+    """Training batches per epoch when the rank with the most rows holds `max_rows`: the same on every rank."""
+    return max(1, math.ceil(max_rows / batch_size)) if batch_size else 1

@@ -12,6 +12,7 @@ counted from 1.
 
 from __future__ import annotations
 
+import copy
 import csv
 import os
 import re
@@ -96,8 +97,19 @@ class Table:
             self.delimiter = delimiter or ("\t" if self.format == "tsv" else sniff_delimiter(sample))
             self.schema, self.kinds = self._csv_kinds()
         self.columns = list(self.kinds)
+        self.groups = None  # the row groups this view reads (see `share`); None: every row
+        self.first_row = 0  # the table's row number of this view's first row
         if self.format == "parquet":
             _check_names(self.path, self.schema.names)
+
+    def share(self, rank: int, world_size: int) -> Table:
+        """This rank's share of a Parquet table: a view that reads only its own whole row groups (see parquet.py)."""
+        from lit_linreg import parquet
+
+        view = copy.copy(self)
+        view.groups = parquet.rank_share(parquet.row_groups(_parquet_files(self.path)), rank, world_size)
+        view.first_row = view.groups[0].first_row
+        return view
 
     # --- the CSV side ---------------------------------------------------------------------------------------------
     def _parse_options(self, handler=None) -> pcsv.ParseOptions:
@@ -199,7 +211,7 @@ class Table:
         """
         columns = list(dict.fromkeys([*numeric, *text]))
         if self.format == "parquet":
-            table = _read_parquet(self.path, columns)
+            table = _read_parquet(self.path, columns, self.groups)
             if as_written:
                 return table
             for name in numeric:
@@ -257,7 +269,7 @@ class Table:
 
     def _where(self, row: int, column: str) -> str:
         """'file: row N, column 'c'' for the 0-based data row `row` (see the module docstring for counting)."""
-        number = row + 1 if self.format == "parquet" else row + 2
+        number = self.first_row + row + 1 if self.format == "parquet" else row + 2
         return f"{self.path}: row {number}, column {column!r}"
 
 
@@ -274,12 +286,17 @@ def _first_failing(column: pa.ChunkedArray) -> int:
     return lo
 
 
+_NULL_SPELLINGS = pa.array(["", *pcsv.ConvertOptions().null_values])
+
+
 def _mostly_numbers(column: pa.Array) -> bool:
     """Whether most non-empty cells of a text column are numbers: then a stray word is a bad cell, not text."""
     if pa.types.is_binary(column.type):  # bytes that are not UTF-8: the vote counts the cells that are
         column = pa.array([v.decode("utf-8", "replace") if v is not None else None for v in column.to_pylist()])
     present = pc.drop_null(column)
-    present = present.filter(pc.not_equal(pc.utf8_trim_whitespace(present), ""))
+    # Blank cells and pyarrow's null spellings (NA, null, N/A, ...) are missing values, not words: they do not vote.
+    trimmed = pc.utf8_trim_whitespace(present)
+    present = present.filter(pc.invert(pc.is_in(trimmed, value_set=_NULL_SPELLINGS)))
     if len(present) == 0:
         return True
     numbers = pc.sum(pc.match_substring_regex(pc.utf8_lower(present), _NUMBER)).as_py() or 0
@@ -369,9 +386,13 @@ def _parquet_schema(path: Path) -> pa.Schema:
     return schema
 
 
-def _read_parquet(path: Path, columns: list[str]) -> pa.Table:
+def _read_parquet(path: Path, columns: list[str], groups: list | None = None) -> pa.Table:
     import pyarrow.parquet as pq
 
+    if groups is not None:
+        from lit_linreg.parquet import read_groups
+
+        return read_groups(groups, columns)
     try:
         return pa.concat_tables(pq.read_table(file, columns=columns) for file in _parquet_files(path))
     except (pa.ArrowInvalid, OSError) as err:

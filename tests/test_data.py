@@ -5,8 +5,9 @@ import pytest
 import torch
 
 from lit_linreg import LinearRegression, SyntheticDataModule, TableDataModule
+from lit_linreg.convert import main as convert_main
 from lit_linreg.errors import DataError
-from lit_linreg.loader import EpochShuffle, TensorLoader
+from lit_linreg.loader import EpochShuffle, TensorLoader, batches_per_epoch
 from tests.conftest import ROOT, config, latest_version
 
 HOUSES = ROOT / "data" / "houses.csv"
@@ -32,17 +33,72 @@ def test_each_epoch_is_a_fresh_permutation_replayed_exactly_from_seed_and_epoch(
     assert not torch.equal(EpochShuffle(1000, seed=4).indices(), orders[0])
 
 
-@pytest.mark.parametrize("shuffle", [True, False], ids=["shuffled", "in-order"])
-def test_ddp_ranks_see_distinct_rows_in_equal_numbers(shuffle):
-    x = torch.arange(1003.0)[:, None]  # 1003 rows over 4 ranks: 3 left over
-    loaders = [TensorLoader(x, batch_size=64, shuffle=shuffle).shard(rank, 4) for rank in range(4)]
-    seen = [torch.cat([batch[0] for batch in loader]).flatten().tolist() for loader in loaders]
-    if shuffle:  # equal counts keep the ranks' gradient all-reduces in step
-        assert [len(rows) for rows in seen] == [250] * 4
-    else:  # evaluation visits every row exactly once
-        assert sorted(sum(seen, [])) == list(range(1003))
-    assert len(set(sum(seen, []))) == sum(len(rows) for rows in seen)  # no row on two ranks
-    assert [len(loader) for loader in loaders] == [len(range(0, len(rows), 64)) for rows in seen]
+def test_a_training_loader_cuts_its_rows_into_the_batches_every_rank_agrees_on():
+    x = torch.arange(1003.0)[:, None]
+    loader = TensorLoader(x, batch_size=64, shuffle=True, n_batches=batches_per_epoch(1004, 64))  # 16 batches
+    sizes = [len(batch[0]) for batch in loader]
+    assert len(loader) == len(sizes) == 16 and max(sizes) - min(sizes) <= 1
+    assert sorted(torch.cat([batch[0] for batch in loader]).flatten().tolist()) == list(range(1003))  # each row once
+    ranks = [torch.cat([b[0] for b in TensorLoader(x, batch_size=64, shuffle=True, rank=r)]) for r in (0, 1)]
+    assert not torch.equal(ranks[0], ranks[1])  # ranks shuffle their own rows differently
+
+
+def test_a_loader_resumed_mid_epoch_hands_out_the_rest_of_the_same_order():
+    x = torch.arange(100.0)[:, None]
+    full = TensorLoader(x, batch_size=10, shuffle=True, seed=4)
+    full.sampler.set_epoch(2)
+    batches = [b[0] for b in full]
+    resumed = TensorLoader(x, batch_size=10, shuffle=True, seed=4)
+    resumed.load_state_dict({"epoch": 2, "batches": 3})
+    resumed.sampler.set_epoch(2)
+    rest = [b[0] for b in resumed]
+    assert len(rest) == 7 and all(torch.equal(a, b) for a, b in zip(batches[3:], rest, strict=True))
+    resumed.sampler.set_epoch(3)
+    assert len(list(resumed)) == 10  # the next epoch is whole again
+
+
+@pytest.mark.parametrize("world_size", [2, 3])
+def test_synthetic_ranks_make_only_their_share_of_the_same_data_set(world_size):
+    def make():
+        return SyntheticDataModule(n_samples=150_000, n_features=3, val_fraction=0.1, seed=2)
+
+    whole = make().load("fit")
+    block = SyntheticDataModule.GENERATION_BLOCK
+    assert not torch.equal(whole["train"][0][:8], whole["train"][0][block : block + 8])  # blocks have their own seeds
+    shares = [make().load_share("fit", rank, world_size) for rank in range(world_size)]
+    for split in ("train", "val"):
+        sizes = [len(share[split][0]) for share in shares]
+        assert sum(sizes) == len(whole[split][0]) and max(sizes) - min(sizes) <= 1
+        for i in (0, 1):
+            assert torch.equal(torch.cat([share[split][i] for share in shares]), whole[split][i])
+
+
+def test_parquet_ranks_read_only_their_row_groups_and_cover_every_row_once(tmp_path):
+    assert convert_main([str(HOUSES), str(tmp_path / "pq"), "--rows-per-group", "25", "--rows-per-file", "100"]) == 0
+    assert len(list((tmp_path / "pq").glob("*.parquet"))) == 3
+
+    def make():
+        return TableDataModule(str(tmp_path / "pq"), targets=["price_k"], val_fraction=0.25, seed=1)
+
+    whole = make().load("fit")
+    assert sorted(map(tuple, torch.cat([whole["train"][0], whole["val"][0]]).tolist())) == sorted(
+        map(tuple, houses()[:, :4].astype(np.float32).tolist())
+    )
+    table = make()._table(tmp_path / "pq")
+    groups = [table.share(rank, 2).groups for rank in (0, 1)]
+    assert [len(g) for g in groups] == [6, 6] and {g.first_row for g in groups[1]}.isdisjoint(
+        g.first_row for g in groups[0]
+    )
+    shares = [make().load_share("fit", rank, 2) for rank in (0, 1)]
+    for split in ("train", "val"):
+        together = torch.cat([torch.cat(share[split], 1) for share in shares])
+        assert sorted(map(tuple, together.tolist())) == sorted(map(tuple, torch.cat(whole[split], 1).tolist()))
+
+
+def test_a_parquet_table_with_fewer_row_groups_than_ranks_is_refused_naming_the_fix(tmp_path):
+    assert convert_main([str(HOUSES), str(tmp_path / "pq"), "--rows-per-group", "300"]) == 0
+    with pytest.raises(DataError, match="1 row groups cannot give each of 2 ranks one.*--rows-per-group"):
+        TableDataModule(str(tmp_path / "pq"), targets=["price_k"]).load_share("fit", 0, 2)
 
 
 def test_unshuffled_batches_are_views_and_shuffled_batches_gather_whole_rows():

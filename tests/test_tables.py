@@ -230,6 +230,7 @@ def test_missing_mean_fills_features_with_training_means_and_still_drops_a_missi
     dm.setup("fit")
     x, y = dm.splits["train"]
     assert len(x) == 39 and torch.isnan(x).sum() == 2  # the target's row dropped; two features to fill
+    dm.load("fit")  # the same rows again: setup kept their float64 values only for the statistics pass
     train64 = dm._train64[0].numpy()
     np.testing.assert_allclose(dm.statistics["fill"].numpy(), np.nanmean(train64, axis=0), rtol=1e-12)
     filled = np.where(np.isnan(train64), np.nanmean(train64, axis=0), train64)

@@ -1,0 +1,91 @@
+"""Convert a table to a Parquet directory that DDP ranks can share: `python -m lit_linreg.convert TABLE DIR`.
+
+A CSV file is read whole by every rank; a Parquet directory is split across ranks by whole row groups, so each
+reads only its share (see parquet.py). This streams the table in batches, never holding it whole, and writes
+files of `--rows-per-file` rows, each in row groups of `--rows-per-group` rows. Use at least as many row groups
+as you will run ranks (many more balance them better). Columns keep the types pyarrow infers for the CSV file.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.csv as pcsv
+import pyarrow.parquet as pq
+
+from lit_linreg.errors import DataError
+from lit_linreg.tables import Table
+
+
+def batches(table: Table):
+    """The table's record batches, streamed: CSV in blocks, Parquet by row group."""
+    if table.format == "parquet":
+        for file in sorted(_files(table.path)):
+            yield from pq.ParquetFile(file).iter_batches()
+        return
+    reader = pcsv.open_csv(
+        table.path, parse_options=table._parse_options(), convert_options=pcsv.ConvertOptions(column_types=table.schema)
+    )
+    yield from reader
+
+
+def _files(path: Path) -> list[Path]:
+    from lit_linreg.tables import _parquet_files
+
+    return _parquet_files(path)
+
+
+def convert(source: str, target: str, rows_per_group: int = 65536, rows_per_file: int = 1 << 22) -> list[Path]:
+    """Write `source` as Parquet files `part-00000.parquet`, ... in the new directory `target`; returns them."""
+    if rows_per_group < 1 or rows_per_file < rows_per_group:
+        raise DataError("--rows-per-group must be at least 1 and --rows-per-file at least --rows-per-group")
+    table = Table(source)
+    out = Path(target)
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise DataError(f"{out}: exists and is not an empty directory")
+    out.mkdir(parents=True, exist_ok=True)
+    written: list[Path] = []
+    writer, in_file = None, 0
+    try:
+        for batch in batches(table):
+            while batch.num_rows:
+                if writer is None:
+                    written.append(out / f"part-{len(written):05d}.parquet")
+                    writer, in_file = pq.ParquetWriter(written[-1], batch.schema), 0
+                take = min(batch.num_rows, rows_per_file - in_file)
+                writer.write_table(pa.Table.from_batches([batch.slice(0, take)]), row_group_size=rows_per_group)
+                batch, in_file = batch.slice(take), in_file + take
+                if in_file == rows_per_file:
+                    writer.close()
+                    writer = None
+    except pa.ArrowInvalid as err:
+        raise DataError(f"{source}: {str(err).strip().splitlines()[0]}") from None
+    finally:
+        if writer is not None:
+            writer.close()
+    return written
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m lit_linreg.convert", description=__doc__.splitlines()[0])
+    parser.add_argument("table", help="a CSV, TSV (optionally .gz) or Parquet file or directory")
+    parser.add_argument("directory", help="the Parquet directory to create (new or empty)")
+    parser.add_argument("--rows-per-group", type=int, default=65536, help="rows per row group (default 65536)")
+    parser.add_argument("--rows-per-file", type=int, default=1 << 22, help="rows per file (default 4194304)")
+    args = parser.parse_args(argv)
+    try:
+        files = convert(args.table, args.directory, args.rows_per_group, args.rows_per_file)
+    except DataError as err:
+        print(f"lit-linreg: error: {err}", file=sys.stderr)
+        return 2
+    n_rows = sum(pq.ParquetFile(f).metadata.num_rows for f in files)
+    n_groups = sum(pq.ParquetFile(f).metadata.num_row_groups for f in files)
+    print(f"{args.directory}: {n_rows} rows in {len(files)} files, {n_groups} row groups")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
