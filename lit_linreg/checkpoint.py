@@ -22,7 +22,7 @@ import torch
 from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 from lightning.pytorch.callbacks import ModelCheckpoint
 
-from lit_linreg.errors import CheckpointError
+from lit_linreg.errors import CheckpointError, ConfigError
 
 STAMP = "lit_linreg"  # the checkpoint key of RunStamp's record
 # DataModule arguments that leave the training rows as they are: how batches are fed, what to test or predict
@@ -343,14 +343,29 @@ class RunStamp(L.Callback):
 
 
 class LastCheckpoint(ModelCheckpoint):
-    """Rewrites `last.ckpt` at the end of every training epoch, whether or not the monitored metric improved.
+    """Rewrites `last.ckpt` at the end of every training epoch, and every N training steps if asked.
 
     `ModelCheckpoint(monitor=..., save_last=True)` rewrites last.ckpt only in an epoch that also saves a
     top-k checkpoint, so a run that stops improving would resume from an old epoch. This callback keeps
-    `--ckpt_path last` at most one epoch behind; the `checkpoint` group keeps the best ones.
+    `--ckpt_path last` at most one epoch behind, or N steps with `every_n_train_steps`; the `checkpoint`
+    group keeps the best ones. A mid-epoch last.ckpt holds the training loader's position (see loader.py),
+    so a run resumed from it goes on at the next batch, bit for bit.
+
+    Args:
+        every_n_train_steps: Also write last.ckpt after every this many training steps (None: at epoch ends only).
     """
 
-    def __init__(self) -> None:
+    def __init__(self, every_n_train_steps: int | None = None) -> None:
+        if every_n_train_steps is not None and every_n_train_steps < 1:
+            raise ConfigError(f"last.every_n_train_steps must be at least 1 (or null), got {every_n_train_steps}")
+        # ModelCheckpoint's own step trigger would turn its epoch-end saves off: steps are counted here instead.
         super().__init__(
             filename="last", monitor=None, save_top_k=1, enable_version_counter=False, save_on_train_epoch_end=True
         )
+        self.every_n_train_steps = every_n_train_steps
+
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs, batch, batch_idx) -> None:
+        every = self.every_n_train_steps
+        last_of_epoch = batch_idx + 1 >= trainer.num_training_batches  # the epoch-end save follows at once
+        if every and trainer.global_step % every == 0 and not last_of_epoch and not trainer.sanity_checking:
+            trainer.save_checkpoint(os.path.join(self.dirpath, self.filename + self.FILE_EXTENSION))

@@ -108,11 +108,12 @@ class LinearRegressionCLI(LightningCLI):
         parser.set_defaults(
             {
                 "checkpoint.monitor": "val/loss",
-                "checkpoint.save_last": False,  # LastCheckpoint, a default callback, writes last.ckpt every epoch
+                "checkpoint.save_last": False,  # the `last` group (LastCheckpoint) writes last.ckpt every epoch
                 "checkpoint.filename": "best-{epoch:03d}",
                 "checkpoint.auto_insert_metric_name": False,
             }
         )
+        parser.add_lightning_class_args(LastCheckpoint, "last")
         parser.add_lightning_class_args(LeastSquaresReference, "reference")
         parser.add_lightning_class_args(CoefficientLogger, "coefficients")
         parser.add_lightning_class_args(FitFigure, "figure")
@@ -326,7 +327,7 @@ def cli_main(args: list[str] | None = None) -> LinearRegressionCLI:
         LinearRegression,
         LightningDataModule,
         subclass_mode_data=True,
-        trainer_defaults={"default_root_dir": "runs", "callbacks": [LastCheckpoint(), PredictionWriter()]},
+        trainer_defaults={"default_root_dir": "runs", "callbacks": [PredictionWriter()]},
         save_config_callback=AtomicSaveConfig,
         save_config_kwargs={"overwrite": True},
         parser_kwargs={"exit_on_error": False, "prog": "lit-linreg"},

@@ -79,6 +79,25 @@ def test_a_run_killed_after_epoch_3_resumes_to_bit_identical_weights(
     assert all(torch.equal(resumed[k], uninterrupted[k]) for k in uninterrupted)
 
 
+def test_a_run_killed_mid_epoch_resumes_from_the_mid_epoch_last_checkpoint_bit_for_bit(
+    run_process, run_cli, tmp_path, uninterrupted
+):
+    every = ("--last.every_n_train_steps", "5")
+    kill = ("--trainer.callbacks+", "tests.faults.KillInBatch", "--trainer.callbacks.epoch", "3")
+    killed = run_process(*SYNTHETIC, *every, *kill, "--trainer.callbacks.batch", "12", root=tmp_path)
+    assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
+    record_fault("kills")
+    checkpoint = load_checkpoint(latest_version(tmp_path) / "checkpoints" / "last.ckpt")
+    # Epoch 3 began at step 54; steps 55, 60 and 65 wrote last.ckpt, the last of them after batch 10 of 18.
+    assert (checkpoint["epoch"], checkpoint["global_step"]) == (3, 65)
+    assert checkpoint["loops"]["fit_loop"]["state_dict"]["combined_loader"] == [{"epoch": 3, "batches": 11}]
+
+    assert run_cli(*SYNTHETIC, *every, "--ckpt_path", "last", root=tmp_path) == 0
+    resumed = final_state(tmp_path)
+    record_fault("lost", sum(not torch.equal(resumed[k], uninterrupted[k]) for k in uninterrupted))
+    assert all(torch.equal(resumed[k], uninterrupted[k]) for k in uninterrupted)
+
+
 def test_divergence_stops_at_the_first_non_finite_loss_and_keeps_the_last_finite_checkpoint(run_cli, tmp_path, capsys):
     assert run_cli("fit", "--config", config("toy.yaml"), "--model.lr", "10", root=tmp_path) == 1
     record_fault("divergences")
