@@ -7,6 +7,9 @@ and serves them through `TensorLoader` (see loader.py). Each one knows its colum
 
 from __future__ import annotations
 
+import functools
+import os
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Literal
 
@@ -15,14 +18,16 @@ import numpy as np
 import torch
 from lightning.pytorch.utilities import rank_zero_info
 
-from lit_linreg.encoding import TableEncoder, default_schema, needs_encoder
+from lit_linreg.encoding import TableEncoder, default_schema, design_names, needs_encoder
 from lit_linreg.errors import ConfigError, DataError
 from lit_linreg.loader import TensorLoader, batches_per_epoch, mixed_seed
 from lit_linreg.parquet import TEST, TRAIN, VAL, split_of
 from lit_linreg.statistics import SufficientStatistics, choose_method
+from lit_linreg.stream import RowGroupStream
 from lit_linreg.tables import Format, Table
 
 STATISTICS_BLOCK = 65536  # rows per update of the statistics pass
+Rows = tuple[np.ndarray, np.ndarray]  # (x, y) float64 blocks of rows
 STAGE_SPLITS = {"fit": ("train", "val"), "validate": ("val",), "test": ("test",), "predict": ("predict",)}
 
 
@@ -105,32 +110,53 @@ class InMemoryDataModule(L.LightningDataModule):
             return [count]
         return self.trainer.strategy.all_gather(torch.tensor([count])).flatten().tolist()
 
-    def _statistics_pass(self) -> SufficientStatistics:
+    def _statistics_pass(self, blocks: Callable[[], Iterable[Rows]] | None = None) -> SufficientStatistics:
         """The one pass of sufficient statistics over the training rows, in float64, summed over DDP ranks.
 
         Each rank passes over its own training rows (see `load_share`), so the ranks' shares cover every row
-        once. The values are the file's float64 ones when the module kept them (`_train64`), encoded as
-        the model encodes them (one-hot categories, missing values filled with the training means).
+        once. `blocks()` gives them as (x, y) float64 blocks: by default the file's float64 values when the
+        module kept them (`_train64`), else the training tensors; a streaming module reads them from disk.
+        They are encoded as the model encodes them (one-hot categories, missing values filled with the
+        training means, which take one more pass first).
         """
-        x, y = self._train64 if self._train64 is not None else (t.cpu() for t in self.splits["train"])
+        blocks = blocks or self._memory_blocks
         schema = self.schema
-        self.fill = torch.zeros(x.shape[1], dtype=torch.float64)
-        if needs_encoder(schema):
-            encoder = TableEncoder(schema).double()
-            if schema["missing"] == "mean":  # the training means of the numeric features (each rank's own rows)
-                numeric = torch.tensor([name not in schema["categories"] for name in schema["features"]])
-                means = torch.from_numpy(np.nan_to_num(np.nanmean(x.numpy(), axis=0)))
-                self.fill = encoder.fill.copy_(torch.where(numeric, means, 0.0)).clone()
-            x = encoder(x)
-        n_rows = getattr(self, "_n_train_total", len(x))  # every rank's rows: the ranks must choose alike
-        stats = SufficientStatistics(x.shape[1], y.shape[1], choose_method(n_rows, 1 + x.shape[1] + y.shape[1]))
-        for start in range(0, len(x), STATISTICS_BLOCK):  # float64 a block at a time: never a float64 copy of all
-            block = slice(start, start + STATISTICS_BLOCK)
-            stats.update(x[block].double().numpy(), y[block].double().numpy())
+        self.fill = torch.zeros(self.in_features, dtype=torch.float64)
+        encoder = TableEncoder(schema).double() if needs_encoder(schema) else None
+        if encoder is not None and schema["missing"] == "mean":  # the training means of the numeric features
+            numeric = torch.tensor([name not in schema["categories"] for name in schema["features"]])
+            sums = np.zeros((2, self.in_features))  # NaN-skipping sums and counts
+            for x, _ in blocks():
+                sums += np.nansum(x, axis=0), np.sum(~np.isnan(x), axis=0)
+            sums = self._sum_over_ranks(sums)
+            means = torch.from_numpy(np.divide(sums[0], sums[1], out=np.zeros(self.in_features), where=sums[1] > 0))
+            self.fill = encoder.fill.copy_(torch.where(numeric, means, 0.0)).clone()
+        width = len(design_names(schema)) + self.out_features
+        n_rows = getattr(self, "_n_train_total", None) or self._rows_estimate()  # the ranks must choose alike
+        stats = SufficientStatistics(width - self.out_features, self.out_features, choose_method(n_rows, 1 + width))
+        for x, y in blocks():
+            x = encoder(torch.from_numpy(x)).numpy() if encoder is not None else x
+            stats.update(x, y)
         if self.trainer is not None and self.trainer.world_size > 1:
             gathered = self.trainer.strategy.all_gather(torch.from_numpy(stats.to_array()))  # (world_size, L)
             stats = SufficientStatistics.combine([SufficientStatistics.from_array(a) for a in gathered.cpu().numpy()])
         return stats
+
+    def _memory_blocks(self) -> Iterator[Rows]:
+        """The training rows held in memory as float64 blocks: never a float64 copy of them all at once."""
+        x, y = self._train64 if self._train64 is not None else (t.cpu() for t in self.splits["train"])
+        for start in range(0, len(x), STATISTICS_BLOCK):
+            block = slice(start, start + STATISTICS_BLOCK)
+            yield x[block].double().numpy(), y[block].double().numpy()
+
+    def _rows_estimate(self) -> int:
+        """Training rows over all ranks, before they are counted: what decides the statistics' method."""
+        return len(self.splits["train"][0]) if "train" in self.splits else 0
+
+    def _sum_over_ranks(self, values: np.ndarray) -> np.ndarray:
+        if self.trainer is None or self.trainer.world_size == 1:
+            return values
+        return self.trainer.strategy.all_gather(torch.from_numpy(values)).sum(0).cpu().numpy()
 
     @property
     def statistics(self) -> dict[str, torch.Tensor] | None:
@@ -336,8 +362,15 @@ class TableDataModule(InMemoryDataModule):
         batch_size: Rows per training batch; None for full batch.
         standardize: Scale inputs and targets with training statistics (see `InMemoryDataModule`).
         seed: Seed of the split and of the per-epoch shuffle.
+        in_memory: Hold the rows in memory (true), or stream a Parquet table's row groups as the epoch goes
+            (false; see stream.py). None decides: in memory unless a Parquet table's rows would take more than
+            `MEMORY_SHARE` of the memory available (`BYTES_PER_VALUE` bytes a value).
+        shuffle_buffer: Rows per shuffle window when streaming, at least (whole row groups).
         schema: The columns a trained model expects; set by the CLI from `--ckpt_path`, never by hand.
     """
+
+    MEMORY_SHARE = 0.5  # of the memory available: more than this streams (in_memory: null)
+    BYTES_PER_VALUE = 20  # the float64 values read, their float32 training copy and the float64 training rows
 
     def __init__(
         self,
@@ -356,9 +389,16 @@ class TableDataModule(InMemoryDataModule):
         batch_size: int | None = 256,
         standardize: bool = True,
         seed: int = 0,
+        in_memory: bool | None = None,
+        shuffle_buffer: int = 262_144,
         schema: dict | None = None,
     ) -> None:
         super().__init__(batch_size=batch_size, standardize=standardize, seed=seed)
+        if shuffle_buffer < 1:
+            raise ConfigError(f"data.shuffle_buffer must be at least 1, got {shuffle_buffer}")
+        self.in_memory, self.shuffle_buffer = in_memory, shuffle_buffer
+        self._groups: list | None = None  # streaming: this rank's row groups
+        self._counts: np.ndarray | None = None  # streaming: this rank's rows per split (TRAIN, VAL, TEST)
         _check_fraction("val_fraction", val_fraction)
         _check_fraction("test_fraction", test_fraction)
         if val_fraction + test_fraction >= 1:
@@ -424,6 +464,102 @@ class TableDataModule(InMemoryDataModule):
                 raise DataError(f"{self.path}: categorical column {name!r} has no values")
         return {"features": features, "targets": list(targets), "categories": categories, "missing": self.missing}
 
+    # --- streaming ----------------------------------------------------------------------------------------------
+    def _streams(self, stage: str) -> bool:
+        """Whether `stage` streams the training table's row groups rather than holding its rows in memory."""
+        if stage == "predict" or (stage == "test" and self.test_fraction == 0 and self.test_path is not None):
+            return False  # a file of its own, read whole
+        table = self._table(self.path)
+        if self.in_memory is None:
+            n_values = sum(g.n_rows for g in table.row_groups()) if table.format == "parquet" else 0
+            n_values *= self.in_features + self.out_features
+            return n_values * self.BYTES_PER_VALUE > self.MEMORY_SHARE * _available_memory()
+        if not self.in_memory and table.format != "parquet":
+            raise ConfigError(
+                f"{self.path}: data.in_memory false streams Parquet row groups; convert the table first:"
+                f" python -m lit_linreg.convert {self.path} DIR"
+            )
+        return not self.in_memory
+
+    def setup(self, stage: str) -> None:
+        if not self._streams(stage):
+            return super().setup(stage)
+        rank, world_size = self._rank()
+        if self._groups is None:
+            table = self._table(self.path)
+            self._groups = table.share(rank, world_size).groups if world_size > 1 else table.row_groups()
+        if stage == "fit" and self.train_statistics is None:
+            self.train_statistics = self._statistics_pass(self._streamed_train_rows)  # counts the rows too
+        elif self._counts is None:
+            for _ in self._streamed_train_rows():
+                pass
+        self._max_train_rows = max(self._all_ranks(int(self._counts[TRAIN])))
+
+    def _rows_estimate(self) -> int:
+        if self._groups is None:
+            return super()._rows_estimate()
+        n_rows = sum(g.n_rows for g in self._table(self.path).row_groups())  # every rank's, from the footers
+        return round(n_rows * (1 - self.val_fraction - self.test_fraction))
+
+    def _streamed_train_rows(self) -> Iterator[Rows]:
+        """This rank's training rows, a row group at a time, in float64; counts every split's rows on the way."""
+        counts, dropped, seen = np.zeros(3, dtype=np.int64), 0, 0
+        for group in self._groups:
+            x, y, codes, n_dropped = self._read_group(group)
+            counts += np.bincount(codes, minlength=3)
+            dropped, seen = dropped + n_dropped, seen + group.n_rows
+            yield x[codes == TRAIN], y[codes == TRAIN]
+        if self._counts is None and dropped:
+            rank_zero_info(
+                f"{self.path}: dropped {dropped} of {seen} rows{' of this rank' if self._rank()[1] > 1 else ''}"
+                " with a missing value in a used column (--data.missing)"
+            )
+        self._counts = counts
+
+    def _read_group(self, group) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
+        """One row group's rows: x and y in float64, the split code of each, and how many rows were dropped."""
+        x, y, rows = self._read(self._table(self.path).view([group]), with_targets=True, report=False)
+        return x, y, split_of(self.seed, rows, self.val_fraction, self.test_fraction), group.n_rows - len(rows)
+
+    def _split_rows(self, group, split: int) -> tuple[torch.Tensor, torch.Tensor]:
+        x, y, codes, _ = self._read_group(group)
+        keep = codes == split
+        return torch.from_numpy(x[keep]).float(), torch.from_numpy(y[keep]).float()
+
+    def _stream(self, split: int, shuffle: bool = False, n_batches: int | None = None) -> RowGroupStream:
+        return RowGroupStream(
+            functools.partial(self._split_rows, split=split),
+            self._groups,
+            int(self._counts[split]),
+            batch_size=self.batch_size,
+            shuffle=shuffle,
+            seed=self.seed,
+            rank=self._rank()[0],
+            n_batches=n_batches,
+            buffer_rows=self.shuffle_buffer,
+        )
+
+    def train_dataloader(self):
+        if self._groups is None:
+            return super().train_dataloader()
+        n_batches = batches_per_epoch(self._max_train_rows, self.batch_size)
+        if self._counts[TRAIN] < n_batches:
+            raise DataError(
+                f"a rank holds {self._counts[TRAIN]} training rows, fewer than the {n_batches} batches of an epoch:"
+                " use fewer ranks or a larger --data.batch_size"
+            )
+        return self._stream(TRAIN, shuffle=self.batch_size is not None, n_batches=n_batches)
+
+    def val_dataloader(self):
+        if self._groups is None:
+            return super().val_dataloader()
+        return self._stream(VAL if self.val_fraction else TRAIN)
+
+    def test_dataloader(self):
+        if self._groups is None or (self.test_fraction == 0 and self.test_path is not None):
+            return super().test_dataloader()
+        return self._stream(TEST if self.test_fraction else VAL if self.val_fraction else TRAIN)
+
     # --- reading rows -------------------------------------------------------------------------------------------
     def _table(self, path: Path) -> Table:
         """The `Table` of `path`, opened (its columns and kinds read) once."""
@@ -431,7 +567,7 @@ class TableDataModule(InMemoryDataModule):
             self._tables[path] = Table(path, self.format, self.delimiter)
         return self._tables[path]
 
-    def _read(self, table: Table, with_targets: bool, keep_all_rows: bool = False):
+    def _read(self, table: Table, with_targets: bool, keep_all_rows: bool = False, report: bool = True):
         """(x, y, rows) of a table: float64 arrays with categories as codes, and the kept rows' numbers.
 
         Rows with missing cells are handled by `missing`; `rows` (N,) numbers the rows kept, counted from 0 in
@@ -465,11 +601,12 @@ class TableDataModule(InMemoryDataModule):
             x[:, j] = self._codes(table, name, columns[name]) if name in categories else columns[name]
         y = np.stack([columns[name] for name in self.target_names], axis=1) if with_targets else None
         if drop.any():
-            where = "" if table.groups is None else " of this rank's share"
-            rank_zero_info(
-                f"{path}: dropped {int(drop.sum())} of {n_rows} rows{where} with a missing value in a used column"
-                " (--data.missing)"
-            )
+            if report:
+                where = "" if table.groups is None else " of this rank's share"
+                rank_zero_info(
+                    f"{path}: dropped {int(drop.sum())} of {n_rows} rows{where} with a missing value in a used"
+                    " column (--data.missing)"
+                )
             x, y = x[~drop], (y[~drop] if y is not None else None)
         for name, values in (("feature", x), ("target", y)):
             if values is not None:
@@ -557,6 +694,15 @@ def _check_split_sizes(n_rows: int, n_train: int, n_val: int, n_test: int, dm: T
             f" {dm.test_fraction}: the split gave {n_train} training, {n_val} validation and {n_test} test rows;"
             " need at least 1 training row and 2 rows in each held-out split"
         )
+
+
+def _available_memory() -> int:
+    """Bytes of memory available to a new allocation (Linux's MemAvailable); the total memory elsewhere."""
+    try:
+        with open("/proc/meminfo") as f:
+            return next(int(line.split()[1]) * 1024 for line in f if line.startswith("MemAvailable:"))
+    except (OSError, StopIteration, ValueError):
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
 
 
 def _missing_cells(values: np.ndarray) -> np.ndarray:

@@ -106,9 +106,18 @@ class Table:
         """This rank's share of a Parquet table: a view that reads only its own whole row groups (see parquet.py)."""
         from lit_linreg import parquet
 
+        return self.view(parquet.rank_share(self.row_groups(), rank, world_size))
+
+    def row_groups(self) -> list:
+        """Every row group of a Parquet table, in the table's order, from the files' footers (see parquet.py)."""
+        from lit_linreg import parquet
+
+        return parquet.row_groups(_parquet_files(self.path))
+
+    def view(self, groups: list) -> Table:
+        """The same table, reading only `groups`: contiguous row groups, in the table's order."""
         view = copy.copy(self)
-        view.groups = parquet.rank_share(parquet.row_groups(_parquet_files(self.path)), rank, world_size)
-        view.first_row = view.groups[0].first_row
+        view.groups, view.first_row = list(groups), groups[0].first_row
         return view
 
     # --- the CSV side ---------------------------------------------------------------------------------------------

@@ -1,0 +1,197 @@
+"""Batches streamed from a table's row groups as the epoch goes: data larger than memory (`--data.in_memory false`).
+
+A `RowGroupStream` never holds more than a few row groups: a background thread reads the next ones (pyarrow
+decodes with the GIL released, so reading overlaps training) into a small queue, and the loader cuts batches
+from them.
+
+What the shuffle guarantees, each epoch, from `seed`, the epoch and the rank alone (so a resumed run replays it):
+- every row of this rank's share is visited exactly once;
+- the order of the row groups is a fresh uniform permutation;
+- rows are gathered, in that order, into windows of at least `buffer_rows` rows (whole row groups), and each
+  window is uniformly permuted.
+What it does not: two rows more than a window apart in the file's order are never swapped across windows, so
+a table sorted by a column stays roughly sorted at the scale of windows. Row groups smaller than the window,
+and a window much larger than a batch, make batches closer to uniform samples; `python -m lit_linreg.convert`
+rewrites a table with small row groups.
+
+Like `TensorLoader`, a training stream cuts the same number of batches on every rank (`n_batches`), and is
+stateful in Lightning's sense: a checkpoint records the epoch and the batches handed out, and a resumed
+stream replays the epoch's reads and hands out the rest.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any
+
+import torch
+
+from lit_linreg.loader import balanced_bounds, mixed_seed
+
+Batch = tuple[torch.Tensor, ...]
+
+
+class StreamEpoch:
+    """The epoch a stream is in: Lightning calls `set_epoch` on a loader's `sampler` at every epoch start."""
+
+    def __init__(self) -> None:
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+
+class RowGroupStream:
+    """An iterable of batches cut from row groups read in the background, shuffled within windows.
+
+    Args:
+        read: Reads one row group and returns its rows of this split as tensors (x, y) or (x,).
+        groups: This rank's row groups, in the table's order.
+        n_rows: How many rows `read` returns over all `groups` (the statistics pass counted them).
+        batch_size: Rows per batch; None for all rows in one batch.
+        shuffle: Reshuffle every epoch (see the module docstring); else the table's order.
+        seed: Seed of the shuffle.
+        rank: This process's rank: ranks shuffle differently.
+        n_batches: Cut exactly this many batches of equal size within one row (training: the same on every
+            rank); None cuts `batch_size` rows at a time.
+        buffer_rows: Rows per shuffle window, at least.
+        prefetch: Row groups read ahead of the one in use.
+    """
+
+    batch_sampler = None  # Lightning inspects `sampler` and `batch_sampler` as it would on a DataLoader
+
+    def __init__(
+        self,
+        read: Callable[[Any], Batch],
+        groups: Sequence[Any],
+        n_rows: int,
+        batch_size: int | None,
+        shuffle: bool = False,
+        seed: int = 0,
+        rank: int = 0,
+        n_batches: int | None = None,
+        buffer_rows: int = 262_144,
+        prefetch: int = 2,
+    ) -> None:
+        self.read, self.groups, self.n_rows = read, list(groups), n_rows
+        self.batch_size, self.shuffle, self.seed, self.rank = batch_size, shuffle, seed, rank
+        self.n_batches, self.buffer_rows, self.prefetch = n_batches, buffer_rows, prefetch
+        self.sampler = StreamEpoch()
+        self._yielded = 0
+        self._resume: dict[str, int] | None = None
+
+    def _bounds(self) -> list[int]:
+        if self.n_batches is not None:
+            return balanced_bounds(self.n_rows, self.n_batches)
+        step = self.batch_size or max(self.n_rows, 1)
+        return [*range(0, self.n_rows, step), self.n_rows]
+
+    def __len__(self) -> int:
+        return len(self._bounds()) - 1
+
+    def state_dict(self) -> dict[str, int]:
+        """Where this epoch is: saved by Lightning's fit loop in every checkpoint."""
+        return {"epoch": self.sampler.epoch, "batches": self._yielded}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Start the next pass of epoch `state["epoch"]` after the batches it had already handed out."""
+        self._resume = {"epoch": int(state["epoch"]), "batches": int(state["batches"])}
+
+    def _first_batch(self) -> int:
+        resume, self._resume = self._resume, None
+        return resume["batches"] if resume is not None and resume["epoch"] == self.sampler.epoch else 0
+
+    def __iter__(self) -> Iterator[Batch]:
+        epoch = self.sampler.epoch
+        bounds, first = self._bounds(), self._first_batch()
+        self._yielded = first
+        order = list(self.groups)
+        generator = torch.Generator().manual_seed(mixed_seed(self.seed, epoch, self.rank))
+        if self.shuffle:
+            order = [order[i] for i in torch.randperm(len(order), generator=generator).tolist()]
+        windows = self._windows(order, generator)
+        held: Batch | None = None  # rows read but not yet handed out
+        try:
+            for i, (start, stop) in enumerate(zip(bounds[:-1], bounds[1:], strict=True)):
+                while held is None or len(held[0]) < stop - start:
+                    window = next(windows, None)
+                    if window is None:
+                        raise RuntimeError(f"the row groups held fewer rows than the {self.n_rows} counted")
+                    held = window if held is None else tuple(torch.cat(p) for p in zip(held, window, strict=True))
+                batch, held = tuple(t[: stop - start] for t in held), tuple(t[stop - start :] for t in held)
+                if i >= first:  # a resumed epoch replays the reads of the batches it had, to keep the order
+                    self._yielded = i + 1
+                    yield batch
+        finally:
+            windows.close()
+
+    def _windows(self, order: list, generator: torch.Generator) -> Iterator[Batch]:
+        """The epoch's rows in windows of at least `buffer_rows`, each permuted when shuffling."""
+        window: list[Batch] = []
+        rows = 0
+        with _ReadAhead(self.read, order, self.prefetch) as chunks:
+            for chunk in chunks:
+                window.append(chunk)
+                rows += len(chunk[0])
+                if rows >= self.buffer_rows:
+                    yield self._joined(window, generator)
+                    window, rows = [], 0
+        if window:
+            yield self._joined(window, generator)
+
+    def _joined(self, window: list[Batch], generator: torch.Generator) -> Batch:
+        joined = tuple(torch.cat(parts) for parts in zip(*window, strict=True))
+        if not self.shuffle:
+            return joined
+        perm = torch.randperm(len(joined[0]), generator=generator)
+        return tuple(t.index_select(0, perm) for t in joined)
+
+
+class _ReadAhead:
+    """Reads `order`'s row groups in a background thread, at most `depth` ahead; re-raises its errors here."""
+
+    _DONE = object()
+
+    def __init__(self, read: Callable[[Any], Batch], order: list, depth: int) -> None:
+        self.read, self.order = read, order
+        self.queue: queue.Queue = queue.Queue(maxsize=max(1, depth))
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._run, name="lit-linreg-read-ahead", daemon=True)
+
+    def _run(self) -> None:
+        try:
+            for group in self.order:
+                if self.stop.is_set():
+                    return
+                self._put(self.read(group))
+        except BaseException as err:  # handed to the consumer, which raises it as its own
+            self._put(err)
+            return
+        self._put(self._DONE)
+
+    def _put(self, item: Any) -> None:
+        while not self.stop.is_set():
+            try:
+                self.queue.put(item, timeout=0.1)
+                return
+            except queue.Full:
+                continue
+
+    def __enter__(self) -> Iterator[Batch]:
+        self.thread.start()
+        return self._items()
+
+    def _items(self) -> Iterator[Batch]:
+        while True:
+            item = self.queue.get()
+            if item is self._DONE:
+                return
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop.set()
+        self.thread.join()
