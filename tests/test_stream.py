@@ -1,9 +1,12 @@
+import signal
 import threading
 
 import pytest
 import torch
 
+from lit_linreg.checkpoint import find_last, load_checkpoint
 from lit_linreg.stream import RowGroupStream
+from tests.conftest import ROOT, config, latest_version, record_fault, scalars
 
 # 10 row groups of 7 to 16 rows: group g holds rows whose value encodes (group, row).
 SIZES = [7, 16, 9, 12, 8, 15, 10, 11, 13, 14]
@@ -68,3 +71,95 @@ def test_a_read_error_in_the_background_is_raised_in_the_loop_and_the_reader_sto
     before = threading.active_count()
     next(iter(stream()))  # an epoch abandoned after one batch ...
     assert threading.active_count() <= before  # ... leaves no reader thread behind
+
+
+# --- Streaming a Parquet table through the CLI ----------------------------------------------------------------
+def parquet_table(directory, n_rows: int = 20_000, rows_per_group: int = 1000, n_features: int = 6):
+    """A generated regression table as a Parquet directory of 4 files, `rows_per_group` rows per row group."""
+    import numpy as np
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(n_rows, n_features)) * rng.uniform(0.5, 20, size=n_features) + rng.normal(size=n_features)
+    y = x @ rng.normal(size=n_features) + 3.0 + rng.normal(scale=5.0, size=n_rows)  # R² about 0.9
+    columns = {f"x{j}": x[:, j] for j in range(n_features)} | {"y": y}
+    directory.mkdir()
+    for i, rows in enumerate(np.array_split(np.arange(n_rows), 4)):
+        part = pa.table({name: values[rows] for name, values in columns.items()})
+        pq.write_table(part, directory / f"part-{i}.parquet", row_group_size=rows_per_group)
+    return directory
+
+
+def streamed_fit(table, *extra: str) -> list[str]:
+    args = ["--data.path", str(table), "--data.targets", "[y]", "--data.batch_size", "500", "--model.lr", "0.05"]
+    never_stop = ("--reference.stop_at_relative_gap", "null")
+    return ["fit", "--config", config("table.yaml"), *args, *never_stop, "--trainer.max_epochs", "4", *extra]
+
+
+def final_weights(root):
+    checkpoint = torch.load(find_last(root), weights_only=True)
+    momentum = {f"m/{k}": v["momentum_buffer"] for k, v in checkpoint["optimizer_states"][0]["state"].items()}
+    return checkpoint["epoch"], checkpoint["state_dict"] | momentum
+
+
+def test_a_full_batch_stream_trains_bit_for_bit_as_the_rows_in_memory(run_cli, tmp_path):
+    table = parquet_table(tmp_path / "table")
+    full_batch = ["--data.path", str(table), "--data.targets", "[y]", "--trainer.max_epochs", "20"]
+    results = []
+    for in_memory in ("true", "false"):
+        root = tmp_path / in_memory
+        assert (
+            run_cli("fit", "--config", config("table.yaml"), *full_batch, "--data.in_memory", in_memory, root=root) == 0
+        )
+        results.append(final_weights(root)[1])
+    assert results[0].keys() == results[1].keys()
+    assert all(torch.equal(results[0][k], results[1][k]) for k in results[0])
+
+
+def test_a_stream_killed_mid_epoch_resumes_to_bit_identical_weights(run_cli, run_process, tmp_path):
+    table = parquet_table(tmp_path / "table")
+    streaming = streamed_fit(table, "--data.in_memory", "false", "--data.shuffle_buffer", "3000")
+    momentum = ("--model.momentum", "0.9", "--model.lr", "0.01", "--last.every_n_train_steps", "4")
+    assert run_cli(*streaming, *momentum, root=tmp_path / "whole") == 0
+    epoch, uninterrupted = final_weights(tmp_path / "whole")
+    assert epoch == 3
+
+    kill = ("--trainer.callbacks+", "tests.faults.KillInBatch", "--trainer.callbacks.epoch", "2")
+    killed = run_process(*streaming, *momentum, *kill, "--trainer.callbacks.batch", "17", root=tmp_path / "killed")
+    assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
+    record_fault("kills")
+    checkpoint = load_checkpoint(find_last(tmp_path / "killed"))
+    assert checkpoint["loops"]["fit_loop"]["state_dict"]["combined_loader"] == [{"epoch": 2, "batches": 16}]
+    assert run_cli(*streaming, *momentum, "--ckpt_path", "last", root=tmp_path / "killed") == 0
+    epoch, resumed = final_weights(tmp_path / "killed")
+    record_fault("lost", sum(not torch.equal(resumed[k], uninterrupted[k]) for k in uninterrupted))
+    assert epoch == 3 and all(torch.equal(resumed[k], uninterrupted[k]) for k in uninterrupted)
+
+
+def test_streaming_a_csv_file_is_refused_naming_the_conversion(run_cli, tmp_path, capsys):
+    houses = str(ROOT / "data" / "houses.csv")
+    assert run_cli("fit", "--config", config("table.yaml"), "--data.path", houses, "--data.in_memory", "false") == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "streams Parquet row groups" in err and "python -m lit_linreg.convert" in err
+    record_fault("bad_inputs")
+
+
+@pytest.mark.parametrize("in_memory", ["true", pytest.param("false", marks=pytest.mark.slow)], ids=["memory", "stream"])
+def test_two_gloo_processes_each_reading_half_a_parquet_table_reach_the_single_process_gap(
+    run_cli, run_process, tmp_path, in_memory
+):
+    table = parquet_table(tmp_path / "table")
+    full_batch = ["--data.path", str(table), "--data.targets", "[y]", "--data.in_memory", in_memory]
+    assert run_cli("fit", "--config", config("table.yaml"), *full_batch, root=tmp_path / "single") == 0
+    ddp = ["--trainer.strategy", "ddp", "--trainer.devices", "2", "--trainer.accelerator", "cpu"]
+    done = run_process("fit", "--config", config("table.yaml"), *full_batch, *ddp, root=tmp_path / "ddp", timeout=240)
+    assert done.returncode == 0, done.stderr[-2000:]
+
+    def final(root, tag):
+        return scalars(latest_version(root))[tag][-1][1]
+
+    single, two = (final(tmp_path / r, "optimum/loss") for r in ("single", "ddp"))
+    assert two == pytest.approx(single, rel=1e-9)  # one optimum: the ranks' statistics cover every row once
+    gaps = [final(tmp_path / r, "optimum/loss_gap") for r in ("single", "ddp")]
+    assert gaps[0] <= 1e-3 * single and abs(gaps[1] - gaps[0]) <= 0.01 * single
