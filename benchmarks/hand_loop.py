@@ -23,7 +23,7 @@ parser.add_argument("--epochs", type=int, default=5)
 args = parser.parse_args()
 
 torch.manual_seed(0)
-x, y = SyntheticDataModule(n_samples=args.n_samples, n_features=args.n_features).load()["train"]  # (N, D), (N, 1)
+x, y = SyntheticDataModule(n_samples=args.n_samples, n_features=args.n_features).load("fit")["train"]  # (N, D), (N, 1)
 model = nn.Linear(args.n_features, 1)
 optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
 

@@ -43,7 +43,7 @@ if __name__ == "__main__":
     args = parser.parse_args()
 
     L.seed_everything(0)
-    x, y = SyntheticDataModule(n_samples=args.n_samples, n_features=args.n_features).load()["train"]
+    x, y = SyntheticDataModule(n_samples=args.n_samples, n_features=args.n_features).load("fit")["train"]
     loader = DataLoader(TensorDataset(x, y), batch_size=args.batch_size, shuffle=True)
     trainer = L.Trainer(max_epochs=args.epochs, callbacks=[EpochTimer()])
     trainer.fit(Linear(args.n_features), loader)

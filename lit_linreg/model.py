@@ -138,11 +138,27 @@ class LinearRegression(L.LightningModule):
         lr >= 2 / L. Full batch, "auto" is Polyak's heavy ball, the fastest fixed lr and momentum for a
         quadratic: lr = 0.9 * 4 / (sqrt(L) + sqrt(mu))^2, momentum = ((sqrt(k) - 1) / (sqrt(k) + 1))^2 with k = L / mu;
         with a fixed momentum 0, lr = 2 / (L + mu). Mini-batches add noise: lr = 1 / L, momentum 0.
+
+        Above `statistics.EXACT_MAX_COLUMNS` the eigenvalues are Lanczos estimates, a pass over the rows each
+        (an upper bound on L, mu at least the true one: slower, never unstable), taken only for "auto".
         """
         from lit_linreg import statistics
 
         k, has_bias = moments.n_targets, self.net.bias is not None
-        if standardized:
+        wide, how = moments.method == "moments", ""
+        if wide and "auto" not in (self.lr, self.momentum):
+            return  # the passes would only serve the divergence advice
+        if wide and moments.rows is None:
+            raise ConfigError(
+                f"model.lr and model.momentum 'auto' need the training rows above {statistics.EXACT_MAX_COLUMNS}"
+                " columns, and this DataModule's statistics have none: give numbers"
+            )
+        if wide:
+            estimate = statistics.hessian_eigenvalues if standardized else statistics.raw_hessian_eigenvalues
+            before = moments.rows.count
+            eigenvalues = estimate(moments, k, has_bias)
+            how = f"Lanczos estimates from {moments.rows.count - before} passes over the rows: "
+        elif standardized:
             eigenvalues = statistics.hessian_eigenvalues(moments, k, has_bias)
         else:  # the raw design: H = 2 / (N k) [X 1]'[X 1] for each output
             columns = [*range(1, 1 + moments.n_features), *([0] if has_bias else [])]
@@ -164,7 +180,7 @@ class LinearRegression(L.LightningModule):
             self.lr = 1 / largest if self.lr == "auto" else self.lr
             self.momentum = 0.0 if self.momentum == "auto" else self.momentum
         rank_zero_info(
-            f"lr auto: {self.lr:.4g}, momentum {self.momentum:.4g} (Hessian eigenvalues {smallest:.3g} to"
+            f"lr auto: {self.lr:.4g}, momentum {self.momentum:.4g} ({how}Hessian eigenvalues {smallest:.3g} to"
             f" {largest:.3g}, condition number {largest / smallest:.3g}; full batch: {full_batch})"
         )
 
@@ -195,8 +211,12 @@ class LinearRegression(L.LightningModule):
         """
         return self.net(self._standardized(x)) * self.y_std + self.y_mean
 
-    def _squared_error(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        """Per-output mean squared error in standardized units, (out_features,)."""
+    def loss_per_output(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """The training loss of each output, (out_features,): the mean squared error in standardized units.
+
+        Override this in a subclass for another loss (see the README, "Your own model"): `training_step`
+        averages it over the outputs, adds the penalty and checks it is finite.
+        """
         target = (y - self.y_mean) / self.y_std  # (B, out_features)
         return (self.net(self._standardized(x)) - target).pow(2).mean(dim=0)
 
@@ -215,7 +235,7 @@ class LinearRegression(L.LightningModule):
 
     def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
         x, y = batch
-        per_output = self._squared_error(x, y)
+        per_output = self.loss_per_output(x, y)
         loss = per_output.mean() + self.penalty()
         if not torch.isfinite(loss):
             raise DivergenceError(

@@ -26,7 +26,7 @@ def fit(model, datamodule, epochs, tmp_path):
 def test_autograd_gradient_equals_the_analytic_mse_gradient():
     model = LinearRegression(1, 1, bias=False, init="zeros")
     model.net.weight.data.fill_(0.7)
-    loss = model._squared_error(X, Y).mean()
+    loss = model.loss_per_output(X, Y).mean()
     loss.backward()
     w = 0.7
     analytic = 2 / len(X) * (X * (w * X - Y)).sum()  # 2/N * sum(x (w x - y))
@@ -43,7 +43,7 @@ def test_summed_gradient_at_lr_equals_averaged_gradient_at_lr_times_n():
     optimizer = model.configure_optimizers()
     for _ in range(20):
         optimizer.zero_grad()
-        model._squared_error(X, Y).mean().backward()
+        model.loss_per_output(X, Y).mean().backward()
         optimizer.step()
     assert model.net.weight.item() == pytest.approx(w_sum.item(), abs=1e-6)
     assert w_sum.item() == pytest.approx(2.0, abs=1e-4)  # 20 summed steps reach w = 2, as in the notebook
