@@ -18,6 +18,14 @@ of the ratio between two runs made back to back.
    `minimal_lightning.py`, the same training in a ~30-line Lightning script.
 4. Reading a 1,000,000 x 32 numeric CSV (`read_table.py`): lit_linreg's pyarrow reader, every column as
    float64, against numpy's `loadtxt` into float32, the reader it replaced; the read alone, imports excluded.
+5. Lightning's floor: the synthetic fit's epoch against `bare_lightning.py`, a LightningModule with no
+   logger, checkpoints or validation fed the same in-memory batches; and the whole synthetic fit process
+   against the whole `hand_loop.py` process (the same data made, the same 5 epochs).
+6. Streaming: the same rows written as a Parquet directory (`write_parquet.py`, row groups of 65,536),
+   trained by `TableDataModule` with `--data.in_memory false` against `--data.in_memory true` (epoch time,
+   the directory in the page cache), and the streamed fit's peak RSS on 4x the rows against 1x.
+7. DDP memory: the largest per-rank peak RSS of the synthetic fit on 2 CPU processes against the same on
+   1,024 rows, over the data's bytes (each rank makes only its share).
 
 Usage: `make bench`, or `python benchmarks/bench.py --repeats 5`.
 """
@@ -73,16 +81,41 @@ def read_seconds(output: str) -> float:
     return float(re.search(r"READ_SECONDS (\S+)", output).group(1))
 
 
-def repeat(env: dict[str, str], table_csv: str) -> dict[str, float]:
+def peak_rss(output: str) -> int:
+    """The largest `PEAK_RSS rank bytes` of a run's ranks."""
+    return max(int(b) for b in re.findall(r"PEAK_RSS \d+ (\d+)", output))
+
+
+def repeat(env: dict[str, str], table_csv: str, parquet: dict[str, str]) -> dict[str, float]:
     """One run of every command, baselines right after what they are compared with; returns the raw figures."""
     with tempfile.TemporaryDirectory() as scratch:
         fit = ["-m", "lit_linreg", "fit", "--trainer.default_root_dir"]
         synthetic = ["--config", "configs/synthetic.yaml"]
         timer = "--trainer.callbacks+=epoch_timer.EpochTimer"
-        _, rss_big, out = run([*fit, f"{scratch}/big", *synthetic, timer], env)
-        figures = {"fit_epoch": epoch_seconds(out), "rss_big": rss_big}
-        out = run([str(HERE / "hand_loop.py"), "--n-samples", str(N)], env)[2]
+        fit_wall, rss_big, out = run([*fit, f"{scratch}/big", *synthetic, timer], env)
+        figures = {"fit_epoch": epoch_seconds(out), "rss_big": rss_big, "fit_wall": fit_wall}
+        figures["hand_wall"], _, out = run([str(HERE / "hand_loop.py"), "--n-samples", str(N)], env)
         figures["hand_epoch"] = epoch_seconds(out)
+        out = run([str(HERE / "bare_lightning.py"), "--n-samples", str(N)], env)[2]
+        figures["bare_epoch"] = epoch_seconds(out)
+        table = ["--config", "configs/table.yaml", "--data.targets", "[y]", "--data.batch_size", "8192"]
+        table += ["--model.lr", "0.1", "--model.momentum", "0", "--reference.stop_at_relative_gap", "null"]
+        table += ["--trainer.max_epochs", "5", "--trainer.log_every_n_steps", "50", timer]
+        table += ["--trainer.callbacks+=epoch_timer.PeakMemory", "--trainer.enable_progress_bar", "false"]
+        for name, rows, in_memory in (
+            ("stream", "big", "false"),
+            ("memory", "big", "true"),
+            ("stream_small", "small", "false"),
+        ):
+            out = run(
+                [*fit, f"{scratch}/{name}", *table, "--data.path", parquet[rows], "--data.in_memory", in_memory], env
+            )[2]
+            figures[f"{name}_epoch"], figures[f"{name}_rss"] = epoch_seconds(out), peak_rss(out)
+        ddp = ["--trainer.strategy", "ddp", "--trainer.devices", "2", "--trainer.accelerator", "cpu"]
+        ddp += ["--trainer.callbacks+=epoch_timer.PeakMemory"]
+        figures["ddp_rss_big"] = peak_rss(run([*fit, f"{scratch}/ddp", *synthetic, *ddp], env)[2])
+        small = f"--data.n_samples={N_SMALL}"
+        figures["ddp_rss_small"] = peak_rss(run([*fit, f"{scratch}/ddp_small", *synthetic, *ddp, small], env)[2])
         out = run([str(HERE / "naive_lightning.py"), "--n-samples", str(N_NAIVE)], env, cwd=Path(scratch))[2]
         figures["naive_epoch"] = epoch_seconds(out) * N / N_NAIVE
         figures["rss_small"] = run([*fit, f"{scratch}/small", *synthetic, f"--data.n_samples={N_SMALL}"], env)[1]
@@ -109,6 +142,15 @@ def table(runs: list[dict[str, float]]) -> str:
     start_up = median(lambda r: r["toy_wall"] / r["minimal_wall"])
     read, read_numpy = median(lambda r: r["read_lit_linreg"]), median(lambda r: r["read_numpy"])
     read_ratio = median(lambda r: r["read_lit_linreg"] / r["read_numpy"])
+    bare, floor = median(lambda r: r["bare_epoch"]), median(lambda r: r["fit_epoch"] / r["bare_epoch"])
+    fit_wall, hand_wall = median(lambda r: r["fit_wall"]), median(lambda r: r["hand_wall"])
+    whole = median(lambda r: r["fit_wall"] / r["hand_wall"])
+    stream, memory_epoch = median(lambda r: r["stream_epoch"]), median(lambda r: r["memory_epoch"])
+    streamed = median(lambda r: r["stream_epoch"] / r["memory_epoch"])
+    rss_4x, rss_1x = median(lambda r: r["stream_rss"]), median(lambda r: r["stream_small_rss"])
+    flat = median(lambda r: r["stream_rss"] / r["stream_small_rss"])
+    ddp_big, ddp_small = median(lambda r: r["ddp_rss_big"]), median(lambda r: r["ddp_rss_small"])
+    ddp_memory = median(lambda r: (r["ddp_rss_big"] - r["ddp_rss_small"]) / DATA_BYTES)
     rows = [
         ("s/epoch; baseline: hand-written PyTorch loop",
          f"{fit:.3f}", f"{hand:.3f}", f"{per_epoch:.2f}x", "<= 1.5x (goal 1.0x)", per_epoch <= 1.5),
@@ -120,6 +162,16 @@ def table(runs: list[dict[str, float]]) -> str:
          f"{toy:.2f}", f"{minimal:.2f}", f"{start_up:.2f}x", "<= 1.15x", start_up <= 1.15),
         ("s to read a 1,000,000 x 32 numeric CSV; baseline: numpy.loadtxt, the reader pyarrow replaced",
          f"{read:.2f}", f"{read_numpy:.2f}", f"{read_ratio:.2f}x", "<= 1.0x", read_ratio <= 1.0),
+        ("s/epoch; baseline: a bare LightningModule fed the same batches (no logger, checkpoints, validation)",
+         f"{fit:.3f}", f"{bare:.3f}", f"{floor:.2f}x", "<= 1.1x", floor <= 1.1),
+        ("whole process s, configs/synthetic.yaml; baseline: hand_loop.py, same data, same 5 epochs",
+         f"{fit_wall:.2f}", f"{hand_wall:.2f}", f"{whole:.2f}x", "as low as it goes", True),
+        ("s/epoch streamed from a Parquet directory (page cache); baseline: the same table in memory",
+         f"{stream:.3f}", f"{memory_epoch:.3f}", f"{streamed:.2f}x", "<= 1.5x", streamed <= 1.5),
+        ("peak RSS MiB streaming 4x the rows; baseline: streaming 1x (524,288 rows)",
+         f"{rss_4x / MIB:.0f}", f"{rss_1x / MIB:.0f}", f"{flat:.2f}x", "<= 1.15x", flat <= 1.15),
+        (f"largest per-rank peak RSS MiB, DDP on 2 CPU processes; baseline: {N_SMALL:,} rows; ratio: extra / data",
+         f"{ddp_big / MIB:.0f}", f"{ddp_small / MIB:.0f}", f"{ddp_memory:.2f}x", "<= 0.75x", ddp_memory <= 0.75),
     ]  # fmt: skip
     lines = ["| measure | lit_linreg | baseline | ratio | target | met |", "|---|---|---|---|---|---|"]
     lines += [f"| {' | '.join(row[:-1])} | {'yes' if row[-1] else 'no'} |" for row in rows]
@@ -141,8 +193,11 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as scratch:
         table_csv = f"{scratch}/table.csv"
         run([str(HERE / "read_table.py"), table_csv, "--write"], env)
+        parquet = {"big": f"{scratch}/big_parquet", "small": f"{scratch}/small_parquet"}
+        run([str(HERE / "write_parquet.py"), parquet["big"], "--n-samples", str(N)], env)
+        run([str(HERE / "write_parquet.py"), parquet["small"], "--n-samples", str(N // 4)], env)
         for i in range(args.repeats):
-            runs.append(repeat(env, table_csv))
+            runs.append(repeat(env, table_csv, parquet))
             figures = ", ".join(f"{key} {value:.4g}" for key, value in runs[-1].items())
             print(f"repeat {i + 1}/{args.repeats}: {figures}", file=sys.stderr, flush=True)
 

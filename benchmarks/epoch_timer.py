@@ -22,3 +22,14 @@ class EpochTimer(L.Callback):
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         ends = [*self.starts[1:], time.perf_counter()]
         print("EPOCH_SECONDS", json.dumps([end - start for start, end in zip(self.starts, ends, strict=True)]))
+
+
+class PeakMemory(L.Callback):
+    """Prints `PEAK_RSS rank bytes` at the end of fit on every rank: the process's own peak resident memory."""
+
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        import resource
+        import sys
+
+        kib = 1 if sys.platform == "darwin" else 1024  # ru_maxrss is in bytes on macOS, KiB on Linux
+        print("PEAK_RSS", trainer.global_rank, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * kib, flush=True)

@@ -105,6 +105,8 @@ class LinearRegression(L.LightningModule):
         self.register_buffer("x_std", torch.ones(width))
         self.register_buffer("y_mean", torch.zeros(out_features))
         self.register_buffer("y_std", torch.ones(out_features))
+        self._scales = False  # whether the statistics are other than identity: else every step skips them
+        self.register_load_state_dict_post_hook(lambda module, keys: module._note_scaling())
 
         metrics = MetricCollection(
             {"loss": MeanSquaredError(), "mae": MeanAbsoluteError(), "r2": R2Score(multioutput="uniform_average")}
@@ -197,19 +199,26 @@ class LinearRegression(L.LightningModule):
             getattr(self, name).copy_(value)
         if fill is not None and self.encoder is not None:
             self.encoder.fill.copy_(fill)
+        self._note_scaling()
+
+    def _note_scaling(self) -> None:
+        """Decide once, when the statistics change or load, whether the per-step arithmetic is needed at all."""
+        means, stds = torch.cat([self.x_mean, self.y_mean]), torch.cat([self.x_std, self.y_std])
+        self._scales = bool(means.any() or (stds != 1).any())
 
     def _standardized(self, x: torch.Tensor) -> torch.Tensor:
         """Raw inputs (N, in_features) -> the standardized design (N, len(design_names))."""
         if self.encoder is not None:
             x = self.encoder(x)
-        return (x - self.x_mean) / self.x_std
+        return (x - self.x_mean) / self.x_std if self._scales else x
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Predict from raw inputs (N, in_features); returns (N, out_features) in original units.
 
         A categorical input column holds codes: the position of each value in `schema["categories"][column]`.
         """
-        return self.net(self._standardized(x)) * self.y_std + self.y_mean
+        y = self.net(self._standardized(x))
+        return y * self.y_std + self.y_mean if self._scales else y
 
     def loss_per_output(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """The training loss of each output, (out_features,): the mean squared error in standardized units.
@@ -217,7 +226,7 @@ class LinearRegression(L.LightningModule):
         Override this in a subclass for another loss (see the README, "Your own model"): `training_step`
         averages it over the outputs, adds the penalty and checks it is finite.
         """
-        target = (y - self.y_mean) / self.y_std  # (B, out_features)
+        target = (y - self.y_mean) / self.y_std if self._scales else y  # (B, out_features)
         return (self.net(self._standardized(x)) - target).pow(2).mean(dim=0)
 
     @property
@@ -236,7 +245,9 @@ class LinearRegression(L.LightningModule):
     def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
         x, y = batch
         per_output = self.loss_per_output(x, y)
-        loss = per_output.mean() + self.penalty()
+        loss = per_output.mean()
+        if self.hparams.l1_strength or self.hparams.l2_strength:
+            loss = loss + self.penalty()
         if not torch.isfinite(loss):
             raise DivergenceError(
                 f"the training loss became {loss.item()} at epoch {self.current_epoch}, step {self.global_step}:"
@@ -246,7 +257,8 @@ class LinearRegression(L.LightningModule):
         # steps the logger writes (every `log_every_n_steps`), as a `self.log` call costs more than this step.
         every = self.trainer.log_every_n_steps
         if every and (self.global_step + 1) % every == 0:
-            self.log("train/loss", (per_output * self.y_std.square()).mean(), prog_bar=True, batch_size=len(x))
+            in_units = (per_output * self.y_std.square()).mean() if self._scales else per_output.mean()
+            self.log("train/loss", in_units, prog_bar=True, batch_size=len(x))
         return loss
 
     def validation_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:

@@ -5,6 +5,7 @@ import pytest
 import torch
 
 from lit_linreg.checkpoint import find_last, load_checkpoint
+from lit_linreg.convert import main as convert_main
 from lit_linreg.stream import RowGroupStream
 from tests.conftest import ROOT, config, latest_version, record_fault, scalars
 
@@ -103,9 +104,19 @@ def final_weights(root):
     return checkpoint["epoch"], checkpoint["state_dict"] | momentum
 
 
-def test_a_full_batch_stream_trains_bit_for_bit_as_the_rows_in_memory(run_cli, tmp_path):
-    table = parquet_table(tmp_path / "table")
-    full_batch = ["--data.path", str(table), "--data.targets", "[y]", "--trainer.max_epochs", "20"]
+@pytest.mark.parametrize("table", ["generated", "houses", "houses-mean", "houses-categorical"])
+def test_a_full_batch_stream_trains_bit_for_bit_as_the_rows_in_memory(run_cli, tmp_path, table):
+    if table.startswith("houses"):  # text columns and empty cells, in row groups of 25
+        path, target = tmp_path / "table", "price_k"
+        assert convert_main([str(ROOT / "data" / "houses.csv"), str(path), "--rows-per-group", "25"]) == 0
+    else:
+        path, target = parquet_table(tmp_path / "table"), "y"
+    options = {
+        "houses-mean": ["--data.missing", "mean"],
+        "houses-categorical": ["--data.categorical", "[neighbourhood]"],
+    }
+    full_batch = ["--data.path", str(path), "--data.targets", f"[{target}]", "--trainer.max_epochs", "20"]
+    full_batch += options.get(table, [])
     results = []
     for in_memory in ("true", "false"):
         root = tmp_path / in_memory
