@@ -112,15 +112,21 @@ class RowGroupStream:
         if self.shuffle:
             order = [order[i] for i in torch.randperm(len(order), generator=generator).tolist()]
         windows = self._windows(order, generator)
-        held: Batch | None = None  # rows read but not yet handed out
+        window: Batch = ()  # the window batches are cut from, and how far into it they are
+        offset = 0
         try:
             for i, (start, stop) in enumerate(zip(bounds[:-1], bounds[1:], strict=True)):
-                while held is None or len(held[0]) < stop - start:
-                    window = next(windows, None)
-                    if window is None:
-                        raise RuntimeError(f"the row groups held fewer rows than the {self.n_rows} counted")
-                    held = window if held is None else tuple(torch.cat(p) for p in zip(held, window, strict=True))
-                batch, held = tuple(t[: stop - start] for t in held), tuple(t[stop - start :] for t in held)
+                parts, need = [], stop - start
+                while need:
+                    if not window or offset == len(window[0]):
+                        window, offset = next(windows, ()), 0
+                        if not window:
+                            raise RuntimeError(f"the row groups held fewer rows than the {self.n_rows} counted")
+                    take = min(need, len(window[0]) - offset)
+                    parts.append(tuple(t[offset : offset + take] for t in window))
+                    offset, need = offset + take, need - take
+                # A batch is a view of one window, or joins the end of one and the start of the next.
+                batch = parts[0] if len(parts) == 1 else tuple(torch.cat(p) for p in zip(*parts, strict=True))
                 if i >= first:  # a resumed epoch replays the reads of the batches it had, to keep the order
                     self._yielded = i + 1
                     yield batch
@@ -135,7 +141,7 @@ class RowGroupStream:
             for chunk in chunks:
                 window.append(chunk)
                 rows += len(chunk[0])
-                if rows >= self.buffer_rows:
+                if rows >= self.buffer_rows or not self.shuffle:  # in order, a row group is a window
                     yield self._joined(window, generator)
                     window, rows = [], 0
         if window:
@@ -143,6 +149,7 @@ class RowGroupStream:
 
     def _joined(self, window: list[Batch], generator: torch.Generator) -> Batch:
         joined = tuple(torch.cat(parts) for parts in zip(*window, strict=True))
+        window.clear()  # the row groups' own tensors go now: one window's rows are held, not two
         if not self.shuffle:
             return joined
         perm = torch.randperm(len(joined[0]), generator=generator)
