@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import csv
 from pathlib import Path
+from types import SimpleNamespace
 
 import lightning as L
 import numpy as np
@@ -36,6 +37,11 @@ class LeastSquaresReference(L.Callback):
     below it. At the end of fit it prints the fit beside the optimum and a statistician's summary (as R's
     `summary(lm)`), and writes every coefficient to `coefficients.csv` in the run's log directory.
 
+    Above `statistics.EXACT_MAX_COLUMNS` columns the optimum comes from conjugate gradient over the training
+    rows, said in one line (passes, residual reached); each `optimum/loss_gap` then costs one more pass. The
+    diagnostics and the summary's inference need O(d^3) and are skipped, with one line; an unconverged solve
+    logs no `optimum/*` tag at all.
+
     Args:
         enabled: Compute and log the reference.
         max_table_coefficients: Coefficients printed at most at the end of fit (largest |t| first); all of
@@ -59,20 +65,24 @@ class LeastSquaresReference(L.Callback):
         stats = getattr(trainer.datamodule, "train_statistics", None) or statistics_from_loader(trainer, pl_module)
         self.stats, self.has_bias = stats, _has_bias(pl_module)
         self.log_dir = Path(trainer.log_dir or trainer.default_root_dir)  # a collective: every rank asks here
-        self.fit = statistics.solve(stats, self.has_bias)
+        if stats.method != "moments":
+            self.fit = statistics.solve(stats, self.has_bias)
+        elif not self._solve_by_passes(trainer, stats):
+            return
         self.loss = self.fit.mse
         variance = float(np.square(stats.y_std).mean())  # the MSE of predicting each target's mean
         self.scale = self.loss if self.loss > 1e-3 * variance else variance  # what the gap is relative to
-        names = getattr(pl_module, "design_names", None)
-        self.diagnostics = statistics.diagnose(stats, stats.n_targets, self.has_bias, names)
         self.val_loss = self._val_loss(trainer, pl_module)
-        scalars = {
-            "optimum/loss": self.loss,
-            "diagnostics/condition_number": self.diagnostics.condition_number,
-            "diagnostics/max_stable_lr": self.diagnostics.max_stable_lr,
-        }
+        scalars = {"optimum/loss": self.loss}
         if self.val_loss is not None:
             scalars["optimum/val_loss"] = self.val_loss
+        if stats.method == "moments":
+            log_epoch_scalars(trainer, scalars)
+            return
+        names = getattr(pl_module, "design_names", None)
+        self.diagnostics = statistics.diagnose(stats, stats.n_targets, self.has_bias, names)
+        scalars["diagnostics/condition_number"] = self.diagnostics.condition_number
+        scalars["diagnostics/max_stable_lr"] = self.diagnostics.max_stable_lr
         log_epoch_scalars(trainer, scalars)
         if trainer.is_global_zero:
             print(f"least squares: train MSE {self.loss:.6g}; standardized problem: {self.diagnostics.describe()}")
@@ -82,6 +92,30 @@ class LeastSquaresReference(L.Callback):
                     f"least squares from the normal equations ({stats.n} rows > {statistics.QR_MAX_ROWS}, or wide):"
                     f" about {digits:.0f} significant digits"
                 )
+
+    def _solve_by_passes(self, trainer: L.Trainer, stats: statistics.SufficientStatistics) -> bool:
+        """The optimum of a table too wide for p x p statistics, by passes over the rows; False if none is trusted."""
+        width = f"{stats.width} columns of [1, X, Y] > statistics.EXACT_MAX_COLUMNS = {statistics.EXACT_MAX_COLUMNS}"
+        self.fit = None
+        if stats.rows is None:
+            line = f"least squares: reference off: {width}, and these statistics hold no way back to the rows"
+        else:
+            self.fit = statistics.solve(stats, self.has_bias)
+            how = f"{self.fit.passes} passes over the training rows, relative residual {self.fit.residual:.2g}"
+            if self.fit.converged:
+                line = (
+                    f"least squares: train MSE {self.fit.mse:.6g} by conjugate gradient ({width}): {how};"
+                    " no collinearity diagnostics or standard errors at this width (they need (X'X)^-1, O(d^3))"
+                )
+            else:
+                line = (
+                    f"least squares: reference off: conjugate gradient ({width}) stopped after {how}, short of"
+                    f" statistics.ITERATIVE_TOLERANCE = {statistics.ITERATIVE_TOLERANCE:g}: no optimum/* tags"
+                )
+                self.fit = None
+        if trainer.is_global_zero:
+            print(line)
+        return self.fit is not None
 
     def _val_loss(self, trainer: L.Trainer, pl_module: L.LightningModule) -> float | None:
         """The least-squares answer's MSE on the validation rows (one pass, float64), or None without them."""
@@ -129,7 +163,9 @@ class LeastSquaresReference(L.Callback):
             ("val MSE", _item(metrics.get("val/loss")), self.val_loss),
             ("val R2", _item(metrics.get("val/r2")), None),
         ]
-        summaries = statistics.summarize(self.stats, self.has_bias, getattr(pl_module, "design_names", None))
+        names = getattr(pl_module, "design_names", None)
+        wide = self.stats.method == "moments"  # estimates only: inference needs (X'X)^-1
+        summaries = _estimates(self.fit, names) if wide else statistics.summarize(self.stats, self.has_bias, names)
         linear = hasattr(pl_module, "coefficients") and pl_module.coefficients() is not None
         fitted = _by_term(pl_module) if linear else {}
         records = coefficient_records(
@@ -144,13 +180,27 @@ class LeastSquaresReference(L.Callback):
         print(format_table(rows))
         shown = sorted(records, key=lambda r: -abs(r["t"]) if np.isfinite(r["t"]) else 0.0)
         shown = shown[: self.max_table_coefficients]
-        print(format_summary(shown, summaries, list(dict.fromkeys(r["target"] for r in records))))
+        targets = list(dict.fromkeys(r["target"] for r in records))
+        print(format_summary(shown, [] if wide else summaries, [] if wide else targets))
         path = self.log_dir / "coefficients.csv"
         write_coefficients(path, records)
         if len(shown) < len(records):
             print(f"({len(records) - len(shown)} more coefficients in {path}, the largest |t| shown first)")
         if not linear:
             print("(coefficients, the inference table and optimum/loss_gap apply to a linear model only)")
+
+
+def _estimates(fit: statistics.LeastSquares, names: list[str] | None) -> list[SimpleNamespace]:
+    """Per target, the least-squares estimates as `coefficient_records` reads a summary, the inference NaN."""
+    names = names or [f"x{j}" for j in range(fit.weight.shape[1])]
+    out = []
+    for weight, bias in zip(fit.weight, fit.bias, strict=True):
+        estimate = np.concatenate([[bias], weight]) if fit.fit_intercept else weight
+        nan = np.full(len(estimate), np.nan)
+        labels = (["(intercept)"] if fit.fit_intercept else []) + list(names)
+        out.append(SimpleNamespace(names=labels, estimate=estimate, std_error=nan, t_value=nan, p_value=nan))
+        out[-1].conf_low = out[-1].conf_high = nan
+    return out
 
 
 def _has_bias(pl_module: L.LightningModule) -> bool:
@@ -161,22 +211,40 @@ def _has_bias(pl_module: L.LightningModule) -> bool:
 
 
 def statistics_from_loader(trainer: L.Trainer, pl_module: L.LightningModule) -> statistics.SufficientStatistics:
-    """One pass over this rank's training batches, gathered over the ranks: for a DataModule without its own."""
-    encode = getattr(pl_module, "encoder", None)
+    """One pass over this rank's training batches, gathered over the ranks: for a DataModule without its own.
+
+    Statistics too wide for p x p matrices ("moments") get a `statistics.RowPasses` over the same loader.
+    """
     stats = None
-    for x, y in trainer.train_dataloader:
-        x, y = x.cpu().double(), y.cpu().double()
-        x = encode.double()(x) if encode is not None else x
+    for x, y in _loader_blocks(trainer, pl_module):
         stats = stats or statistics.SufficientStatistics(x.shape[1], y.shape[1])
-        stats.update(x.numpy(), y.numpy())
-    if encode is not None:
-        encode.float()
+        stats.update(x, y)
     if trainer.world_size > 1:
         gathered = trainer.strategy.all_gather(torch.from_numpy(stats.to_array()))
         stats = statistics.SufficientStatistics.combine(
             [statistics.SufficientStatistics.from_array(a) for a in gathered.cpu().numpy()]
         )
+    if stats.method == "moments":
+
+        def reduce(values: np.ndarray) -> np.ndarray:
+            tensor = torch.from_numpy(values).to(trainer.strategy.root_device)
+            return trainer.strategy.reduce(tensor, reduce_op="sum").cpu().numpy()
+
+        stats.rows = statistics.RowPasses(lambda: _loader_blocks(trainer, pl_module), stats.mean, reduce)
     return stats
+
+
+def _loader_blocks(trainer: L.Trainer, pl_module: L.LightningModule):
+    """This rank's training batches as float64 numpy (x, y), encoded as the model encodes them."""
+    encode = getattr(pl_module, "encoder", None)
+    try:
+        for x, y in trainer.train_dataloader:
+            x, y = x.cpu().double(), y.cpu().double()
+            x = encode.double()(x) if encode is not None else x
+            yield x.numpy(), y.numpy()
+    finally:
+        if encode is not None:
+            encode.float()
 
 
 def _by_term(pl_module: L.LightningModule) -> dict[tuple[int, str], float]:

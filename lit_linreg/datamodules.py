@@ -15,18 +15,21 @@ from typing import Literal
 
 import lightning as L
 import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
 import torch
 from lightning.pytorch.utilities import rank_zero_info
 
 from lit_linreg.encoding import TableEncoder, default_schema, design_names, needs_encoder
 from lit_linreg.errors import ConfigError, DataError
 from lit_linreg.loader import TensorLoader, batches_per_epoch, mixed_seed
-from lit_linreg.parquet import TEST, TRAIN, VAL, split_of
-from lit_linreg.statistics import SufficientStatistics, choose_method
+from lit_linreg.parquet import TEST, TRAIN, VAL, read_groups, split_of
+from lit_linreg.statistics import RowPasses, SufficientStatistics, choose_method
 from lit_linreg.stream import RowGroupStream
 from lit_linreg.tables import Format, Table
 
-STATISTICS_BLOCK = 65536  # rows per update of the statistics pass
+STATISTICS_BLOCK = 65536  # rows per update of the statistics pass, at most
+STATISTICS_BLOCK_VALUES = 1 << 22  # values per update, at most: 32 MiB of float64 whatever the width
 Rows = tuple[np.ndarray, np.ndarray]  # (x, y) float64 blocks of rows
 STAGE_SPLITS = {"fit": ("train", "val"), "validate": ("val",), "test": ("test",), "predict": ("predict",)}
 
@@ -140,13 +143,21 @@ class InMemoryDataModule(L.LightningDataModule):
         if self.trainer is not None and self.trainer.world_size > 1:
             gathered = self.trainer.strategy.all_gather(torch.from_numpy(stats.to_array()))  # (world_size, L)
             stats = SufficientStatistics.combine([SufficientStatistics.from_array(a) for a in gathered.cpu().numpy()])
+        if stats.method == "moments":  # too wide for X'X: the reference and lr auto pass over the rows again
+
+            def encoded() -> Iterator[Rows]:
+                for x, y in blocks():
+                    yield (encoder(torch.from_numpy(x)).numpy() if encoder is not None else x), y
+
+            stats.rows = RowPasses(encoded, stats.mean, self._sum_over_ranks)
         return stats
 
     def _memory_blocks(self) -> Iterator[Rows]:
         """The training rows held in memory as float64 blocks: never a float64 copy of them all at once."""
         x, y = self._train64 if self._train64 is not None else (t.cpu() for t in self.splits["train"])
-        for start in range(0, len(x), STATISTICS_BLOCK):
-            block = slice(start, start + STATISTICS_BLOCK)
+        rows = min(STATISTICS_BLOCK, max(1, STATISTICS_BLOCK_VALUES // (x.shape[1] + y.shape[1])))  # wide: fewer
+        for start in range(0, len(x), rows):
+            block = slice(start, start + rows)
             yield x[block].double().numpy(), y[block].double().numpy()
 
     def _rows_estimate(self) -> int:
@@ -399,6 +410,7 @@ class TableDataModule(InMemoryDataModule):
         self.in_memory, self.shuffle_buffer = in_memory, shuffle_buffer
         self._groups: list | None = None  # streaming: this rank's row groups
         self._counts: np.ndarray | None = None  # streaming: this rank's rows per split (TRAIN, VAL, TEST)
+        self._dropped = 0  # streaming: this rank's rows dropped for a missing value
         _check_fraction("val_fraction", val_fraction)
         _check_fraction("test_fraction", test_fraction)
         if val_fraction + test_fraction >= 1:
@@ -509,6 +521,7 @@ class TableDataModule(InMemoryDataModule):
             counts += np.bincount(codes, minlength=3)
             dropped, seen = dropped + n_dropped, seen + group.n_rows
             yield x[codes == TRAIN], y[codes == TRAIN]
+        self._dropped = dropped
         if self._counts is None and dropped:
             rank_zero_info(
                 f"{self.path}: dropped {dropped} of {seen} rows{' of this rank' if self._rank()[1] > 1 else ''}"
@@ -522,9 +535,34 @@ class TableDataModule(InMemoryDataModule):
         return x, y, split_of(self.seed, rows, self.val_fraction, self.test_fraction), group.n_rows - len(rows)
 
     def _split_rows(self, group, split: int) -> tuple[torch.Tensor, torch.Tensor]:
-        x, y, codes, _ = self._read_group(group)
-        keep = codes == split
-        return torch.from_numpy(x[keep]).float(), torch.from_numpy(y[keep]).float()
+        """One row group's rows of `split`, as float32 training tensors: what a stream reads every epoch.
+
+        The statistics pass has read and checked every cell already, so numeric columns of a numeric type take a
+        fast path: cast to float32 by pyarrow (the same rounding as float64 then float32), rows with a missing
+        value dropped. Categorical or text-typed columns go through `_read`.
+        """
+        table = self._table(self.path)
+        names = [*self.feature_names, *self.target_names]
+        if self._schema["categories"] or any(table.kinds.get(name) != "number" for name in names):
+            x, y, codes, _ = self._read_group(group)
+            keep = codes == split
+            return torch.from_numpy(x[keep]).float(), torch.from_numpy(y[keep]).float()
+        columns = read_groups([group], names)
+        values = np.empty((columns.num_rows, len(names)), dtype=np.float32)  # (n, features + targets)
+        for j, name in enumerate(names):
+            column = columns.column(name)
+            if not pa.types.is_floating(column.type):  # integers: exactly as float64 first, then float32
+                column = pc.cast(column, pa.float64())
+            values[:, j] = pc.cast(column, pa.float32()).to_numpy(zero_copy_only=False)
+        rows = group.first_row + np.arange(len(values))
+        if self._dropped:  # the statistics pass found rows to drop: find them again
+            missing = np.isnan(values)
+            if self.missing == "mean":  # features stay NaN for the model to fill; a missing target drops its row
+                missing[:, : self.in_features] = False
+            keep = ~missing.any(axis=1)
+            values, rows = values[keep], rows[keep]
+        values = torch.from_numpy(values[split_of(self.seed, rows, self.val_fraction, self.test_fraction) == split])
+        return values[:, : self.in_features], values[:, self.in_features :]
 
     def _stream(self, split: int, shuffle: bool = False, n_batches: int | None = None) -> RowGroupStream:
         return RowGroupStream(
@@ -713,7 +751,7 @@ def _missing_cells(values: np.ndarray) -> np.ndarray:
 
 def _check_float32(path: Path, table: Table, values: np.ndarray, names: list[str]) -> None:
     """Refuse a value that float32, the training precision, cannot hold."""
-    too_large = np.abs(np.nan_to_num(values)) > np.finfo(np.float32).max
+    too_large = np.abs(values) > np.finfo(np.float32).max  # NaN compares False
     if too_large.any():
         row, column = np.argwhere(too_large)[0]
         raise DataError(f"{table._where(int(row), names[column])}: {values[row, column]:g} is too large for float32")

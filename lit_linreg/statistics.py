@@ -12,13 +12,17 @@ first row seen:
   keeps 6 of 15); a step or two of iterative refinement against these sums recovers them.
 
 Everything below is computed from those in O(p^3) at most, with no second pass over the data.
+
+Above `EXACT_MAX_COLUMNS` no p x p matrix is formed: the pass keeps O(p) moments (`method="moments"`) and a
+`RowPasses`, a way back to the rows, through which the least-squares answer (conjugate gradient) and the
+Hessian's eigenvalues (Lanczos) come from matrix-vector passes over them.
 Shapes: N rows, d features, k targets, q design columns (1 + d with an intercept, d without).
 Only numpy is imported here; scipy is imported by `summarize`, the one function that needs distributions.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -30,13 +34,23 @@ The QR update with its exact sums costs about 25 times X'X (1.6 s per million ro
 several training epochs of a tall table; the float64 Gram matrix costs about 5 times X'X, under one epoch.
 Ill-conditioned real tables are mostly short; `LeastSquaresReference` says how many digits a Gram solve keeps.
 """
-QR_MAX_COLUMNS = 4096
-"""Widest [1, X, Y] (1 + d + k columns) accumulated as a QR factor under `method="auto"`.
+EXACT_MAX_COLUMNS = 2048
+"""Widest [1, X, Y] (1 + d + k columns) whose p x p statistics are accumulated under `method="auto"`.
 
-Past it the p x p factors get expensive to merge, stack and invert (O(p^3)), so wider tables accumulate the
-shifted Gram matrix A'A in float64 instead: the normal equations, which square the condition number (fine for
-well-conditioned wide data, lossy for nearly collinear columns), are not refined, and judge rank to sqrt(d eps).
+The exact reference costs O(N p^2) for the pass and O(p^3) for the solve, diagnostics, summary and `lr: auto`
+(a handful of SVDs and inverses), against O(N d) for an epoch. Measured on 2 cores, 16,384 rows: 2.3 s and
+0.4 GB at 512 features, 69 s and 1.6 GB at 2,048 (47 s of it O(p^3), whatever N); at 4,094 features, even on
+4,096 rows, 520 s and 1.9 GB. Wider tables keep O(p) moments instead ("moments") and pass over the rows (see
+`RowPasses`): at 4,094 features and 16,384 rows, 35 CG passes and 32 Lanczos passes took about 20 s each, in
+the rows' own memory plus 0.1 GB. Neither a summary nor collinearity diagnostics there: both need (X'X)^-1
+or its eigenvectors.
 """
+ITERATIVE_MAX_PASSES = 500
+"""Most conjugate-gradient steps (one pass over the rows each) `solve` takes above `EXACT_MAX_COLUMNS`."""
+ITERATIVE_TOLERANCE = 1e-10
+"""CG stops at this relative residual ||Z'(T - Z U)|| / ||Z'T|| of the standardized normal equations."""
+LANCZOS_STEPS = 32
+"""Lanczos steps (one pass over the rows each) behind the Hessian's eigenvalues above `EXACT_MAX_COLUMNS`."""
 COLLINEARITY_INDEX = 30.0
 """Belsley, Kuh & Welsch (1980): a condition index sqrt(lambda_max / lambda_i) above 30 marks a near-dependency."""
 VARIANCE_PROPORTION = 0.5
@@ -44,15 +58,18 @@ VARIANCE_PROPORTION = 0.5
 REFINE_BELOW = 0.01
 """Refine a solution when cond^2 * eps, the contraction of a refinement step, is below this (cond < 7e6)."""
 
-_METHODS = ("qr", "gram")
+_METHODS = ("qr", "gram", "moments")
 _HEADER = 4  # to_array: d, k, method, N; then the shift, then the upper triangles of the state and exact sums
+_PASS_VALUES = 1 << 22  # values of [X, Y] per sub-block of a row pass: 32 MB of float64 temporaries
 _EXACT_ROWS = 4096  # rows per exact product: 2 * _SLICE_BITS + log2(4096) <= 53 keeps every sum exact
 _SLICE_BITS = 20
 
 
 def choose_method(n_rows: int, n_columns: int) -> str:
-    """ "qr" for a table of at most `QR_MAX_ROWS` rows and `QR_MAX_COLUMNS` columns of [1, X, Y], else "gram"."""
-    return "qr" if n_rows <= QR_MAX_ROWS and n_columns <= QR_MAX_COLUMNS else "gram"
+    """ "moments" above `EXACT_MAX_COLUMNS` columns of [1, X, Y]; else "qr" up to `QR_MAX_ROWS` rows, "gram" above."""
+    if n_columns > EXACT_MAX_COLUMNS:
+        return "moments"
+    return "qr" if n_rows <= QR_MAX_ROWS else "gram"
 
 
 class SufficientStatistics:
@@ -69,8 +86,13 @@ class SufficientStatistics:
     Args:
         n_features: d, the columns of x.
         n_targets: k, the columns of y.
-        method: "qr" keeps R and the exact sums; "gram" keeps A'A in float64 (see `QR_MAX_COLUMNS`); "auto"
-            picks "qr" up to `QR_MAX_COLUMNS` columns.
+        method: "qr" keeps R and the exact sums; "gram" keeps A'A in float64 (see `QR_MAX_ROWS`); "moments"
+            keeps O(p): the means, the centred sums of squares and the centred cross-products of each target
+            with [X, Y], merged as Chan, Golub & LeVeque do, and needs `rows` for a solve (see `RowPasses`);
+            "auto" picks "qr" up to `EXACT_MAX_COLUMNS` columns, "moments" above.
+
+    Attributes:
+        rows: A `RowPasses` over the same rows, set by whoever made the pass; used in "moments" mode only.
     """
 
     def __init__(self, n_features: int, n_targets: int = 1, method: str = "auto") -> None:
@@ -80,10 +102,14 @@ class SufficientStatistics:
             raise ValueError(f"need n_features >= 1 and n_targets >= 1, got {n_features} and {n_targets}")
         self.n_features, self.n_targets = n_features, n_targets
         p = 1 + n_features + n_targets
-        self.method = ("gram" if p > QR_MAX_COLUMNS else "qr") if method == "auto" else method
+        self.method = ("moments" if p > EXACT_MAX_COLUMNS else "qr") if method == "auto" else method
         self.n = 0
-        self.shift = np.zeros(n_features + n_targets)  # (d + k,) c, the first row seen
-        self._state = np.zeros((p, p))  # R, or A'A in "gram" mode, of [1, A - c]
+        self.shift = np.zeros(n_features + n_targets)  # (d + k,) c, the first row seen; the mean in "moments" mode
+        self.rows: RowPasses | None = None
+        if self.method == "moments":  # (1 + k, d + k): centred sums of squares, then Y_c'[X, Y]_c row by row
+            self._state = np.zeros((1 + n_targets, n_features + n_targets))
+        else:
+            self._state = np.zeros((p, p))  # R, or A'A in "gram" mode, of [1, A - c]
         self._exact = np.zeros((2, p, p)) if self.method == "qr" else None  # [1, X, Y]'[1, X, Y] as hi + lo
         self._factor: np.ndarray | None = None
 
@@ -101,6 +127,11 @@ class SufficientStatistics:
                 f"expected x (B, {self.n_features}) and y (B, {self.n_targets}), got {x.shape} and {y.shape}"
             )
         if len(x) == 0:
+            return self
+        if self.method == "moments":  # in sub-blocks, so the temporaries stay small whatever the width
+            step = max(1, _PASS_VALUES // self.width)
+            for start in range(0, len(x), step):
+                self._update_moments(np.hstack([x[start : start + step], y[start : start + step]]))
             return self
         if self.n == 0:
             self.shift = np.concatenate([x[0], y[0]])
@@ -129,6 +160,16 @@ class SufficientStatistics:
         self._factor = None
         return self
 
+    def _update_moments(self, block: np.ndarray) -> None:
+        """Adds a block (B, d + k) of [x, y] to the moments: its own centred sums, then Chan's merge."""
+        mean = block.mean(axis=0)
+        centred = block - mean
+        state = np.vstack([np.square(centred).sum(0), centred[:, self.n_features :].T @ centred])
+        if not np.isfinite(state).all():
+            raise ValueError("x and y must be finite: a NaN or inf would spoil every statistic")
+        self.shift, self._state = _merge_moments((self.n, self.shift, self._state), (len(block), mean, state))
+        self.n += len(block)
+
     def merge(self, other: SufficientStatistics) -> SufficientStatistics:
         """Adds another accumulator's rows to this one. Returns self."""
         vars(self).update(vars(SufficientStatistics.combine([self, other])))
@@ -145,6 +186,13 @@ class SufficientStatistics:
         filled = [part for part in parts if part.n > 0]
         if not filled:
             return total
+        if total.method == "moments":
+            for part in filled:
+                total.shift, total._state = _merge_moments(
+                    (total.n, total.shift, total._state), (part.n, part.shift, part._state)
+                )
+                total.n += part.n
+            return total
         total.shift = filled[0].shift.copy()
         states = [_reshift(part._state, part.method, part.n, total.shift - part.shift) for part in filled]
         total._state = _triangular(np.vstack(states)) if total.method == "qr" else np.sum(states, axis=0)
@@ -157,6 +205,9 @@ class SufficientStatistics:
 
     def to_array(self) -> np.ndarray:
         """Everything in one float64 vector, for `torch.distributed.all_gather`."""
+        header = [self.n_features, self.n_targets, _METHODS.index(self.method), self.n]
+        if self.method == "moments":
+            return np.concatenate([np.asarray(header, dtype=np.float64), self.shift, self._state.ravel()])
         upper = np.triu_indices(self.width)
         matrices = [self._state] if self._exact is None else [self._state, *self._exact]
         header = [self.n_features, self.n_targets, _METHODS.index(self.method), self.n]
@@ -168,6 +219,12 @@ class SufficientStatistics:
         array = np.asarray(array, dtype=np.float64)
         d, k, method, n = (int(v) for v in array[:_HEADER])
         stats = cls(d, k, _METHODS[method])
+        if stats.method == "moments":
+            if array.size != _HEADER + d + k + stats._state.size:
+                raise ValueError(f"an array of {array.size} values is not the flattened statistics of d={d}, k={k}")
+            stats.n, stats.shift = n, array[_HEADER : _HEADER + d + k].copy()
+            stats._state = array[_HEADER + d + k :].reshape(stats._state.shape).copy()
+            return stats
         upper, size = np.triu_indices(stats.width), stats.width * (stats.width + 1) // 2
         matrices = [stats._state] if stats._exact is None else [stats._state, *stats._exact]
         if array.size != _HEADER + d + k + len(matrices) * size:
@@ -185,6 +242,8 @@ class SufficientStatistics:
         """R (p, p), upper triangular with a non-negative diagonal: R'R = A'A for A = [1, X - c_x, Y - c_y]."""
         if self.n == 0:
             raise ValueError("no rows accumulated yet")
+        if self.method == "moments":
+            raise ValueError(f"{self.width} columns > EXACT_MAX_COLUMNS = {EXACT_MAX_COLUMNS}: no p x p factor kept")
         if self._factor is None:
             if self.method == "qr":
                 self._factor = self._state
@@ -199,6 +258,8 @@ class SufficientStatistics:
     @property
     def mean(self) -> np.ndarray:
         """(d + k,) column means of [X, Y]: the shift plus the mean of the shifted columns."""
+        if self.method == "moments":
+            return self.shift.copy()
         r = self.factor()
         return self.shift + r[0, 1:] / r[0, 0]
 
@@ -209,7 +270,10 @@ class SufficientStatistics:
         Rows 1: of R hold the columns centred on their exact mean, so no sum of squares minus a squared mean
         (which cancels catastrophically when mean >> std) is ever formed.
         """
-        std = np.linalg.norm(self.factor()[1:, 1:], axis=0) / np.sqrt(self.n)
+        if self.method == "moments":
+            std = np.sqrt(self._state[0] / self.n)
+        else:
+            std = np.linalg.norm(self.factor()[1:, 1:], axis=0) / np.sqrt(self.n)
         return np.where(std > 0, std, 1.0)
 
     @property
@@ -232,7 +296,68 @@ class SufficientStatistics:
         """[1, X, Y]'[1, X, Y] (p, p) in raw units: N, the column sums, X'X, X'Y and Y'Y are its blocks."""
         if self._exact is not None:
             return self._exact[0] + self._exact[1]
+        if self.method == "moments":
+            raise ValueError(f"{self.width} columns > EXACT_MAX_COLUMNS = {EXACT_MAX_COLUMNS}: no Gram matrix kept")
         return _reshift(self._state, "gram", self.n, -self.shift)
+
+
+def _merge_moments(a: tuple, b: tuple) -> tuple[np.ndarray, np.ndarray]:
+    """The mean and state of two sets of rows, each (n, mean (d + k,), state (1 + k, d + k)); Chan et al. (1979)."""
+    (n_a, mean_a, state_a), (n_b, mean_b, state_b) = a, b
+    if n_a == 0:
+        return mean_b.copy(), state_b.copy()
+    n, delta = n_a + n_b, mean_b - mean_a
+    k = len(state_a) - 1
+    correction = np.outer(delta[-k:], delta) * (n_a * n_b / n)  # (k, d + k)
+    state = state_a + state_b + np.vstack([np.square(delta) * (n_a * n_b / n), correction])
+    return mean_a + delta * (n_b / n), state
+
+
+class RowPasses:
+    """Matrix-vector passes over the training rows: how statistics too wide for X'X reach an answer.
+
+    Each call is one pass, O(N d m), over every rank's rows (each rank its own share, summed by `reduce`).
+    Every rank must make the same calls, as DDP's collectives do; the solvers here are deterministic.
+
+    Args:
+        blocks: Returns a fresh iterator over this rank's rows as (x (B, d), y (B, k)) float64 blocks, encoded
+            as the model encodes them: the rows the statistics were accumulated from.
+        mean: (d + k,) the column means of [X, Y] over every rank's rows.
+        reduce: Sums an array over the ranks; the identity on one process.
+    """
+
+    def __init__(
+        self,
+        blocks: Callable[[], Iterable[tuple[np.ndarray, np.ndarray]]],
+        mean: np.ndarray,
+        reduce: Callable[[np.ndarray], np.ndarray] | None = None,
+    ) -> None:
+        self.blocks, self.mean, self.reduce = blocks, np.asarray(mean, dtype=np.float64), reduce or (lambda a: a)
+        self.count = 0  # passes made so far
+
+    def __call__(self, w: np.ndarray, targets: bool) -> tuple[np.ndarray, np.ndarray]:
+        """X_c'(Y_c - X_c w) (d, m) and ||Y_c - X_c w||^2 (m,) for w (d, m), with Y_c = 0 unless `targets` (m = k).
+
+        X_c, Y_c are the columns centred on `mean`; each block is cut into sub-blocks of `_PASS_VALUES`, so
+        the temporaries stay small whatever the width.
+        """
+        d = len(w)
+        mean_x, mean_y = self.mean[:d], self.mean[d:]
+        gradient, squares = np.zeros(w.shape), np.zeros(w.shape[1])
+        step = max(1, _PASS_VALUES // d)
+        buffer = np.empty((step, d))  # reused: a fresh 32 MB array a sub-block costs its page faults every time
+        for x, y in self.blocks():
+            for start in range(0, len(x), step):
+                rows = x[start : start + step]
+                centred = np.subtract(rows, mean_x, out=buffer[: len(rows)])  # (b, d)
+                residual = -(centred @ w)  # (b, m)
+                if targets:
+                    residual += y[start : start + step] - mean_y
+                gradient += centred.T @ residual
+                squares += np.square(residual).sum(0)
+        total = self.reduce(np.concatenate([gradient.ravel(), squares]))
+        self.count += 1
+        return total[: gradient.size].reshape(gradient.shape), total[gradient.size :]
 
 
 def _triangular(a: np.ndarray) -> np.ndarray:
@@ -335,21 +460,30 @@ class LeastSquares:
     Attributes:
         weight: (k, d) coefficients in original units.
         bias: (k,) intercepts; zeros when fitted without one.
-        rank: Rank of the design, the intercept column included, judged on column-standardized features.
+        rank: Rank of the design, the intercept column included, judged on column-standardized features;
+            None when solved by passes (above `EXACT_MAX_COLUMNS`), which judge no rank.
         n: Rows.
         sse: (k,) residual sum of squares per target.
         fit_intercept: Whether an intercept was fitted.
+        passes: Passes over the rows the solve took; 0 when solved from the p x p statistics.
+        residual: The relative residual of the standardized normal equations reached by passes (0 when exact).
+        converged: Whether that residual reached `ITERATIVE_TOLERANCE` (always, when exact).
     """
 
     weight: np.ndarray
     bias: np.ndarray
-    rank: int
+    rank: int | None
     n: int
     sse: np.ndarray
     fit_intercept: bool
-    _r: np.ndarray = field(repr=False)  # (1 + d, 1 + d) R of [1, X - c_x]
-    _shift: np.ndarray = field(repr=False)  # (d,) c_x
+    _r: np.ndarray | None = field(repr=False)  # (1 + d, 1 + d) R of [1, X - c_x]; None when solved by passes
+    _shift: np.ndarray = field(repr=False)  # (d,) c_x (the mean of x when solved by passes)
     _residual_sum: np.ndarray = field(repr=False)  # (k,) 1'(y - X w - b) at the optimum: zero with an intercept
+    passes: int = 0
+    residual: float = 0.0
+    converged: bool = True
+    _rows: RowPasses | None = field(default=None, repr=False)
+    _xc_residual: np.ndarray | None = field(default=None, repr=False)  # (d, k) X_c'(y - X w - b) at the optimum
 
     @property
     def mse(self) -> float:
@@ -365,6 +499,11 @@ class LeastSquares:
         """
         dw = np.asarray(weight, dtype=np.float64).reshape(self.weight.shape) - self.weight  # (k, d)
         db = (0.0 if bias is None else np.asarray(bias, dtype=np.float64)) - self.bias  # (k,)
+        if self._r is None:  # one pass: ||X_c dw||^2 + N c^2 - 2 dw'X_c'r* - 2 c 1'r*, with c = db + dw m
+            offset = db + dw @ self._shift  # (k,)
+            quad = self._rows(dw.T, targets=False)[1].sum() + self.n * np.square(offset).sum()
+            linear = np.sum(dw.T * self._xc_residual) + np.dot(offset, self._residual_sum)
+            return float((quad - 2.0 * linear) / (self.n * len(self.sse)))
         dtheta = np.concatenate([(db + dw @ self._shift)[:, None], dw], axis=1)  # (k, 1 + d) on [1, X - c_x]
         quad = np.square(dtheta @ self._r.T).sum()
         return float((quad - 2.0 * np.dot(db, self._residual_sum)) / (self.n * len(self.sse)))
@@ -378,7 +517,12 @@ def solve(stats: SufficientStatistics, fit_intercept: bool = True) -> LeastSquar
     against the exact sums (see `_refine`). A rank-deficient X (a duplicated or constant column) gets the
     minimum-norm solution in standardized units, the one full-batch gradient descent from zero on standardized
     data converges to: a constant column gets weight 0, duplicated columns share it equally.
+
+    Above `EXACT_MAX_COLUMNS` ("moments" statistics) the same standardized problem is solved by conjugate
+    gradient over the rows instead (see `_solve_by_passes`); check `converged` before trusting it.
     """
+    if stats.method == "moments":
+        return _solve_by_passes(stats, fit_intercept)
     d, k = stats.n_features, stats.n_targets
     design, targets, rest = _blocks(stats, fit_intercept)
     scale = stats.x_std  # (d,)
@@ -403,6 +547,72 @@ def solve(stats: SufficientStatistics, fit_intercept: bool = True) -> LeastSquar
         _r=stats.factor()[: 1 + d, : 1 + d],
         _shift=stats.shift[:d],
         _residual_sum=residual_sum,
+    )
+
+
+def _solve_by_passes(stats: SufficientStatistics, fit_intercept: bool) -> LeastSquares:
+    """Conjugate gradient on the standardized normal equations (Z'Z / N) u = Z'T / N, one pass over the rows a step.
+
+    Z = X_c / s with an intercept (which then decouples, b = mean_y - w'mean_x); without one the raw X / s, whose
+    normal matrix is X_c'X_c + N m m' in the same units. Every target runs its own CG, all in the same passes.
+    From u = 0 the iterates stay in the row space of Z: a rank-deficient design gets the minimum-norm solution
+    in standardized units, as `solve` gives it. It stops at `ITERATIVE_TOLERANCE` or after `ITERATIVE_MAX_PASSES`
+    steps; then one more pass gives the true residual, the SSE, and what `LeastSquares.gap` needs.
+    """
+    rows = stats.rows
+    if rows is None:
+        raise ValueError(f"{stats.width} columns > EXACT_MAX_COLUMNS = {EXACT_MAX_COLUMNS} and no rows to pass over")
+    d, k, n = stats.n_features, stats.n_targets, stats.n
+    mean_x, mean_y, scale = stats.x_mean, stats.y_mean, stats.x_std[:, None]
+
+    def gradient(w: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """The normal equations' residual X'(Y - X w - b) (d, k) in the fit's own terms, SSE (k,), X_c'r, 1'r."""
+        xc_residual, sse = rows(w, targets=True)
+        residual_sum = np.zeros(k) if fit_intercept else n * (mean_y - w.T @ mean_x)
+        return (
+            xc_residual + np.outer(mean_x, residual_sum),
+            sse + np.square(residual_sum) / n,
+            xc_residual,
+            residual_sum,
+        )
+
+    def normal(v: np.ndarray) -> np.ndarray:  # (Z'Z) v in standardized units
+        product = -rows(v / scale, targets=False)[0]
+        if not fit_intercept:
+            product += n * np.outer(mean_x, mean_x @ (v / scale))
+        return product / scale
+
+    u, residual = np.zeros((d, k)), gradient(np.zeros((d, k)))[0] / scale
+    direction, squares = residual.copy(), np.square(residual).sum(0)
+    start = np.sqrt(squares)
+    steps = 0
+    while steps < ITERATIVE_MAX_PASSES and (np.sqrt(squares) > ITERATIVE_TOLERANCE * start).any():
+        product = normal(direction)
+        curvature = (direction * product).sum(0)
+        alpha = np.divide(squares, curvature, out=np.zeros(k), where=curvature > 0)
+        u, residual = u + alpha * direction, residual - alpha * product
+        new = np.square(residual).sum(0)
+        direction = residual + np.divide(new, squares, out=np.zeros(k), where=squares > 0) * direction
+        squares, steps = new, steps + 1
+    w = u / scale  # (d, k)
+    true, sse, xc_residual, residual_sum = gradient(w)
+    reached = np.linalg.norm(true / scale, axis=0) / np.where(start > 0, start, 1.0)
+    bias = mean_y - w.T @ mean_x if fit_intercept else np.zeros(k)
+    return LeastSquares(
+        weight=w.T,
+        bias=bias,
+        rank=None,
+        n=n,
+        sse=sse,
+        fit_intercept=fit_intercept,
+        _r=None,
+        _shift=mean_x,
+        _residual_sum=residual_sum,
+        passes=steps + 2,
+        residual=float(reached.max()),
+        converged=bool(reached.max() <= 100 * ITERATIVE_TOLERANCE),
+        _rows=rows,
+        _xc_residual=xc_residual,
     )
 
 
@@ -529,11 +739,67 @@ def hessian_eigenvalues(stats: SufficientStatistics, k: int, has_bias: bool) -> 
     (t - z w - b)^2, each output's Hessian in (w, b) is H = (2 / (N k)) [Z 1]'[Z 1] = (2 / k) [[C, 0], [0, 1]],
     since Z is centred (Z'1 = 0) and C = Z'Z / N. So its eigenvalues are (2 / k) eig(C), plus 2 / k for the
     bias; the same for every output. Without a bias, (2 / k) eig(C).
+
+    Above `EXACT_MAX_COLUMNS`, estimates from `LANCZOS_STEPS` passes over the rows (see `lanczos_eigenvalues`).
     """
-    eigenvalues = correlation_spectrum(stats)[0]
+    if stats.method == "moments":  # C v = X_c'X_c (v / s) / (N s): one pass a product
+        scale = stats.x_std
+
+        def product(v: np.ndarray) -> np.ndarray:
+            return -stats.rows((v / scale)[:, None], targets=False)[0][:, 0] / (stats.n * scale)
+
+        eigenvalues = lanczos_eigenvalues(product, stats.n_features)
+    else:
+        eigenvalues = correlation_spectrum(stats)[0]
     if has_bias:
         eigenvalues = np.sort(np.append(eigenvalues, 1.0))
     return 2.0 / k * eigenvalues
+
+
+def raw_hessian_eigenvalues(stats: SufficientStatistics, k: int, has_bias: bool) -> np.ndarray:
+    """Estimates, as `lanczos_eigenvalues` gives them, of the eigenvalues of H = (2 / (N k)) [X 1]'[X 1] of raw data.
+
+    For statistics too wide for the Gram matrix, which gives them exactly ("moments" mode): [X 1] [v; c] is
+    X_c v + (m'v + c) 1, so H's product needs one pass and the means.
+    """
+    d, n, mean = stats.n_features, stats.n, stats.x_mean
+
+    def product(v: np.ndarray) -> np.ndarray:
+        offset = mean @ v[:d] + (v[d] if has_bias else 0.0)
+        out = np.append(-stats.rows(v[:d, None], False)[0][:, 0] + n * offset * mean, n * offset)
+        return 2.0 / (n * k) * (out if has_bias else out[:d])
+
+    return lanczos_eigenvalues(product, d + has_bias)
+
+
+def lanczos_eigenvalues(product: Callable[[np.ndarray], np.ndarray], dim: int, steps: int | None = None) -> np.ndarray:
+    """Ritz values, ascending, of a symmetric positive semi-definite operator after `steps` Lanczos steps.
+
+    One `product` a step (a pass over the rows; `LANCZOS_STEPS` by default), full reorthogonalization against
+    the (steps, dim) basis, and a fixed start, so every DDP rank takes the same steps. The extreme values
+    converge first: the largest is raised by its residual bound beta |y_last|, so it is at least the eigenvalue
+    it approximates, which is what a largest stable learning rate needs; the smallest is at least the smallest
+    eigenvalue (a heavy ball tuned to it is slower, never unstable).
+    """
+    steps = min(steps or LANCZOS_STEPS, dim)
+    basis = np.zeros((steps, dim))
+    q = np.random.default_rng(0).standard_normal(dim)
+    q /= np.linalg.norm(q)
+    alphas, betas = [], []
+    for j in range(steps):
+        basis[j] = q
+        w = product(q)
+        alphas.append(float(q @ w))
+        for _ in range(2):  # twice is enough (Kahan, Parlett)
+            w -= basis[: j + 1].T @ (basis[: j + 1] @ w)
+        betas.append(float(np.linalg.norm(w)))
+        if betas[-1] <= 1e-12 * max(abs(a) for a in alphas):  # an invariant subspace: the values are exact
+            break
+        q = w / betas[-1]
+    tridiagonal = np.diag(alphas) + np.diag(betas[:-1], 1) + np.diag(betas[:-1], -1)
+    values, vectors = np.linalg.eigh(tridiagonal)
+    values[-1] += betas[-1] * abs(vectors[-1, -1])
+    return np.clip(values, 0.0, None)
 
 
 def max_stable_lr(eigenvalues: np.ndarray) -> float:

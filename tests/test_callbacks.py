@@ -1,5 +1,6 @@
 import csv
 import json
+import re
 import socket
 import subprocess
 import sys
@@ -155,3 +156,51 @@ def test_a_real_tensorboard_server_serves_the_run(crop_run):
         server.terminate()
         server.wait(timeout=30)
     assert server.returncode is not None
+
+
+WIDE = ["--config", config("synthetic.yaml"), "--data.n_samples", "4096", "--data.n_features", "40"]
+WIDE += ["--data.batch_size", "null", "--trainer.max_epochs", "30"]
+
+
+def test_a_table_wider_than_the_limit_gets_its_optimum_by_conjugate_gradient(
+    run_cli, tmp_path, capsys, caplog, monkeypatch
+):
+    from lit_linreg import SyntheticDataModule, statistics
+
+    monkeypatch.setattr(statistics, "EXACT_MAX_COLUMNS", 16)  # 42 columns of [1, X, Y] are then "wide"
+    assert run_cli("fit", *WIDE, "--model.lr", "auto", "--model.momentum", "auto") == 0
+    captured = capsys.readouterr()
+    line = re.search(
+        r"least squares: train MSE (\S+) by conjugate gradient \((.*)\): (\d+) passes.*residual (\S+);", captured.out
+    )
+    assert line[2] == "42 columns of [1, X, Y] > statistics.EXACT_MAX_COLUMNS = 16"
+    assert int(line[3]) < 30 and float(line[4]) < 1e-8
+    assert "no collinearity diagnostics or standard errors at this width" in captured.out
+    assert "Lanczos estimates from 32 passes over the rows: Hessian eigenvalues" in caplog.text
+    logged = scalars(latest_version(tmp_path / "runs"))
+    assert not any(tag.startswith("diagnostics/") for tag in logged)  # absent, not approximate
+    dm = SyntheticDataModule(n_samples=4096, n_features=40)
+    dm.setup("fit")
+    x, y = (t.double().numpy() for t in dm.splits["train"])
+    design = np.column_stack([np.ones(len(x)), x])
+    optimum = np.square(y - design @ np.linalg.lstsq(design, y, rcond=None)[0]).mean()
+    assert logged["optimum/loss"][0][1] == pytest.approx(optimum, rel=1e-6)  # a float32 tag
+    assert float(line[1]) == pytest.approx(optimum, rel=1e-5)
+    gaps = [v for _, v in logged["optimum/loss_gap"]]
+    assert len(gaps) == 30 and min(gaps) >= 0 and gaps[-1] < 1e-6 * optimum  # heavy ball at condition number 1.5
+
+
+def test_a_wide_solve_that_does_not_converge_turns_the_reference_off(run_cli, tmp_path, capsys, monkeypatch):
+    from lit_linreg import statistics
+
+    monkeypatch.setattr(statistics, "EXACT_MAX_COLUMNS", 16)
+    monkeypatch.setattr(statistics, "ITERATIVE_MAX_PASSES", 2)
+    assert run_cli("fit", *WIDE, "--trainer.max_epochs", "2") == 0
+    out = capsys.readouterr().out
+    assert re.search(
+        r"least squares: reference off: conjugate gradient \(42 columns of \[1, X, Y\] > statistics.EXACT_MAX_COLUMNS"
+        r" = 16\) stopped after 4 passes over the training rows, relative residual \S+, short of"
+        r" statistics.ITERATIVE_TOLERANCE = 1e-10: no optimum/\* tags",
+        out,
+    )
+    assert not any(tag.startswith(("optimum/", "diagnostics/")) for tag in scalars(latest_version(tmp_path / "runs")))

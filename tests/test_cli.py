@@ -63,6 +63,7 @@ def test_print_config_round_trip_runs_unchanged(run_process, tmp_path):
     assert rerun.returncode == 0, rerun.stderr[-2000:]
 
 
+@pytest.mark.slow  # DDP in the default suite: tests/test_stream.py's two processes on a Parquet table
 def test_ddp_on_two_cpu_processes_gives_the_single_process_weights(run_cli, run_process, tmp_path):
     assert run_cli("fit", "--config", config("toy.yaml"), root=tmp_path / "single") == 0
     ddp = ["--trainer.strategy", "ddp", "--trainer.devices", "2", "--trainer.accelerator", "cpu"]

@@ -9,7 +9,9 @@ import pytest
 import statsmodels.api as sm
 from statsmodels.datasets import longley, macrodata, star98
 
+from lit_linreg import statistics
 from lit_linreg.statistics import (
+    RowPasses,
     SufficientStatistics,
     collinear_groups,
     diagnose,
@@ -320,3 +322,74 @@ def test_collinear_columns_are_named_as_one_group():
     diagnostics = diagnose(stats, k=1, has_bias=True, names=names)
     assert diagnostics.describe().endswith("collinear: {x1, x2, x3}")
     assert (diagnostics.vif[:3] > 10).all() and diagnostics.vif[3] < 1.1
+
+
+# ------------------------------------------------------------------------ wide tables (above EXACT_MAX_COLUMNS)
+
+
+@pytest.fixture
+def wide(monkeypatch):
+    """A 2,000 x 60 table, two targets, past a limit lowered to 16 columns: its moments, with passes over it."""
+    monkeypatch.setattr(statistics, "EXACT_MAX_COLUMNS", 16)
+    x, y = table(seed=7, n=2000, d=60, k=2)
+    stats = accumulate(x, y, 333)  # method "auto"
+    stats.rows = RowPasses(lambda: ((x[s : s + 500], y[s : s + 500]) for s in range(0, len(x), 500)), stats.mean)
+    return x, y, stats
+
+
+def test_wide_statistics_keep_no_d_by_d_array_and_still_standardize(wide):
+    x, y, stats = wide
+    assert stats.method == "moments"
+    arrays = [v for v in vars(stats).values() if isinstance(v, np.ndarray)]
+    assert max(a.size for a in arrays) == 3 * 62  # (1 + k, d + k): nothing of size d^2 = 3,600
+    np.testing.assert_allclose(stats.x_mean, x.mean(0), rtol=1e-13)
+    np.testing.assert_allclose(stats.x_std, x.std(0), rtol=1e-12)
+    np.testing.assert_allclose(stats.y_std, y.std(0), rtol=1e-12)
+    parts = [accumulate(x[:700], y[:700], 99), SufficientStatistics(60, 2), accumulate(x[700:], y[700:])]
+    total = SufficientStatistics.combine([SufficientStatistics.from_array(p.to_array()) for p in parts])
+    assert total.n == 2000 and total.to_array().size == 4 + 62 + 3 * 62
+    np.testing.assert_allclose(total.std, stats.std, rtol=1e-13)
+    with pytest.raises(ValueError, match="63 columns > EXACT_MAX_COLUMNS = 16: no p x p factor kept"):
+        stats.factor()
+
+
+@pytest.mark.parametrize("fit_intercept", [True, False])
+def test_wide_solve_by_conjugate_gradient_matches_numpy_lstsq(wide, fit_intercept):
+    x, y, stats = wide
+    fit = solve(stats, fit_intercept)
+    design = np.column_stack([np.ones(len(x)), x]) if fit_intercept else x
+    theta = np.linalg.lstsq(design, y, rcond=None)[0]
+    weight, bias = (theta[1:].T, theta[0]) if fit_intercept else (theta.T, np.zeros(2))
+    assert fit.converged and fit.residual < 100 * statistics.ITERATIVE_TOLERANCE and fit.passes < 60
+    assert fit.rank is None  # passes judge no rank
+    # Standardized, the design's condition number is 1.4 with an intercept, 390 without (means up to 50 stds):
+    # the normal equations square it, so at ITERATIVE_TOLERANCE the weights keep 10 digits with one, 7.8 without.
+    error = np.linalg.norm((fit.weight - weight) * stats.x_std) / np.linalg.norm(weight * stats.x_std)
+    assert error < (1e-9 if fit_intercept else 1e-7)
+    np.testing.assert_allclose(fit.bias, bias, rtol=1e-7, atol=1e-12)  # b = mean_y - w m: means of 50 amplify
+    np.testing.assert_allclose(fit.sse, np.square(y - design @ theta).sum(0), rtol=1e-10)
+    rng = np.random.default_rng(8)
+    other_weight = weight + 0.01 * rng.standard_normal(weight.shape)
+    other_bias = bias + 0.1 if fit_intercept else None
+    direct = np.square(y - x @ other_weight.T - (0 if other_bias is None else other_bias)).mean()
+    assert fit.gap(other_weight, other_bias) == pytest.approx(direct - fit.mse, rel=1e-8)
+
+
+def test_wide_solve_that_runs_out_of_passes_says_it_did_not_converge(wide, monkeypatch):
+    monkeypatch.setattr(statistics, "ITERATIVE_MAX_PASSES", 3)
+    fit = solve(wide[2])
+    assert not fit.converged and fit.passes == 5 and fit.residual > 1e-3
+    wide[2].rows = None
+    with pytest.raises(ValueError, match="63 columns > EXACT_MAX_COLUMNS = 16 and no rows to pass over"):
+        solve(wide[2])
+
+
+@pytest.mark.parametrize("has_bias", [True, False])
+def test_wide_hessian_eigenvalues_by_lanczos_bound_the_exact_ones(wide, has_bias):
+    x, y, stats = wide
+    exact = hessian_eigenvalues(accumulate(x, y, method="qr"), 2, has_bias)
+    before = stats.rows.count
+    estimate = hessian_eigenvalues(stats, 2, has_bias)
+    assert stats.rows.count - before == statistics.LANCZOS_STEPS
+    assert exact[-1] <= estimate[-1] <= exact[-1] * (1 + 1e-6)  # lambda_max from above: a safe lr
+    assert exact[0] <= estimate[0] <= exact[0] * 1.1  # mu from above: a slower, never unstable heavy ball
