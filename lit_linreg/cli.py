@@ -327,7 +327,11 @@ def cli_main(args: list[str] | None = None) -> LinearRegressionCLI:
         LinearRegression,
         LightningDataModule,
         subclass_mode_data=True,
-        trainer_defaults={"default_root_dir": "runs", "callbacks": [PredictionWriter()]},
+        trainer_defaults={
+            "default_root_dir": "runs",
+            "callbacks": [PredictionWriter()],
+            "profiler": {"class_path": "lit_linreg.profiler.LeanProfiler"},
+        },
         save_config_callback=AtomicSaveConfig,
         save_config_kwargs={"overwrite": True},
         parser_kwargs={"exit_on_error": False, "prog": "lit-linreg"},

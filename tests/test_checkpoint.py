@@ -54,8 +54,14 @@ def test_two_runs_with_one_seed_give_bit_identical_weights(run_cli, tmp_path, un
     "fault",
     [
         "tests.faults.KillInBatch --trainer.callbacks.epoch 3 --trainer.callbacks.batch 7",
-        "tests.faults.KillInCheckpointWrite --trainer.callbacks.epoch 3 --trainer.callbacks.fsync 1",
-        "tests.faults.KillInCheckpointWrite --trainer.callbacks.epoch 3 --trainer.callbacks.fsync 3",
+        pytest.param(
+            "tests.faults.KillInCheckpointWrite --trainer.callbacks.epoch 3 --trainer.callbacks.fsync 1",
+            marks=pytest.mark.slow,
+        ),
+        pytest.param(
+            "tests.faults.KillInCheckpointWrite --trainer.callbacks.epoch 3 --trainer.callbacks.fsync 3",
+            marks=pytest.mark.slow,
+        ),
     ],
     ids=["mid-epoch", "writing-best", "writing-last"],
 )
