@@ -83,7 +83,10 @@ def read_seconds(output: str) -> float:
 
 def peak_rss(output: str) -> int:
     """The largest `PEAK_RSS rank bytes` of a run's ranks."""
-    return max(int(b) for b in re.findall(r"PEAK_RSS \d+ (\d+)", output))
+    found = re.findall(r"PEAK_RSS \d+ (\d+)", output)
+    if not found:
+        sys.exit(f"no PEAK_RSS line in the output:\n{output[-3000:]}")
+    return max(int(b) for b in found)
 
 
 def repeat(env: dict[str, str], table_csv: str, parquet: dict[str, str]) -> dict[str, float]:

@@ -28,8 +28,11 @@ class PeakMemory(L.Callback):
     """Prints `PEAK_RSS rank bytes` at the end of fit on every rank: the process's own peak resident memory."""
 
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        import os
         import resource
         import sys
 
         kib = 1 if sys.platform == "darwin" else 1024  # ru_maxrss is in bytes on macOS, KiB on Linux
-        print("PEAK_RSS", trainer.global_rank, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * kib, flush=True)
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * kib
+        sys.stdout.flush()
+        os.write(1, f"PEAK_RSS {trainer.global_rank} {peak}\n".encode())  # one write: ranks share the stream

@@ -535,34 +535,36 @@ class TableDataModule(InMemoryDataModule):
         return x, y, split_of(self.seed, rows, self.val_fraction, self.test_fraction), group.n_rows - len(rows)
 
     def _split_rows(self, group, split: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """One row group's rows of `split`, as float32 training tensors: what a stream reads every epoch.
+        """One row group's rows of `split` as float32, columns first: (in_features, n) and (out_features, n).
 
-        The statistics pass has read and checked every cell already, so numeric columns of a numeric type take a
-        fast path: cast to float32 by pyarrow (the same rounding as float64 then float32), rows with a missing
-        value dropped. Categorical or text-typed columns go through `_read`.
+        What a stream reads every epoch (see stream.py). The statistics pass has read and checked every cell
+        already, so numeric columns of a numeric type take a fast path: cast to float32 by pyarrow (the same
+        rounding as float64 then float32) and stacked as Parquet holds them, a column at a time; rows with a
+        missing value dropped. Categorical or text-typed columns go through `_read`.
         """
         table = self._table(self.path)
         names = [*self.feature_names, *self.target_names]
         if self._schema["categories"] or any(table.kinds.get(name) != "number" for name in names):
             x, y, codes, _ = self._read_group(group)
             keep = codes == split
-            return torch.from_numpy(x[keep]).float(), torch.from_numpy(y[keep]).float()
+            return torch.from_numpy(x[keep].T.copy()).float(), torch.from_numpy(y[keep].T.copy()).float()
         columns = read_groups([group], names)
-        values = np.empty((columns.num_rows, len(names)), dtype=np.float32)  # (n, features + targets)
-        for j, name in enumerate(names):
+        arrays = []
+        for name in names:
             column = columns.column(name)
             if not pa.types.is_floating(column.type):  # integers: exactly as float64 first, then float32
                 column = pc.cast(column, pa.float64())
-            values[:, j] = pc.cast(column, pa.float32()).to_numpy(zero_copy_only=False)
-        rows = group.first_row + np.arange(len(values))
+            arrays.append(pc.cast(column, pa.float32()).to_numpy(zero_copy_only=False))
+        values = np.stack(arrays)  # (features + targets, n): a copy per column, no transpose
+        rows = group.first_row + np.arange(values.shape[1])
         if self._dropped:  # the statistics pass found rows to drop: find them again
             missing = np.isnan(values)
             if self.missing == "mean":  # features stay NaN for the model to fill; a missing target drops its row
-                missing[:, : self.in_features] = False
-            keep = ~missing.any(axis=1)
-            values, rows = values[keep], rows[keep]
-        values = torch.from_numpy(values[split_of(self.seed, rows, self.val_fraction, self.test_fraction) == split])
-        return values[:, : self.in_features], values[:, self.in_features :]
+                missing[: self.in_features] = False
+            keep = ~missing.any(axis=0)
+            values, rows = values[:, keep], rows[keep]
+        values = torch.from_numpy(values[:, split_of(self.seed, rows, self.val_fraction, self.test_fraction) == split])
+        return values[: self.in_features], values[self.in_features :]
 
     def _stream(self, split: int, shuffle: bool = False, n_batches: int | None = None) -> RowGroupStream:
         return RowGroupStream(

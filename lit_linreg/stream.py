@@ -2,7 +2,9 @@
 
 A `RowGroupStream` never holds more than a few row groups: a background thread reads the next ones (pyarrow
 decodes with the GIL released, so reading overlaps training) into a small queue, and the loader cuts batches
-from them.
+from them. Rows stay in Parquet's own layout, a column at a time ((columns, rows) tensors), until a batch is
+cut: the shuffle then gathers whole columns, and only each batch is turned into the (rows, columns) tensor
+the model takes, which is several times cheaper than transposing every row group.
 
 What the shuffle guarantees, each epoch, from `seed`, the epoch and the rank alone (so a resumed run replays it):
 - every row of this rank's share is visited exactly once;
@@ -47,7 +49,8 @@ class RowGroupStream:
     """An iterable of batches cut from row groups read in the background, shuffled within windows.
 
     Args:
-        read: Reads one row group and returns its rows of this split as tensors (x, y) or (x,).
+        read: Reads one row group and returns its rows of this split, columns first: (in_features, n) and
+            (out_features, n) tensors, or just the first. Batches come out rows first, (B, in_features).
         groups: This rank's row groups, in the table's order.
         n_rows: How many rows `read` returns over all `groups` (the statistics pass counted them).
         batch_size: Rows per batch; None for all rows in one batch.
@@ -57,7 +60,7 @@ class RowGroupStream:
         n_batches: Cut exactly this many batches of equal size within one row (training: the same on every
             rank); None cuts `batch_size` rows at a time.
         buffer_rows: Rows per shuffle window, at least.
-        prefetch: Row groups read ahead of the one in use.
+        prefetch: Shuffle windows read ahead of the one in use.
     """
 
     batch_sampler = None  # Lightning inspects `sampler` and `batch_sampler` as it would on a DataLoader
@@ -73,7 +76,7 @@ class RowGroupStream:
         rank: int = 0,
         n_batches: int | None = None,
         buffer_rows: int = 262_144,
-        prefetch: int = 2,
+        prefetch: int = 1,
     ) -> None:
         self.read, self.groups, self.n_rows = read, list(groups), n_rows
         self.batch_size, self.shuffle, self.seed, self.rank = batch_size, shuffle, seed, rank
@@ -111,22 +114,24 @@ class RowGroupStream:
         generator = torch.Generator().manual_seed(mixed_seed(self.seed, epoch, self.rank))
         if self.shuffle:
             order = [order[i] for i in torch.randperm(len(order), generator=generator).tolist()]
-        windows = self._windows(order, generator)
+        # Windows are read, joined and shuffled in the background, one ahead of the one batches are cut from.
+        windows = _ReadAhead(lambda: self._windows(order, generator), depth=self.prefetch)
         window: Batch = ()  # the window batches are cut from, and how far into it they are
         offset = 0
         try:
             for i, (start, stop) in enumerate(zip(bounds[:-1], bounds[1:], strict=True)):
                 parts, need = [], stop - start
                 while need:
-                    if not window or offset == len(window[0]):
+                    if not window or offset == window[0].shape[1]:
                         window, offset = next(windows, ()), 0
                         if not window:
                             raise RuntimeError(f"the row groups held fewer rows than the {self.n_rows} counted")
-                    take = min(need, len(window[0]) - offset)
-                    parts.append(tuple(t[offset : offset + take] for t in window))
+                    take = min(need, window[0].shape[1] - offset)
+                    parts.append(tuple(t[:, offset : offset + take] for t in window))
                     offset, need = offset + take, need - take
-                # A batch is a view of one window, or joins the end of one and the start of the next.
-                batch = parts[0] if len(parts) == 1 else tuple(torch.cat(p) for p in zip(*parts, strict=True))
+                # A batch is cut from one window, or joins the end of one and the start of the next.
+                columns = parts[0] if len(parts) == 1 else tuple(torch.cat(p, dim=1) for p in zip(*parts, strict=True))
+                batch = tuple(t.T.contiguous() for t in columns)  # (B, columns), as the in-memory loader gives
                 if i >= first:  # a resumed epoch replays the reads of the batches it had, to keep the order
                     self._yielded = i + 1
                     yield batch
@@ -137,42 +142,45 @@ class RowGroupStream:
         """The epoch's rows in windows of at least `buffer_rows`, each permuted when shuffling."""
         window: list[Batch] = []
         rows = 0
-        with _ReadAhead(self.read, order, self.prefetch) as chunks:
-            for chunk in chunks:
-                window.append(chunk)
-                rows += len(chunk[0])
-                if rows >= self.buffer_rows or not self.shuffle:  # in order, a row group is a window
-                    yield self._joined(window, generator)
-                    window, rows = [], 0
+        for group in order:
+            window.append(self.read(group))
+            rows += window[-1][0].shape[1]
+            if rows >= self.buffer_rows or not self.shuffle:  # in order, a row group is a window
+                yield self._joined(window, generator)
+                window, rows = [], 0
         if window:
             yield self._joined(window, generator)
 
     def _joined(self, window: list[Batch], generator: torch.Generator) -> Batch:
-        joined = tuple(torch.cat(parts) for parts in zip(*window, strict=True))
+        joined = tuple(torch.cat(parts, dim=1) for parts in zip(*window, strict=True))  # (columns, rows)
         window.clear()  # the row groups' own tensors go now: one window's rows are held, not two
         if not self.shuffle:
             return joined
-        perm = torch.randperm(len(joined[0]), generator=generator)
-        return tuple(t.index_select(0, perm) for t in joined)
+        perm = torch.randperm(joined[0].shape[1], generator=generator)
+        return tuple(t.index_select(1, perm) for t in joined)  # each column gathered whole
 
 
 class _ReadAhead:
-    """Reads `order`'s row groups in a background thread, at most `depth` ahead; re-raises its errors here."""
+    """Runs `produce()` in a background thread, at most `depth` items ahead; an iterator here, re-raising its errors.
+
+    `close()` (also on garbage collection of an abandoned epoch) stops the thread and waits for it.
+    """
 
     _DONE = object()
 
-    def __init__(self, read: Callable[[Any], Batch], order: list, depth: int) -> None:
-        self.read, self.order = read, order
+    def __init__(self, produce: Callable[[], Iterator[Any]], depth: int) -> None:
+        self.produce = produce
         self.queue: queue.Queue = queue.Queue(maxsize=max(1, depth))
         self.stop = threading.Event()
         self.thread = threading.Thread(target=self._run, name="lit-linreg-read-ahead", daemon=True)
+        self.thread.start()
 
     def _run(self) -> None:
         try:
-            for group in self.order:
+            for item in self.produce():
                 if self.stop.is_set():
                     return
-                self._put(self.read(group))
+                self._put(item)
         except BaseException as err:  # handed to the consumer, which raises it as its own
             self._put(err)
             return
@@ -186,19 +194,21 @@ class _ReadAhead:
             except queue.Full:
                 continue
 
-    def __enter__(self) -> Iterator[Batch]:
-        self.thread.start()
-        return self._items()
+    def __iter__(self) -> _ReadAhead:
+        return self
 
-    def _items(self) -> Iterator[Batch]:
-        while True:
-            item = self.queue.get()
-            if item is self._DONE:
-                return
-            if isinstance(item, BaseException):
-                raise item
-            yield item
+    def __next__(self) -> Any:
+        item = self.queue.get()
+        if item is self._DONE:
+            self.queue.put(item)  # asked again, it stays done
+            raise StopIteration
+        if isinstance(item, BaseException):
+            raise item
+        return item
 
-    def __exit__(self, *exc: object) -> None:
+    def close(self) -> None:
         self.stop.set()
         self.thread.join()
+
+    def __del__(self) -> None:
+        self.stop.set()
