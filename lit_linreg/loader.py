@@ -69,37 +69,20 @@ class EpochShuffle:
         return torch.randperm(self.n_rows, generator=generator)
 
 
-class TensorLoader:
-    """An iterable of batches cut from whole tensors that share their first dimension.
+class EpochBatches:
+    """What every loader here shares: how an epoch's rows are cut into batches, and where in the epoch it is.
 
-    Args:
-        tensors: (N, ...) tensors of this rank's rows, already on the device the model trains on.
-        batch_size: Rows per batch; None for all rows in one batch.
-        shuffle: Reshuffle rows every epoch (see `EpochShuffle`); else keep their order.
-        seed: Seed of the shuffle.
-        rank: This process's rank: ranks shuffle their rows differently.
-        n_batches: Cut the rows into exactly this many batches of equal size within one row (training: the
-            same count on every rank); None cuts `batch_size` rows at a time, the last batch shorter.
+    A subclass sets `n_rows`, `batch_size`, `n_batches` and a `sampler` with an `epoch`, and counts the batches
+    it hands out in `_yielded`. Lightning's fit loop saves `state_dict()` with every checkpoint and hands it
+    back to `load_state_dict` on resume; the next pass of that epoch then starts at `_first_batch()`.
     """
 
     batch_sampler = None  # Lightning inspects `sampler` and `batch_sampler` as it would on a DataLoader
-
-    def __init__(
-        self,
-        *tensors: torch.Tensor,
-        batch_size: int | None,
-        shuffle: bool = False,
-        seed: int = 0,
-        rank: int = 0,
-        n_batches: int | None = None,
-    ) -> None:
-        self.tensors = tensors
-        self.n_rows = len(tensors[0])
-        self.batch_size = batch_size
-        self.n_batches = n_batches
-        self.sampler = EpochShuffle(self.n_rows, seed=seed, shuffle=shuffle, rank=rank)
-        self._yielded = 0  # batches handed out in the current epoch: the position a checkpoint records
-        self._resume: dict[str, int] | None = None
+    n_rows: int
+    batch_size: int | None
+    n_batches: int | None
+    _yielded = 0  # batches handed out in the current epoch: the position a checkpoint records
+    _resume: dict[str, int] | None = None
 
     def _bounds(self) -> list[int]:
         if self.n_batches is not None:
@@ -123,6 +106,35 @@ class TensorLoader:
         if resume is not None and resume["epoch"] == self.sampler.epoch:
             return resume["batches"]
         return 0
+
+
+class TensorLoader(EpochBatches):
+    """An iterable of batches cut from whole tensors that share their first dimension.
+
+    Args:
+        tensors: (N, ...) tensors of this rank's rows, already on the device the model trains on.
+        batch_size: Rows per batch; None for all rows in one batch.
+        shuffle: Reshuffle rows every epoch (see `EpochShuffle`); else keep their order.
+        seed: Seed of the shuffle.
+        rank: This process's rank: ranks shuffle their rows differently.
+        n_batches: Cut the rows into exactly this many batches of equal size within one row (training: the
+            same count on every rank); None cuts `batch_size` rows at a time, the last batch shorter.
+    """
+
+    def __init__(
+        self,
+        *tensors: torch.Tensor,
+        batch_size: int | None,
+        shuffle: bool = False,
+        seed: int = 0,
+        rank: int = 0,
+        n_batches: int | None = None,
+    ) -> None:
+        self.tensors = tensors
+        self.n_rows = len(tensors[0])
+        self.batch_size = batch_size
+        self.n_batches = n_batches
+        self.sampler = EpochShuffle(self.n_rows, seed=seed, shuffle=shuffle, rank=rank)
 
     def __iter__(self):
         bounds, first = self._bounds(), self._first_batch()

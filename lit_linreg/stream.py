@@ -30,7 +30,7 @@ from typing import Any
 
 import torch
 
-from lit_linreg.loader import balanced_bounds, mixed_seed
+from lit_linreg.loader import EpochBatches, mixed_seed
 
 Batch = tuple[torch.Tensor, ...]
 
@@ -45,7 +45,7 @@ class StreamEpoch:
         self.epoch = epoch
 
 
-class RowGroupStream:
+class RowGroupStream(EpochBatches):
     """An iterable of batches cut from row groups read in the background, shuffled within windows.
 
     Args:
@@ -62,8 +62,6 @@ class RowGroupStream:
         buffer_rows: Rows per shuffle window, at least.
         prefetch: Shuffle windows read ahead of the one in use.
     """
-
-    batch_sampler = None  # Lightning inspects `sampler` and `batch_sampler` as it would on a DataLoader
 
     def __init__(
         self,
@@ -82,29 +80,6 @@ class RowGroupStream:
         self.batch_size, self.shuffle, self.seed, self.rank = batch_size, shuffle, seed, rank
         self.n_batches, self.buffer_rows, self.prefetch = n_batches, buffer_rows, prefetch
         self.sampler = StreamEpoch()
-        self._yielded = 0
-        self._resume: dict[str, int] | None = None
-
-    def _bounds(self) -> list[int]:
-        if self.n_batches is not None:
-            return balanced_bounds(self.n_rows, self.n_batches)
-        step = self.batch_size or max(self.n_rows, 1)
-        return [*range(0, self.n_rows, step), self.n_rows]
-
-    def __len__(self) -> int:
-        return len(self._bounds()) - 1
-
-    def state_dict(self) -> dict[str, int]:
-        """Where this epoch is: saved by Lightning's fit loop in every checkpoint."""
-        return {"epoch": self.sampler.epoch, "batches": self._yielded}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Start the next pass of epoch `state["epoch"]` after the batches it had already handed out."""
-        self._resume = {"epoch": int(state["epoch"]), "batches": int(state["batches"])}
-
-    def _first_batch(self) -> int:
-        resume, self._resume = self._resume, None
-        return resume["batches"] if resume is not None and resume["epoch"] == self.sampler.epoch else 0
 
     def __iter__(self) -> Iterator[Batch]:
         epoch = self.sampler.epoch
