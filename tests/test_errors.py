@@ -503,13 +503,13 @@ def test_a_bad_model_flag_is_refused_even_with_a_checkpoint(trained, tmp_path, c
 
 @pytest.mark.slow
 def test_python_m_lit_linreg_ends_with_the_error_line_and_no_traceback(run_process, tmp_path):
-    (tmp_path / "bad.csv").write_text("x,y\n1,2\n3,abc\n")
+    (tmp_path / "bad.csv").write_text("x,y\n1,2\n3,abc\n5,6\n")  # y is mostly numbers: 'abc' is a bad cell
     done = run_process("fit", *CSV, "--data.init_args.path", str(tmp_path / "bad.csv"))
     lines = done.stderr.strip().splitlines()
     assert done.returncode == 2
     assert "Traceback" not in done.stderr
     # Lightning's own info lines ("GPU available: ...") come first; the error is one line, and the last.
-    assert lines[-1] == f"lit-linreg: error: {tmp_path}/bad.csv: line 3, column 'y': 'abc' is not a number"
+    assert lines[-1] == f"lit-linreg: error: {tmp_path}/bad.csv: row 3, column 'y': 'abc' is not a number"
     assert sum(line.startswith("lit-linreg:") for line in lines) == 1
 
 
