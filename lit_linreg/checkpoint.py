@@ -363,6 +363,12 @@ class LastCheckpoint(ModelCheckpoint):
             filename="last", monitor=None, save_top_k=1, enable_version_counter=False, save_on_train_epoch_end=True
         )
         self.every_n_train_steps = every_n_train_steps
+        self._state_key = super().state_key
+
+    @property
+    def state_key(self) -> str:
+        """ModelCheckpoint's key, computed once: its settings never change, and Lightning asks for it at every hook."""
+        return self._state_key
 
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs, batch, batch_idx) -> None:
         every = self.every_n_train_steps
