@@ -374,8 +374,9 @@ class TableDataModule(InMemoryDataModule):
         standardize: Scale inputs and targets with training statistics (see `InMemoryDataModule`).
         seed: Seed of the split and of the per-epoch shuffle.
         in_memory: Hold the rows in memory (true), or stream a Parquet table's row groups as the epoch goes
-            (false; see stream.py). None decides: in memory unless a Parquet table's rows would take more than
-            `MEMORY_SHARE` of the memory available (`BYTES_PER_VALUE` bytes a value).
+            (false; see stream.py). None decides: in memory unless a Parquet table's rows (this rank's share)
+            would take more than `MEMORY_SHARE` of the memory available (`BYTES_PER_VALUE` bytes a value);
+            rank 0 decides for every rank.
         shuffle_buffer: Rows per shuffle window when streaming, at least (whole row groups).
         schema: The columns a trained model expects; set by the CLI from `--ckpt_path`, never by hand.
     """
@@ -411,6 +412,7 @@ class TableDataModule(InMemoryDataModule):
         self._groups: list | None = None  # streaming: this rank's row groups
         self._counts: np.ndarray | None = None  # streaming: this rank's rows per split (TRAIN, VAL, TEST)
         self._dropped = 0  # streaming: this rank's rows dropped for a missing value
+        self._auto_streams: bool | None = None  # in_memory: null, once decided
         _check_fraction("val_fraction", val_fraction)
         _check_fraction("test_fraction", test_fraction)
         if val_fraction + test_fraction >= 1:
@@ -482,10 +484,14 @@ class TableDataModule(InMemoryDataModule):
         if stage == "predict" or (stage == "test" and self.test_fraction == 0 and self.test_path is not None):
             return False  # a file of its own, read whole
         table = self._table(self.path)
-        if self.in_memory is None:
-            n_values = sum(g.n_rows for g in table.row_groups()) if table.format == "parquet" else 0
-            n_values *= self.in_features + self.out_features
-            return n_values * self.BYTES_PER_VALUE > self.MEMORY_SHARE * _available_memory()
+        if self.in_memory is None:  # decided once, by rank 0 for all: the ranks' collectives must match
+            if self._auto_streams is None:
+                rank, world_size = self._rank()
+                n_rows = sum(g.n_rows for g in table.row_groups()) if table.format == "parquet" else 0
+                n_bytes = n_rows / world_size * (self.in_features + self.out_features) * self.BYTES_PER_VALUE
+                streams = bool(n_bytes > self.MEMORY_SHARE * _available_memory())
+                self._auto_streams = self.trainer.strategy.broadcast(streams) if world_size > 1 else streams
+            return self._auto_streams
         if not self.in_memory and table.format != "parquet":
             raise ConfigError(
                 f"{self.path}: data.in_memory false streams Parquet row groups; convert the table first:"

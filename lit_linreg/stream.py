@@ -104,12 +104,12 @@ class RowGroupStream(EpochBatches):
                     take = min(need, window[0].shape[1] - offset)
                     parts.append(tuple(t[:, offset : offset + take] for t in window))
                     offset, need = offset + take, need - take
+                if i < first:  # a resumed epoch replays the reads of the batches it had, to keep the order
+                    continue
                 # A batch is cut from one window, or joins the end of one and the start of the next.
                 columns = parts[0] if len(parts) == 1 else tuple(torch.cat(p, dim=1) for p in zip(*parts, strict=True))
-                batch = tuple(t.T.contiguous() for t in columns)  # (B, columns), as the in-memory loader gives
-                if i >= first:  # a resumed epoch replays the reads of the batches it had, to keep the order
-                    self._yielded = i + 1
-                    yield batch
+                self._yielded = i + 1
+                yield tuple(t.T.contiguous() for t in columns)  # (B, columns), as the in-memory loader gives
         finally:
             windows.close()
 

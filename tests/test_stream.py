@@ -149,6 +149,19 @@ def test_a_stream_killed_mid_epoch_resumes_to_bit_identical_weights(run_cli, run
     assert epoch == 3 and all(torch.equal(resumed[k], uninterrupted[k]) for k in uninterrupted)
 
 
+def test_in_memory_null_streams_only_a_parquet_table_too_large_for_memory(tmp_path, monkeypatch):
+    from lit_linreg import TableDataModule
+
+    table = parquet_table(tmp_path / "table", n_rows=2000, rows_per_group=500)
+    assert TableDataModule(str(table), targets=["y"])._streams("fit") is False  # 2,000 x 7 values fit
+    monkeypatch.setattr(TableDataModule, "MEMORY_SHARE", 1e-9)  # as if memory were almost full
+    dm = TableDataModule(str(table), targets=["y"])
+    assert dm._streams("fit") is True and dm._streams("predict") is False  # predict reads its own file
+    dm.setup("fit")
+    assert dm.train_dataloader().__class__.__name__ == "RowGroupStream"
+    assert TableDataModule(str(ROOT / "data" / "houses.csv"), targets=["price_k"])._streams("fit") is False  # CSV
+
+
 def test_streaming_a_csv_file_is_refused_naming_the_conversion(run_cli, tmp_path, capsys):
     houses = str(ROOT / "data" / "houses.csv")
     assert run_cli("fit", "--config", config("table.yaml"), "--data.path", houses, "--data.in_memory", "false") == 2
