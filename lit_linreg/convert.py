@@ -17,25 +17,19 @@ import pyarrow.csv as pcsv
 import pyarrow.parquet as pq
 
 from lit_linreg.errors import DataError
-from lit_linreg.tables import Table
+from lit_linreg.tables import Table, _parquet_files
 
 
 def batches(table: Table):
     """The table's record batches, streamed: CSV in blocks, Parquet by row group."""
     if table.format == "parquet":
-        for file in sorted(_files(table.path)):
+        for file in _parquet_files(table.path):
             yield from pq.ParquetFile(file).iter_batches()
         return
     reader = pcsv.open_csv(
         table.path, parse_options=table._parse_options(), convert_options=pcsv.ConvertOptions(column_types=table.schema)
     )
     yield from reader
-
-
-def _files(path: Path) -> list[Path]:
-    from lit_linreg.tables import _parquet_files
-
-    return _parquet_files(path)
 
 
 def convert(source: str, target: str, rows_per_group: int = 65536, rows_per_file: int = 1 << 22) -> list[Path]:
