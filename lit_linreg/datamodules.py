@@ -62,6 +62,8 @@ class InMemoryDataModule(L.LightningDataModule):
         self._train64: tuple[torch.Tensor, torch.Tensor] | None = None  # float64 training rows, for statistics
         self.train_statistics: SufficientStatistics | None = None  # set by `setup("fit")`
         self.fill: torch.Tensor | None = None  # training means that fill missing features (missing: mean)
+        self._n_train_total: int | None = None  # training rows over every rank, counted in `setup("fit")`
+        self._max_train_rows: int | None = None  # the most training rows one rank holds: its batches per epoch
 
     @property
     def in_features(self) -> int:
@@ -135,7 +137,7 @@ class InMemoryDataModule(L.LightningDataModule):
             means = torch.from_numpy(np.divide(sums[0], sums[1], out=np.zeros(self.in_features), where=sums[1] > 0))
             self.fill = encoder.fill.copy_(torch.where(numeric, means, 0.0)).clone()
         width = len(design_names(schema)) + self.out_features
-        n_rows = getattr(self, "_n_train_total", None) or self._rows_estimate()  # the ranks must choose alike
+        n_rows = self._n_train_total or self._rows_estimate()  # the ranks must choose alike
         stats = SufficientStatistics(width - self.out_features, self.out_features, choose_method(n_rows, 1 + width))
         for x, y in blocks():
             x = encoder(torch.from_numpy(x)).numpy() if encoder is not None else x
@@ -189,7 +191,7 @@ class InMemoryDataModule(L.LightningDataModule):
 
     def train_dataloader(self) -> TensorLoader:
         # The same number of batches on every rank, whose shares may differ by a few rows (see loader.py).
-        max_rows = getattr(self, "_max_train_rows", len(self.splits["train"][0]))
+        max_rows = self._max_train_rows or len(self.splits["train"][0])
         n_batches = batches_per_epoch(max_rows, self.batch_size)
         if len(self.splits["train"][0]) < n_batches:
             raise DataError(
