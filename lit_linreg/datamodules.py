@@ -28,7 +28,7 @@ from lit_linreg.statistics import RowPasses, SufficientStatistics, choose_method
 from lit_linreg.stream import RowGroupStream
 from lit_linreg.tables import Format, Table
 
-STATISTICS_BLOCK = 65536  # rows per update of the statistics pass, at most
+STATISTICS_BLOCK = 16384  # rows per update of the statistics pass, at most: a block's float64 copies stay in cache
 STATISTICS_BLOCK_VALUES = 1 << 22  # values per update, at most: 32 MiB of float64 whatever the width
 Rows = tuple[np.ndarray, np.ndarray]  # (x, y) float64 blocks of rows
 STAGE_SPLITS = {"fit": ("train", "val"), "validate": ("val",), "test": ("test",), "predict": ("predict",)}
@@ -158,9 +158,21 @@ class InMemoryDataModule(L.LightningDataModule):
         """The training rows held in memory as float64 blocks: never a float64 copy of them all at once."""
         x, y = self._train64 if self._train64 is not None else (t.cpu() for t in self.splits["train"])
         rows = min(STATISTICS_BLOCK, max(1, STATISTICS_BLOCK_VALUES // (x.shape[1] + y.shape[1])))  # wide: fewer
+        if x.dtype == torch.float64:  # the file's own values: views, no copy
+            for start in range(0, len(x), rows):
+                yield x[start : start + rows].numpy(), y[start : start + rows].numpy()
+            return
+        # Converted into the same two float64 arrays block after block (each block is used before the next is
+        # asked for): the pass's memory is two blocks, whatever the rows, and no fresh array faults its pages in.
+        # numpy converts, as numpy's BLAS then multiplies: torch's threads and BLAS's, taking turns block after
+        # block, would each spin-wait on the cores the other needs.
+        x, y = x.numpy(), y.numpy()
+        buffers = np.empty((rows, x.shape[1])), np.empty((rows, y.shape[1]))
         for start in range(0, len(x), rows):
-            block = slice(start, start + rows)
-            yield x[block].double().numpy(), y[block].double().numpy()
+            n = min(rows, len(x) - start)
+            for buffer, values in zip(buffers, (x, y), strict=True):
+                np.copyto(buffer[:n], values[start : start + n])
+            yield buffers[0][:n], buffers[1][:n]
 
     def _rows_estimate(self) -> int:
         """Training rows over all ranks, before they are counted: what decides the statistics' method."""
@@ -324,15 +336,19 @@ class SyntheticDataModule(InMemoryDataModule):
             # One generator per block, seeded from the seed and the block's number: blocks are independent.
             generator = torch.Generator().manual_seed(mixed_seed(self.seed, first // block))
             n = min(block, self.n_samples - first)
-            bx = torch.randn(n, self.in_features, generator=generator)  # (n, in_features)
-            inputs = torch.sin(bx) if self.relation == "sine" else bx  # what W* weighs
-            by = torch.addmm(self.true_bias, inputs, self.true_weight.T)  # (n, out_features)
-            by.add_(torch.randn(by.shape, generator=generator), alpha=self.noise)
             lo, hi = max(start, first), min(stop, first + n)
-            x[lo - start : hi - start], y[lo - start : hi - start] = (
-                bx[lo - first : hi - first],
-                by[lo - first : hi - first],
-            )
+            whole = (lo, hi) == (first, first + n)  # made straight into x and y: no block-sized temporaries
+            bx = x[lo - start : hi - start] if whole else torch.empty(n, self.in_features)
+            torch.randn(n, self.in_features, generator=generator, out=bx)  # (n, in_features)
+            inputs = torch.sin(bx) if self.relation == "sine" else bx  # what W* weighs
+            by = y[lo - start : hi - start] if whole else torch.empty(n, self.out_features)
+            torch.addmm(self.true_bias, inputs, self.true_weight.T, out=by)  # (n, out_features)
+            by.add_(torch.randn(by.shape, generator=generator), alpha=self.noise)
+            if not whole:
+                x[lo - start : hi - start], y[lo - start : hi - start] = (
+                    bx[lo - first : hi - first],
+                    by[lo - first : hi - first],
+                )
         return x, y
 
     def load(self, stage: str) -> dict[str, tuple[torch.Tensor, ...]]:

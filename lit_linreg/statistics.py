@@ -145,7 +145,7 @@ class SufficientStatistics:
             for start in range(0, len(raw), _EXACT_ROWS):
                 _add_exact_products(exact, raw[start : start + _EXACT_ROWS])
         else:  # one copy, shifted in place: the pass over a tall table costs about what X'X does
-            block = np.empty((len(x), self.width))
+            block = self._scratch(len(x))
             block[:, 0] = 1.0
             np.subtract(x, self.shift[: self.n_features], out=block[:, 1 : 1 + self.n_features])
             np.subtract(y, self.shift[self.n_features :], out=block[:, 1 + self.n_features :])
@@ -159,6 +159,13 @@ class SufficientStatistics:
         self.n += len(x)
         self._factor = None
         return self
+
+    def _scratch(self, rows: int) -> np.ndarray:
+        """A (rows, p) float64 work array, reused from block to block: a fresh one would cost its page faults
+        at every update, and the allocator may keep each freed one resident."""
+        if getattr(self, "_work", None) is None or len(self._work) < rows:
+            self._work = np.empty((rows, self.width))
+        return self._work[:rows]
 
     def _update_moments(self, block: np.ndarray) -> None:
         """Adds a block (B, d + k) of [x, y] to the moments: its own centred sums, then Chan's merge."""
