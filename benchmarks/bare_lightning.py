@@ -32,6 +32,19 @@ class Linear(L.LightningModule):
         return torch.optim.SGD(self.parameters(), lr=0.1)
 
 
+def bare_trainer(epochs: int, *callbacks: L.Callback) -> L.Trainer:
+    """A Trainer with nothing a run does not need: no logger, checkpoints, validation, progress bar or summary."""
+    return L.Trainer(
+        max_epochs=epochs,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        limit_val_batches=0,
+        callbacks=list(callbacks),
+    )
+
+
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--n-samples", type=int, default=2_097_152)
@@ -43,13 +56,4 @@ if __name__ == "__main__":
     L.seed_everything(0)
     x, y = SyntheticDataModule(n_samples=args.n_samples, n_features=args.n_features).load("fit")["train"]
     loader = TensorLoader(x, y, batch_size=args.batch_size, shuffle=True)
-    trainer = L.Trainer(
-        max_epochs=args.epochs,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        limit_val_batches=0,
-        callbacks=[EpochTimer()],
-    )
-    trainer.fit(Linear(args.n_features), loader)
+    bare_trainer(args.epochs, EpochTimer()).fit(Linear(args.n_features), loader)

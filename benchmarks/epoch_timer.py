@@ -36,3 +36,51 @@ class PeakMemory(L.Callback):
         peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * kib
         sys.stdout.flush()
         os.write(1, f"PEAK_RSS {trainer.global_rank} {peak}\n".encode())  # one write: ranks share the stream
+
+
+class InterleavedBare(L.Callback):
+    """Lightning's floor measured in the fit's own process: one epoch of `bare_lightning.py`'s module between
+    each two of the fit's epochs, on the fit's own training tensors, in the fit's batches.
+
+    Prints `EPOCH_SECONDS [...]` (each of the fit's epochs, from its start to the next one's as `EpochTimer`
+    times them, less the bare epoch run between) and `BARE_SECONDS [...]` (each bare epoch, from its start to
+    the end of its Trainer's fit). On a shared machine whose speed changes from second to second, epochs that
+    alternate meet the same spells, so their ratio is steadier than that of two processes run one after the other.
+    """
+
+    def __init__(self) -> None:
+        self.fit_seconds: list[float] = []
+        self.bare_seconds: list[float] = []
+        self.start: float | None = None
+        self.bare = None
+
+    def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if self.start is not None:
+            self.fit_seconds.append(time.perf_counter() - self.start)
+        self.bare_seconds.append(self._bare_epoch(trainer))
+        self.start = time.perf_counter()
+
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self.fit_seconds.append(time.perf_counter() - self.start)
+        print("EPOCH_SECONDS", json.dumps(self.fit_seconds))
+        print("BARE_SECONDS", json.dumps(self.bare_seconds))
+
+    def _bare_epoch(self, trainer: L.Trainer) -> float:
+        from bare_lightning import Linear, bare_trainer
+
+        from lit_linreg.loader import TensorLoader
+
+        x, y = trainer.datamodule.splits["train"]
+        warm_up = self.bare is None  # the process's first training epoch is slower, whichever module it trains
+        if warm_up:
+            self.bare = Linear(x.shape[1])
+        for _ in range(2 if warm_up else 1):
+            loader = TensorLoader(x, y, batch_size=trainer.datamodule.batch_size, shuffle=True)
+            timer = _Start()
+            bare_trainer(1, timer).fit(self.bare, loader)
+        return time.perf_counter() - timer.start
+
+
+class _Start(L.Callback):
+    def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self.start = time.perf_counter()

@@ -342,6 +342,27 @@ class RunStamp(L.Callback):
                 group.update({k: v for k, v in changed.items() if k in group and not isinstance(v, str)})
 
 
+class BestCheckpoint(ModelCheckpoint):
+    """ModelCheckpoint, the `checkpoint` group: the best checkpoints by the monitored metric.
+
+    The same callback at less cost a step: its `on_train_batch_end` returns at once when neither
+    `every_n_train_steps` nor `train_time_interval` is set (where ModelCheckpoint's own would reach the same
+    return after reading the Trainer's state), and its `state_key` is computed once, as ModelCheckpoint's, so
+    a checkpoint keeps its best-model state under the key ModelCheckpoint gives it.
+    """
+
+    @property
+    def state_key(self) -> str:
+        key = self.__dict__.get("_state_key")  # its settings are fixed when it is built; asked at every hook
+        if key is None:
+            key = self._state_key = super().state_key.replace(type(self).__qualname__, ModelCheckpoint.__qualname__, 1)
+        return key
+
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs, batch, batch_idx) -> None:
+        if self._every_n_train_steps >= 1 or self._train_time_interval is not None:
+            super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
+
+
 class LastCheckpoint(ModelCheckpoint):
     """Rewrites `last.ckpt` at the end of every training epoch, and every N training steps if asked.
 

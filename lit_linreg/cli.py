@@ -29,7 +29,6 @@ from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.fabric.utilities.rank_zero import rank_zero_only
 from lightning.pytorch import LightningDataModule, Trainer
 from lightning.pytorch.accelerators import CPUAccelerator
-from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback, instantiate_class
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 from lightning.pytorch.utilities.exceptions import SIGTERMException
@@ -37,6 +36,7 @@ from lightning.pytorch.utilities.exceptions import SIGTERMException
 from lit_linreg.callbacks import CoefficientLogger, FitFigure, LeastSquaresReference, PredictionWriter
 from lit_linreg.checkpoint import (
     AtomicCheckpointIO,
+    BestCheckpoint,
     LastCheckpoint,
     RunStamp,
     atomic_write,
@@ -104,7 +104,7 @@ class LinearRegressionCLI(LightningCLI):
     """LightningCLI for `LinearRegression` with any DataModule that exposes `in_features` / `out_features`."""
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
-        parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
+        parser.add_lightning_class_args(BestCheckpoint, "checkpoint")
         parser.set_defaults(
             {
                 "checkpoint.monitor": "val/loss",
