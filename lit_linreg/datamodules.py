@@ -431,6 +431,8 @@ class TableDataModule(InMemoryDataModule):
         self._counts: np.ndarray | None = None  # streaming: this rank's rows per split (TRAIN, VAL, TEST)
         self._dropped = 0  # streaming: this rank's rows dropped for a missing value
         self._auto_streams: bool | None = None  # in_memory: null, once decided
+        self._open_files: dict = {}  # streaming: each Parquet file opened once, read a row group at a time
+        self._group_splits: dict = {}  # streaming: the split code of each row of each row group read, (n,) uint8
         _check_fraction("val_fraction", val_fraction)
         _check_fraction("test_fraction", test_fraction)
         if val_fraction + test_fraction >= 1:
@@ -558,21 +560,23 @@ class TableDataModule(InMemoryDataModule):
         x, y, rows = self._read(self._table(self.path).view([group]), with_targets=True, report=False)
         return x, y, split_of(self.seed, rows, self.val_fraction, self.test_fraction), group.n_rows - len(rows)
 
-    def _split_rows(self, group, split: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """One row group's rows of `split` as float32, columns first: (in_features, n) and (out_features, n).
+    def _split_rows(self, group, split: int) -> tuple[tuple[torch.Tensor, torch.Tensor], torch.Tensor | None]:
+        """One row group as a stream reads it every epoch (see stream.py): `((x, y), rows)`, its columns first as
+        float32, (in_features, n) and (out_features, n), and the positions of its rows of `split` among the n
+        (None: all of them).
 
-        What a stream reads every epoch (see stream.py). The statistics pass has read and checked every cell
-        already, so numeric columns of a numeric type take a fast path: cast to float32 by pyarrow (the same
-        rounding as float64 then float32) and stacked as Parquet holds them, a column at a time; rows with a
-        missing value dropped. Categorical or text-typed columns go through `_read`.
+        The statistics pass has read and checked every cell already, so numeric columns of a numeric type take a
+        fast path: cast to float32 by pyarrow (the same rounding as float64 then float32) and stacked as Parquet
+        holds them, a column at a time; the split's rows are picked by the stream's one gather, not copied here.
+        Categorical or text-typed columns go through `_read`.
         """
         table = self._table(self.path)
         names = [*self.feature_names, *self.target_names]
         if self._schema["categories"] or any(table.kinds.get(name) != "number" for name in names):
             x, y, codes, _ = self._read_group(group)
             keep = codes == split
-            return torch.from_numpy(x[keep].T.copy()).float(), torch.from_numpy(y[keep].T.copy()).float()
-        columns = read_groups([group], names)
+            return (torch.from_numpy(x[keep].T.copy()).float(), torch.from_numpy(y[keep].T.copy()).float()), None
+        columns = read_groups([group], names, self._open_files)
         arrays = []
         for name in names:
             column = columns.column(name)
@@ -580,15 +584,19 @@ class TableDataModule(InMemoryDataModule):
                 column = pc.cast(column, pa.float64())
             arrays.append(pc.cast(column, pa.float32()).to_numpy(zero_copy_only=False))
         values = np.stack(arrays)  # (features + targets, n): a copy per column, no transpose
-        rows = group.first_row + np.arange(values.shape[1])
+        key = (group.file, group.index)
+        if key not in self._group_splits:  # a row's split is a hash of its number: the same every epoch
+            rows = group.first_row + np.arange(values.shape[1])
+            self._group_splits[key] = split_of(self.seed, rows, self.val_fraction, self.test_fraction)
+        chosen = self._group_splits[key] == split
         if self._dropped:  # the statistics pass found rows to drop: find them again
             missing = np.isnan(values)
             if self.missing == "mean":  # features stay NaN for the model to fill; a missing target drops its row
                 missing[: self.in_features] = False
-            keep = ~missing.any(axis=0)
-            values, rows = values[:, keep], rows[keep]
-        values = torch.from_numpy(values[:, split_of(self.seed, rows, self.val_fraction, self.test_fraction) == split])
-        return values[: self.in_features], values[self.in_features :]
+            chosen &= ~missing.any(axis=0)
+        values = torch.from_numpy(values)
+        rows = None if chosen.all() else torch.from_numpy(np.flatnonzero(chosen))
+        return (values[: self.in_features], values[self.in_features :]), rows
 
     def _stream(self, split: int, shuffle: bool = False, n_batches: int | None = None) -> RowGroupStream:
         return RowGroupStream(

@@ -85,11 +85,18 @@ def split_of(seed: int, rows: np.ndarray, val_fraction: float, test_fraction: fl
     return np.where(u < val_fraction, VAL, np.where(u < val_fraction + test_fraction, TEST, TRAIN)).astype(np.uint8)
 
 
-def read_groups(groups: list[RowGroup], columns: list[str]) -> pa.Table:
-    """The named columns of `groups`, concatenated in the order given."""
+def read_groups(groups: list[RowGroup], columns: list[str], files: dict | None = None) -> pa.Table:
+    """The named columns of `groups`, concatenated in the order given.
+
+    `files`, if given, keeps each file opened (its footer parsed) from call to call: a stream reads one row
+    group at a time, every epoch.
+    """
+    files = {} if files is None else files
     try:
         parts = [
-            pq.ParquetFile(file).read_row_groups([g.index for g in run], columns=columns)
+            (files.get(file) or files.setdefault(file, pq.ParquetFile(file))).read_row_groups(
+                [g.index for g in run], columns=columns
+            )
             for file, run in ((file, list(run)) for file, run in groupby(groups, key=lambda g: g.file))
         ]
     except (pa.ArrowInvalid, OSError) as err:

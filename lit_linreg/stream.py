@@ -23,6 +23,7 @@ stream replays the epoch's reads and hands out the rest.
 
 from __future__ import annotations
 
+import itertools
 import queue
 import threading
 from collections.abc import Callable, Iterator, Sequence
@@ -49,8 +50,9 @@ class RowGroupStream(EpochBatches):
     """An iterable of batches cut from row groups read in the background, shuffled within windows.
 
     Args:
-        read: Reads one row group and returns its rows of this split, columns first: (in_features, n) and
-            (out_features, n) tensors, or just the first. Batches come out rows first, (B, in_features).
+        read: Reads one row group and returns `(columns, rows)`: its columns first, (in_features, n) and
+            (out_features, n) tensors, or just the first, and `rows`, the positions of this split's rows among
+            the n (a 1-D int64 tensor), or None for all n. Batches come out rows first, (B, in_features).
         groups: This rank's row groups, in the table's order.
         n_rows: How many rows `read` returns over all `groups` (the statistics pass counted them).
         batch_size: Rows per batch; None for all rows in one batch.
@@ -65,7 +67,7 @@ class RowGroupStream(EpochBatches):
 
     def __init__(
         self,
-        read: Callable[[Any], Batch],
+        read: Callable[[Any], tuple[Batch, torch.Tensor | None]],
         groups: Sequence[Any],
         n_rows: int,
         batch_size: int | None,
@@ -80,6 +82,7 @@ class RowGroupStream(EpochBatches):
         self.batch_size, self.shuffle, self.seed, self.rank = batch_size, shuffle, seed, rank
         self.n_batches, self.buffer_rows, self.prefetch = n_batches, buffer_rows, prefetch
         self.sampler = StreamEpoch()
+        self._pool: dict | None = None  # the shuffle's tensors, kept for the next epoch (see `_windows`)
 
     def __iter__(self) -> Iterator[Batch]:
         epoch = self.sampler.epoch
@@ -109,30 +112,70 @@ class RowGroupStream(EpochBatches):
                 # A batch is cut from one window, or joins the end of one and the start of the next.
                 columns = parts[0] if len(parts) == 1 else tuple(torch.cat(p, dim=1) for p in zip(*parts, strict=True))
                 self._yielded = i + 1
-                yield tuple(t.T.contiguous() for t in columns)  # (B, columns), as the in-memory loader gives
+                # (B, columns), as the in-memory loader gives, and always a copy: the window's tensor is refilled
+                # a few windows on (a one-column transpose is contiguous already, and .contiguous() a view).
+                yield tuple(t.T.clone(memory_format=torch.contiguous_format) for t in columns)
         finally:
             windows.close()
 
     def _windows(self, order: list, generator: torch.Generator) -> Iterator[Batch]:
-        """The epoch's rows in windows of at least `buffer_rows`, each permuted when shuffling."""
-        window: list[Batch] = []
-        rows = 0
-        for group in order:
-            window.append(self.read(group))
-            rows += window[-1][0].shape[1]
-            if rows >= self.buffer_rows or not self.shuffle:  # in order, a row group is a window
-                yield self._joined(window, generator)
-                window, rows = [], 0
-        if window:
-            yield self._joined(window, generator)
+        """The epoch's rows in windows of at least `buffer_rows`, each permuted when shuffling.
 
-    def _joined(self, window: list[Batch], generator: torch.Generator) -> Batch:
-        joined = tuple(torch.cat(parts, dim=1) for parts in zip(*window, strict=True))  # (columns, rows)
-        window.clear()  # the row groups' own tensors go now: one window's rows are held, not two
+        In order, a window is one row group's rows. Shuffled, each row group read is copied whole into `join`,
+        and one gather takes the window's rows of this split from it, permuted, into the window's own tensor.
+        Both are kept from window to window, as refilling a tensor costs no page faults and a fresh one does:
+        the window tensors rotate among `prefetch + 3`, so the one batches are cut from (and the one before it,
+        which the last batch may still view) is never refilled while in use.
+        """
         if not self.shuffle:
-            return joined
-        perm = torch.randperm(joined[0].shape[1], generator=generator)
-        return tuple(t.index_select(1, perm) for t in joined)  # each column gathered whole
+            for group in order:
+                columns, selected = self.read(group)
+                yield tuple(t.clone() if selected is None else t.index_select(1, selected) for t in columns)
+            return
+        # Kept from epoch to epoch too; an epoch that finds them taken (one abandoned, its reader not yet
+        # stopped) makes its own.
+        pool, self._pool = self._pool or {"join": None, "windows": [None] * (self.prefetch + 3)}, None
+        try:
+            yield from self._shuffled_windows(order, generator, pool)
+        finally:
+            self._pool = pool
+
+    def _shuffled_windows(self, order: list, generator: torch.Generator, pool: dict) -> Iterator[Batch]:
+        join, windows = pool["join"], pool["windows"]
+        heights: list[int] = []
+        filled, rows, picks, count = 0, 0, [], 0
+        for group in order:
+            columns, selected = self.read(group)
+            heights, width = [t.shape[0] for t in columns], columns[0].shape[1]
+            if join is None or join.shape[1] < filled + width:  # grown rarely: a window is about the same each time
+                grown = torch.empty(sum(heights), max(filled + width, self.buffer_rows + width))
+                if join is not None:
+                    grown[:, :filled].copy_(join[:, :filled])
+                join = pool["join"] = grown
+            first = 0
+            for t in columns:
+                join[first : first + t.shape[0], filled : filled + width].copy_(t)
+                first += t.shape[0]
+            picks.append(torch.arange(filled, filled + width) if selected is None else selected + filled)
+            filled, rows = filled + width, rows + len(picks[-1])
+            if rows >= self.buffer_rows:
+                yield self._gathered(join, picks, generator, windows, count, heights)
+                filled, rows, picks, count = 0, 0, [], count + 1
+        if picks:
+            yield self._gathered(join, picks, generator, windows, count, heights)
+
+    @staticmethod
+    def _gathered(join, picks, generator, windows, count, heights) -> Batch:
+        """The window's rows, `picks` of `join` in a fresh uniform order, into the next of the rotating `windows`."""
+        picks = torch.cat(picks)
+        picks = picks[torch.randperm(len(picks), generator=generator)]
+        slot, size = count % len(windows), join.shape[0] * len(picks)
+        if windows[slot] is None or len(windows[slot]) < size:  # flat, so that any window's (C, n) view is contiguous
+            windows[slot] = torch.empty(size)
+        window = windows[slot][:size].view(join.shape[0], len(picks))
+        torch.index_select(join, 1, picks, out=window)  # each column gathered whole
+        bounds = [0, *itertools.accumulate(heights)]
+        return tuple(window[a:b] for a, b in itertools.pairwise(bounds))
 
 
 class _ReadAhead:

@@ -14,10 +14,14 @@ SIZES = [7, 16, 9, 12, 8, 15, 10, 11, 13, 14]
 GROUPS = list(range(len(SIZES)))
 
 
-def read(group: int) -> tuple[torch.Tensor, torch.Tensor]:
+def columns(group: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Group `group`'s rows, columns first as a stream reads them: (1, n) and (1, n)."""
     x = group * 100.0 + torch.arange(SIZES[group], dtype=torch.float32)[None, :]
     return x, 2 * x
+
+
+def read(group: int) -> tuple[tuple[torch.Tensor, torch.Tensor], None]:
+    return columns(group), None  # every row of the group
 
 
 def stream(**kwargs) -> RowGroupStream:
@@ -32,7 +36,7 @@ def epoch(loader: RowGroupStream, n: int) -> list[torch.Tensor]:
 def test_each_epoch_visits_every_row_once_in_a_fresh_order_replayed_from_the_seed():
     loader = stream()
     orders = [torch.cat(epoch(loader, n)).flatten() for n in (0, 1, 0)]
-    everything = torch.cat([read(g)[0] for g in GROUPS], dim=1).flatten()
+    everything = torch.cat([columns(g)[0] for g in GROUPS], dim=1).flatten()
     assert sorted(orders[0].tolist()) == sorted(everything.tolist())
     assert not torch.equal(orders[0], orders[1]) and torch.equal(orders[0], orders[2])
     assert not torch.equal(torch.cat(epoch(stream(seed=1), 0)).flatten(), orders[0])
@@ -47,7 +51,7 @@ def test_rows_are_shuffled_within_windows_of_whole_row_groups():
     assert sum(SIZES[g] for g in first_window) >= 20
     assert groups[:20].tolist() != sorted(groups[:20].tolist())  # rows of its groups are interleaved
     in_order = torch.cat(epoch(stream(shuffle=False), 0)).flatten()
-    assert torch.equal(in_order, torch.cat([read(g)[0] for g in GROUPS], dim=1).flatten())
+    assert torch.equal(in_order, torch.cat([columns(g)[0] for g in GROUPS], dim=1).flatten())
 
 
 def test_a_training_stream_cuts_the_batches_every_rank_agrees_on_and_resumes_mid_epoch():
