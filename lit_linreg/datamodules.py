@@ -431,7 +431,7 @@ class TableDataModule(InMemoryDataModule):
         self._counts: np.ndarray | None = None  # streaming: this rank's rows per split (TRAIN, VAL, TEST)
         self._dropped = 0  # streaming: this rank's rows dropped for a missing value
         self._auto_streams: bool | None = None  # in_memory: null, once decided
-        self._open_files: dict = {}  # streaming: each Parquet file opened once, read a row group at a time
+        self._open_files: dict = {}  # streaming: each Parquet file's footer, parsed once (see `read_groups`)
         self._group_splits: dict = {}  # streaming: the split code of each row of each row group read, (n,) uint8
         _check_fraction("val_fraction", val_fraction)
         _check_fraction("test_fraction", test_fraction)
@@ -566,8 +566,8 @@ class TableDataModule(InMemoryDataModule):
         (None: all of them).
 
         The statistics pass has read and checked every cell already, so numeric columns of a numeric type take a
-        fast path: cast to float32 by pyarrow (the same rounding as float64 then float32) and stacked as Parquet
-        holds them, a column at a time; the split's rows are picked by the stream's one gather, not copied here.
+        fast path: cast to float32 by pyarrow (the same rounding as float64 then float32) and handed over as Parquet
+        holds them, a column at a time, to be copied once into the stream's buffer, which picks the split's rows.
         Categorical or text-typed columns go through `_read`.
         """
         table = self._table(self.path)
@@ -583,20 +583,17 @@ class TableDataModule(InMemoryDataModule):
             if not pa.types.is_floating(column.type):  # integers: exactly as float64 first, then float32
                 column = pc.cast(column, pa.float64())
             arrays.append(pc.cast(column, pa.float32()).to_numpy(zero_copy_only=False))
-        values = np.stack(arrays)  # (features + targets, n): a copy per column, no transpose
         key = (group.file, group.index)
         if key not in self._group_splits:  # a row's split is a hash of its number: the same every epoch
-            rows = group.first_row + np.arange(values.shape[1])
+            rows = group.first_row + np.arange(len(arrays[0]))
             self._group_splits[key] = split_of(self.seed, rows, self.val_fraction, self.test_fraction)
         chosen = self._group_splits[key] == split
         if self._dropped:  # the statistics pass found rows to drop: find them again
-            missing = np.isnan(values)
-            if self.missing == "mean":  # features stay NaN for the model to fill; a missing target drops its row
-                missing[: self.in_features] = False
-            chosen &= ~missing.any(axis=0)
-        values = torch.from_numpy(values)
+            used = arrays if self.missing != "mean" else arrays[self.in_features :]  # "mean": NaN features stay
+            for column in used:  # a missing target (any missing cell, but with "mean") drops its row
+                chosen &= ~np.isnan(column)
         rows = None if chosen.all() else torch.from_numpy(np.flatnonzero(chosen))
-        return (values[: self.in_features], values[self.in_features :]), rows
+        return (arrays[: self.in_features], arrays[self.in_features :]), rows  # the columns as pyarrow gave them
 
     def _stream(self, split: int, shuffle: bool = False, n_batches: int | None = None) -> RowGroupStream:
         return RowGroupStream(

@@ -88,15 +88,19 @@ def split_of(seed: int, rows: np.ndarray, val_fraction: float, test_fraction: fl
 def read_groups(groups: list[RowGroup], columns: list[str], files: dict | None = None) -> pa.Table:
     """The named columns of `groups`, concatenated in the order given.
 
-    `files`, if given, keeps each file opened (its footer parsed) from call to call: a stream reads one row
-    group at a time, every epoch.
+    `files`, if given, keeps each file's parsed footer from call to call (a stream reads one row group at a
+    time, every epoch): the file is opened again each call, so no reader keeps a row group's buffers alive.
     """
     files = {} if files is None else files
+
+    def opened(file: str) -> pq.ParquetFile:
+        if file not in files:
+            files[file] = pq.ParquetFile(file).metadata
+        return pq.ParquetFile(file, metadata=files[file])
+
     try:
         parts = [
-            (files.get(file) or files.setdefault(file, pq.ParquetFile(file))).read_row_groups(
-                [g.index for g in run], columns=columns
-            )
+            opened(file).read_row_groups([g.index for g in run], columns=columns)
             for file, run in ((file, list(run)) for file, run in groupby(groups, key=lambda g: g.file))
         ]
     except (pa.ArrowInvalid, OSError) as err:

@@ -51,8 +51,10 @@ class RowGroupStream(EpochBatches):
 
     Args:
         read: Reads one row group and returns `(columns, rows)`: its columns first, (in_features, n) and
-            (out_features, n) tensors, or just the first, and `rows`, the positions of this split's rows among
-            the n (a 1-D int64 tensor), or None for all n. Batches come out rows first, (B, in_features).
+            (out_features, n), or just the first, each a tensor or a sequence of its (n,) rows (the columns as
+            Parquet holds them, copied once, into the shuffle's buffer); and `rows`, the positions of this
+            split's rows among the n (a 1-D int64 tensor), or None for all n. Batches come out rows first,
+            (B, in_features).
         groups: This rank's row groups, in the table's order.
         n_rows: How many rows `read` returns over all `groups` (the statistics pass counted them).
         batch_size: Rows per batch; None for all rows in one batch.
@@ -130,6 +132,7 @@ class RowGroupStream(EpochBatches):
         if not self.shuffle:
             for group in order:
                 columns, selected = self.read(group)
+                columns = [_stacked(t) for t in columns]
                 yield tuple(t.clone() if selected is None else t.index_select(1, selected) for t in columns)
             return
         # Kept from epoch to epoch too; an epoch that finds them taken (one abandoned, its reader not yet
@@ -146,16 +149,20 @@ class RowGroupStream(EpochBatches):
         filled, rows, picks, count = 0, 0, [], 0
         for group in order:
             columns, selected = self.read(group)
-            heights, width = [t.shape[0] for t in columns], columns[0].shape[1]
+            heights, width = [len(t) for t in columns], len(columns[0][0])
             if join is None or join.shape[1] < filled + width:  # grown rarely: a window is about the same each time
                 grown = torch.empty(sum(heights), max(filled + width, self.buffer_rows + width))
                 if join is not None:
                     grown[:, :filled].copy_(join[:, :filled])
                 join = pool["join"] = grown
             first = 0
-            for t in columns:
-                join[first : first + t.shape[0], filled : filled + width].copy_(t)
-                first += t.shape[0]
+            for part in columns:
+                if isinstance(part, torch.Tensor):
+                    join[first : first + len(part), filled : filled + width].copy_(part)
+                else:
+                    for j, column in enumerate(part):
+                        join[first + j, filled : filled + width].copy_(torch.as_tensor(column))
+                first += len(part)
             picks.append(torch.arange(filled, filled + width) if selected is None else selected + filled)
             filled, rows = filled + width, rows + len(picks[-1])
             if rows >= self.buffer_rows:
@@ -176,6 +183,11 @@ class RowGroupStream(EpochBatches):
         torch.index_select(join, 1, picks, out=window)  # each column gathered whole
         bounds = [0, *itertools.accumulate(heights)]
         return tuple(window[a:b] for a, b in itertools.pairwise(bounds))
+
+
+def _stacked(part: torch.Tensor | Sequence) -> torch.Tensor:
+    """A part `read` returned as one (c, n) tensor."""
+    return part if isinstance(part, torch.Tensor) else torch.stack([torch.as_tensor(row) for row in part])
 
 
 class _ReadAhead:
