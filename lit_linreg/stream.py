@@ -23,12 +23,15 @@ stream replays the epoch's reads and hands out the rest.
 
 from __future__ import annotations
 
+import atexit
 import itertools
 import queue
 import threading
+import weakref
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
+import numpy as np
 import torch
 
 from lit_linreg.loader import EpochBatches, mixed_seed
@@ -85,17 +88,19 @@ class RowGroupStream(EpochBatches):
         self.n_batches, self.buffer_rows, self.prefetch = n_batches, buffer_rows, prefetch
         self.sampler = StreamEpoch()
         self._pool: dict | None = None  # the shuffle's tensors, kept for the next epoch (see `_windows`)
+        self._ahead: tuple[int, _ReadAhead] | None = None  # the next epoch's reader, started early
 
     def __iter__(self) -> Iterator[Batch]:
         epoch = self.sampler.epoch
         bounds, first = self._bounds(), self._first_batch()
         self._yielded = first
-        order = list(self.groups)
-        generator = torch.Generator().manual_seed(mixed_seed(self.seed, epoch, self.rank))
-        if self.shuffle:
-            order = [order[i] for i in torch.randperm(len(order), generator=generator).tolist()]
-        # Windows are read, joined and shuffled in the background, one ahead of the one batches are cut from.
-        windows = _ReadAhead(lambda: self._windows(order, generator), depth=self.prefetch)
+        # Windows are read, joined and shuffled in the background, one ahead of the one batches are cut from;
+        # the last epoch began this one's when it handed out its last batch.
+        ahead, self._ahead = self._ahead, None
+        if ahead is not None and ahead[0] != epoch:
+            ahead[1].close()
+            ahead = None
+        windows = ahead[1] if ahead is not None else self._read_ahead(epoch)
         window: Batch = ()  # the window batches are cut from, and how far into it they are
         offset = 0
         try:
@@ -117,8 +122,21 @@ class RowGroupStream(EpochBatches):
                 # (B, columns), as the in-memory loader gives, and always a copy: the window's tensor is refilled
                 # a few windows on (a one-column transpose is contiguous already, and .contiguous() a view).
                 yield tuple(t.T.clone(memory_format=torch.contiguous_format) for t in columns)
+            # Asked past the last batch, which Lightning does before it trains on it: the next epoch's first
+            # windows are read while the last steps run and validation follows.
+            windows.close()
+            if self.shuffle:
+                self._ahead = (epoch + 1, self._read_ahead(epoch + 1))
         finally:
             windows.close()
+
+    def _read_ahead(self, epoch: int) -> _ReadAhead:
+        """The background reader of `epoch`'s windows, in the epoch's order from the seed, the epoch and the rank."""
+        order = list(self.groups)
+        generator = torch.Generator().manual_seed(mixed_seed(self.seed, epoch, self.rank))
+        if self.shuffle:
+            order = [order[i] for i in torch.randperm(len(order), generator=generator).tolist()]
+        return _ReadAhead(lambda: self._windows(order, generator), depth=self.prefetch)
 
     def _windows(self, order: list, generator: torch.Generator) -> Iterator[Batch]:
         """The epoch's rows in windows of at least `buffer_rows`, each permuted when shuffling.
@@ -160,8 +178,9 @@ class RowGroupStream(EpochBatches):
                 if isinstance(part, torch.Tensor):
                     join[first : first + len(part), filled : filled + width].copy_(part)
                 else:
+                    into = join.numpy()  # numpy copies: pyarrow's arrays are read-only, which torch warns of
                     for j, column in enumerate(part):
-                        join[first + j, filled : filled + width].copy_(torch.as_tensor(column))
+                        np.copyto(into[first + j, filled : filled + width], column)
                 first += len(part)
             picks.append(torch.arange(filled, filled + width) if selected is None else selected + filled)
             filled, rows = filled + width, rows + len(picks[-1])
@@ -187,7 +206,7 @@ class RowGroupStream(EpochBatches):
 
 def _stacked(part: torch.Tensor | Sequence) -> torch.Tensor:
     """A part `read` returned as one (c, n) tensor."""
-    return part if isinstance(part, torch.Tensor) else torch.stack([torch.as_tensor(row) for row in part])
+    return part if isinstance(part, torch.Tensor) else torch.from_numpy(np.stack(part))
 
 
 class _ReadAhead:
@@ -197,23 +216,35 @@ class _ReadAhead:
     """
 
     _DONE = object()
+    _LIVE: weakref.WeakSet[_ReadAhead] = weakref.WeakSet()  # stopped at exit (see `_stop_all`)
 
     def __init__(self, produce: Callable[[], Iterator[Any]], depth: int) -> None:
         self.produce = produce
         self.queue: queue.Queue = queue.Queue(maxsize=max(1, depth))
         self.stop = threading.Event()
         self.thread = threading.Thread(target=self._run, name="lit-linreg-read-ahead", daemon=True)
+        self._LIVE.add(self)
         self.thread.start()
 
+    @classmethod
+    def _stop_all(cls) -> None:
+        """At exit: a reader still running (the next epoch's, read ahead after the last) is stopped and waited
+        for, as the interpreter would otherwise kill its thread inside pyarrow or torch, which aborts the process."""
+        for reader in list(cls._LIVE):
+            reader.close()
+
     def _run(self) -> None:
+        items = self.produce()
         try:
-            for item in self.produce():
+            for item in items:
                 if self.stop.is_set():
                     return
                 self._put(item)
         except BaseException as err:  # handed to the consumer, which raises it as its own
             self._put(err)
             return
+        finally:
+            items.close()  # here, in this thread: what the producer holds is let go before `close()` returns
         self._put(self._DONE)
 
     def _put(self, item: Any) -> None:
@@ -242,3 +273,6 @@ class _ReadAhead:
 
     def __del__(self) -> None:
         self.stop.set()
+
+
+atexit.register(_ReadAhead._stop_all)

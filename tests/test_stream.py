@@ -1,4 +1,6 @@
 import signal
+import subprocess
+import sys
 import threading
 
 import pytest
@@ -77,6 +79,33 @@ def test_a_read_error_in_the_background_is_raised_in_the_loop_and_the_reader_sto
     before = threading.active_count()
     next(iter(stream()))  # an epoch abandoned after one batch ...
     assert threading.active_count() <= before  # ... leaves no reader thread behind
+
+
+def test_the_next_epoch_is_read_ahead_and_a_process_ending_with_it_in_flight_exits_cleanly():
+    loader = stream()
+    loader.sampler.set_epoch(0)
+    assert len(list(loader)) == 15 and loader._ahead is not None and loader._ahead[0] == 1  # read while epoch 0 ends
+    ahead = loader._ahead[1]
+    loader.sampler.set_epoch(1)
+    assert sorted(torch.cat([x for x, _ in loader]).flatten().tolist()) == sorted(
+        torch.cat([columns(g)[0] for g in GROUPS], dim=1).flatten().tolist()
+    )
+    assert ahead.stop.is_set()  # the epoch used the reader started early, and closed it
+    loader.sampler.set_epoch(5)  # not the epoch read ahead (2): that reader is dropped, and this one read afresh
+    assert len(list(loader)) == 15
+    # The last epoch's reader is still reading when the process ends: it is stopped at exit, not killed inside
+    # torch (which aborts the process with "terminate called without an active exception").
+    code = (
+        "import torch\n"
+        "from lit_linreg.stream import RowGroupStream\n"
+        "def read(g):\n"
+        "    torch.linalg.inv(torch.randn(1500, 1500) + 1500 * torch.eye(1500))  # seconds of C++ per group\n"
+        "    return (torch.full((1, 5), float(g)),), None\n"
+        "loader = RowGroupStream(read, list(range(4)), 20, batch_size=5, shuffle=True, buffer_rows=5)\n"
+        "print(len(list(loader)))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert (done.returncode, done.stdout.strip(), "terminate" in done.stderr) == (0, "4", False), done.stderr
 
 
 # --- Streaming a Parquet table through the CLI ----------------------------------------------------------------
