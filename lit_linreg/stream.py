@@ -108,6 +108,9 @@ class RowGroupStream(EpochBatches):
                 parts, need = [], stop - start
                 while need:
                     if not window or offset == window[0].shape[1]:
+                        # What this batch has of the window ends here is copied before the next is taken: once
+                        # it is, the reader may refill this window's tensor.
+                        parts = [tuple(t.clone() for t in part) for part in parts]
                         window, offset = next(windows, ()), 0
                         if not window:
                             raise RuntimeError(f"the row groups held fewer rows than the {self.n_rows} counted")
@@ -141,32 +144,35 @@ class RowGroupStream(EpochBatches):
     def _windows(self, order: list, generator: torch.Generator) -> Iterator[Batch]:
         """The epoch's rows in windows of at least `buffer_rows`, each permuted when shuffling.
 
-        In order, a window is one row group's rows. Shuffled, each row group read is copied whole into `join`,
-        and one gather takes the window's rows of this split from it, permuted, into the window's own tensor.
-        Both are kept from window to window, as refilling a tensor costs no page faults and a fresh one does:
-        the window tensors rotate among `prefetch + 3`, so the one batches are cut from (and the one before it,
-        which the last batch may still view) is never refilled while in use.
+        Row groups are decoded in a thread of their own, two ahead of this one (which joins and gathers them),
+        so decoding one window overlaps gathering the last. In order, a window is one row group's rows.
+        Shuffled, each row group read is copied whole into `join`, and one gather takes the window's rows of
+        this split from it, permuted, into the window's own tensor. Both are kept from window to window, as
+        refilling a tensor costs no page faults and a fresh one does: the window tensors rotate among
+        `prefetch + 2`, so the one batches are cut from is never refilled while in use (see `__iter__`).
         """
-        if not self.shuffle:
-            for group in order:
-                columns, selected = self.read(group)
-                columns = [_stacked(t) for t in columns]
-                yield tuple(t.clone() if selected is None else t.index_select(1, selected) for t in columns)
-            return
-        # Kept from epoch to epoch too; an epoch that finds them taken (one abandoned, its reader not yet
-        # stopped) makes its own.
-        pool, self._pool = self._pool or {"join": None, "windows": [None] * (self.prefetch + 3)}, None
+        reads = _ReadAhead(lambda: (self.read(group) for group in order), depth=2)
         try:
-            yield from self._shuffled_windows(order, generator, pool)
+            if not self.shuffle:
+                for columns, selected in reads:
+                    columns = [_stacked(t) for t in columns]
+                    yield tuple(t.clone() if selected is None else t.index_select(1, selected) for t in columns)
+                return
+            # Kept from epoch to epoch too; an epoch that finds them taken (one abandoned, its reader not yet
+            # stopped) makes its own.
+            pool, self._pool = self._pool or {"join": None, "windows": [None] * (self.prefetch + 2)}, None
+            try:
+                yield from self._shuffled_windows(reads, generator, pool)
+            finally:
+                self._pool = pool
         finally:
-            self._pool = pool
+            reads.close()
 
-    def _shuffled_windows(self, order: list, generator: torch.Generator, pool: dict) -> Iterator[Batch]:
+    def _shuffled_windows(self, reads: Iterator, generator: torch.Generator, pool: dict) -> Iterator[Batch]:
         join, windows = pool["join"], pool["windows"]
         heights: list[int] = []
         filled, rows, picks, count = 0, 0, [], 0
-        for group in order:
-            columns, selected = self.read(group)
+        for columns, selected in reads:
             heights, width = [len(t) for t in columns], len(columns[0][0])
             if join is None or join.shape[1] < filled + width:  # grown rarely: a window is about the same each time
                 grown = torch.empty(sum(heights), max(filled + width, self.buffer_rows + width))
