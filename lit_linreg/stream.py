@@ -144,29 +144,25 @@ class RowGroupStream(EpochBatches):
     def _windows(self, order: list, generator: torch.Generator) -> Iterator[Batch]:
         """The epoch's rows in windows of at least `buffer_rows`, each permuted when shuffling.
 
-        Row groups are decoded in a thread of their own, two ahead of this one (which joins and gathers them),
-        so decoding one window overlaps gathering the last. In order, a window is one row group's rows.
-        Shuffled, each row group read is copied whole into `join`, and one gather takes the window's rows of
-        this split from it, permuted, into the window's own tensor. Both are kept from window to window, as
-        refilling a tensor costs no page faults and a fresh one does: the window tensors rotate among
-        `prefetch + 2`, so the one batches are cut from is never refilled while in use (see `__iter__`).
+        In order, a window is one row group's rows. Shuffled, each row group read is copied whole into `join`,
+        and one gather takes the window's rows of this split from it, permuted, into the window's own tensor.
+        Both are kept from window to window, as refilling a tensor costs no page faults and a fresh one does:
+        the window tensors rotate among `prefetch + 2`, so the one batches are cut from is never refilled
+        while in use (see `__iter__`).
         """
-        reads = _ReadAhead(lambda: (self.read(group) for group in order), depth=2)
+        reads = (self.read(group) for group in order)
+        if not self.shuffle:
+            for columns, selected in reads:
+                columns = [_stacked(t) for t in columns]
+                yield tuple(t.clone() if selected is None else t.index_select(1, selected) for t in columns)
+            return
+        # Kept from epoch to epoch too; an epoch that finds them taken (one abandoned, its reader not yet
+        # stopped) makes its own.
+        pool, self._pool = self._pool or {"join": None, "windows": [None] * (self.prefetch + 2)}, None
         try:
-            if not self.shuffle:
-                for columns, selected in reads:
-                    columns = [_stacked(t) for t in columns]
-                    yield tuple(t.clone() if selected is None else t.index_select(1, selected) for t in columns)
-                return
-            # Kept from epoch to epoch too; an epoch that finds them taken (one abandoned, its reader not yet
-            # stopped) makes its own.
-            pool, self._pool = self._pool or {"join": None, "windows": [None] * (self.prefetch + 2)}, None
-            try:
-                yield from self._shuffled_windows(reads, generator, pool)
-            finally:
-                self._pool = pool
+            yield from self._shuffled_windows(reads, generator, pool)
         finally:
-            reads.close()
+            self._pool = pool
 
     def _shuffled_windows(self, reads: Iterator, generator: torch.Generator, pool: dict) -> Iterator[Batch]:
         join, windows = pool["join"], pool["windows"]
