@@ -40,7 +40,7 @@ lint: install  ## ruff check and format check
 	$(PY) -m ruff check lit_linreg tests benchmarks
 	$(PY) -m ruff format --check lit_linreg tests benchmarks
 
-bench: install  ## time and measure lit_linreg against plain PyTorch and Lightning (a few minutes)
+bench: install  ## time and measure lit_linreg against plain PyTorch and Lightning (about 15 minutes)
 	$(PY) benchmarks/bench.py
 
 tensorboard: install  ## serve the dashboards of runs/ on 127.0.0.1:6006

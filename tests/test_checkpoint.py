@@ -176,3 +176,31 @@ def test_random_kills_from_outside_never_change_the_final_weights(tmp_path, unin
     resumed = final_state(tmp_path)
     record_fault("lost", sum(not torch.equal(resumed[k], uninterrupted[k]) for k in uninterrupted))
     assert all(torch.equal(resumed[k], uninterrupted[k]) for k in uninterrupted)
+
+
+def test_best_checkpoint_keeps_model_checkpoints_state_key_and_its_step_trigger():
+    from lightning.pytorch.callbacks import ModelCheckpoint
+
+    from lit_linreg.checkpoint import BestCheckpoint
+
+    for kwargs in ({"monitor": "val/loss"}, {"monitor": "val/loss", "every_n_train_steps": 3}):
+        assert BestCheckpoint(**kwargs).state_key == ModelCheckpoint(**kwargs).state_key
+    saved = []
+
+    class Recording(BestCheckpoint):
+        def _save_topk_checkpoint(self, trainer, monitor_candidates):
+            saved.append(trainer.global_step)
+
+    class Trainer:  # what ModelCheckpoint reads at a batch end, at global steps 1..6
+        fast_dev_run, sanity_checking, callback_metrics, current_epoch = False, False, {}, 0
+        state = type("State", (), {"fn": "fit"})()
+        strategy = None
+
+    module = type("Module", (), {"automatic_optimization": True})()
+    for every in (0, 3):
+        callback, trainer = Recording(every_n_train_steps=every), Trainer()
+        callback._save_last_checkpoint = lambda *args: None
+        for step in range(1, 7):
+            trainer.global_step = step
+            callback.on_train_batch_end(trainer, module, None, None, step - 1)
+    assert saved == [3, 6]  # none with no trigger; every third step with every_n_train_steps 3

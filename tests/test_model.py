@@ -73,6 +73,24 @@ def test_standardized_model_predicts_in_original_units(tmp_path):
     assert ((model(x) - y) ** 2).mean().item() < 0.4831 * 1.01
 
 
+def test_the_fused_training_loss_is_the_mean_of_the_per_output_losses_and_an_override_replaces_it(tmp_path):
+    dm = CropYieldDataModule()
+    model = fit(LinearRegression(3, 2, lr=0.5), dm, 3, tmp_path)  # standardized, two outputs: the general case
+    x, y = dm.splits["train"]
+    model.trainer.fit_loop.epoch_loop._batches_that_stepped = 0  # a step that does not log: the fused path alone
+    fused = model.training_step((x, y), 0)
+    assert torch.allclose(fused, model.loss_per_output(x, y).mean(), rtol=1e-6)
+
+    class Halved(LinearRegression):
+        def loss_per_output(self, x, y):
+            return super().loss_per_output(x, y) / 2
+
+    halved = Halved(3, 2)
+    halved.load_state_dict(model.state_dict())
+    halved._scales, halved.trainer = model._scales, model.trainer
+    assert torch.allclose(halved.training_step((x, y), 0), fused / 2, rtol=1e-6)
+
+
 @pytest.mark.parametrize(
     "kwargs, message",
     [
