@@ -16,7 +16,6 @@ from typing import Literal
 import lightning as L
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 import torch
 from lightning.pytorch.utilities import rank_zero_info
 
@@ -566,9 +565,10 @@ class TableDataModule(InMemoryDataModule):
         (None: all of them).
 
         The statistics pass has read and checked every cell already, so numeric columns of a numeric type take a
-        fast path: cast to float32 by pyarrow (the same rounding as float64 then float32) and handed over as Parquet
-        holds them, a column at a time, to be copied once into the stream's buffer, which picks the split's rows.
-        Categorical or text-typed columns go through `_read`.
+        fast path: cast to float32 by pyarrow (the same rounding as float64 then float32) and laid out columns
+        first in one call. It runs in the stream's reader thread, which needs the GIL back after each call into
+        pyarrow or torch, and waits for it while the training loop runs Python: a few calls a row group, rather
+        than a few per column, keep it ahead of training. Categorical or text-typed columns go through `_read`.
         """
         table = self._table(self.path)
         names = [*self.feature_names, *self.target_names]
@@ -577,23 +577,25 @@ class TableDataModule(InMemoryDataModule):
             keep = codes == split
             return (torch.from_numpy(x[keep].T.copy()).float(), torch.from_numpy(y[keep].T.copy()).float()), None
         columns = read_groups([group], names, self._open_files)
-        arrays = []
-        for name in names:
-            column = columns.column(name)
-            if not pa.types.is_floating(column.type):  # integers: exactly as float64 first, then float32
-                column = pc.cast(column, pa.float64())
-            arrays.append(pc.cast(column, pa.float32()).to_numpy(zero_copy_only=False))
+        if not all(pa.types.is_floating(t) for t in columns.schema.types):  # integers: exactly as float64 first
+            columns = columns.cast(pa.schema([(name, pa.float64()) for name in names]))
+        columns = columns.cast(pa.schema([(name, pa.float32()) for name in names])).combine_chunks()
+        if columns.num_rows:  # (n, columns) laid out columns first, so that its transpose is contiguous; nulls NaN
+            values = torch.from_numpy(
+                np.asarray(columns.to_batches()[0].to_tensor(null_to_nan=True, row_major=False)).T
+            )
+        else:
+            values = torch.empty(len(names), 0)
         key = (group.file, group.index)
         if key not in self._group_splits:  # a row's split is a hash of its number: the same every epoch
-            rows = group.first_row + np.arange(len(arrays[0]))
+            rows = group.first_row + np.arange(columns.num_rows)
             self._group_splits[key] = split_of(self.seed, rows, self.val_fraction, self.test_fraction)
         chosen = self._group_splits[key] == split
         if self._dropped:  # the statistics pass found rows to drop: find them again
-            used = arrays if self.missing != "mean" else arrays[self.in_features :]  # "mean": NaN features stay
-            for column in used:  # a missing target (any missing cell, but with "mean") drops its row
-                chosen &= ~np.isnan(column)
+            used = values if self.missing != "mean" else values[self.in_features :]  # "mean": NaN features stay
+            chosen &= ~used.isnan().any(0).numpy()  # a missing target (any missing cell, but with "mean") drops its row
         rows = None if chosen.all() else torch.from_numpy(np.flatnonzero(chosen))
-        return (arrays[: self.in_features], arrays[self.in_features :]), rows  # the columns as pyarrow gave them
+        return (values[: self.in_features], values[self.in_features :]), rows
 
     def _stream(self, split: int, shuffle: bool = False, n_batches: int | None = None) -> RowGroupStream:
         return RowGroupStream(

@@ -1,10 +1,9 @@
 """Batches streamed from a table's row groups as the epoch goes: data larger than memory (`--data.in_memory false`).
 
 A `RowGroupStream` never holds more than a few row groups: a background thread reads the next ones (pyarrow
-decodes with the GIL released, so reading overlaps training) into a small queue, and the loader cuts batches
-from them. Rows stay in Parquet's own layout, a column at a time ((columns, rows) tensors), until a batch is
-cut: the shuffle then gathers whole columns, and only each batch is turned into the (rows, columns) tensor
-the model takes, which is several times cheaper than transposing every row group.
+decodes with the GIL released, so reading overlaps training), copies each into a buffer rows first (one
+blocked transpose of Parquet's columns) and queues windows of them, and the loader gathers each batch's rows
+from a window with one `index_select`: the (rows, columns) tensors the model takes, and a batch's own copy.
 
 What the shuffle guarantees, each epoch, from `seed`, the epoch and the rank alone (so a resumed run replays it):
 - every row of this rank's share is visited exactly once;
@@ -31,7 +30,6 @@ import weakref
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
-import numpy as np
 import torch
 
 from lit_linreg.loader import EpochBatches, mixed_seed
@@ -54,10 +52,9 @@ class RowGroupStream(EpochBatches):
 
     Args:
         read: Reads one row group and returns `(columns, rows)`: its columns first, (in_features, n) and
-            (out_features, n), or just the first, each a tensor or a sequence of its (n,) rows (the columns as
-            Parquet holds them, copied once, into the shuffle's buffer); and `rows`, the positions of this
-            split's rows among the n (a 1-D int64 tensor), or None for all n. Batches come out rows first,
-            (B, in_features).
+            (out_features, n), or just the first, as tensors (Parquet's layout, copied once into the shuffle's
+            buffer); and `rows`, the positions of this split's rows among the n (a 1-D int64 tensor), or None
+            for all n. Batches come out rows first, (B, in_features).
         groups: This rank's row groups, in the table's order.
         n_rows: How many rows `read` returns over all `groups` (the statistics pass counted them).
         batch_size: Rows per batch; None for all rows in one batch.
@@ -101,30 +98,26 @@ class RowGroupStream(EpochBatches):
             ahead[1].close()
             ahead = None
         windows = ahead[1] if ahead is not None else self._read_ahead(epoch)
-        window: Batch = ()  # the window batches are cut from, and how far into it they are
+        window: _Window | None = None  # the window batches are cut from, and how far into it they are
         offset = 0
         try:
-            for i, (start, stop) in enumerate(zip(bounds[:-1], bounds[1:], strict=True)):
-                parts, need = [], stop - start
+            for i, (start, stop) in enumerate(itertools.pairwise(bounds)):
+                pieces, need = [], stop - start
                 while need:
-                    if not window or offset == window[0].shape[1]:
-                        # What this batch has of the window ends here is copied before the next is taken: once
-                        # it is, the reader may refill this window's tensor.
-                        parts = [tuple(t.clone() for t in part) for part in parts]
-                        window, offset = next(windows, ()), 0
-                        if not window:
+                    if window is None or offset == len(window.picks):
+                        window, offset = next(windows, None), 0  # the last is let go: the reader may refill it
+                        if window is None:
                             raise RuntimeError(f"the row groups held fewer rows than the {self.n_rows} counted")
-                    take = min(need, window[0].shape[1] - offset)
-                    parts.append(tuple(t[:, offset : offset + take] for t in window))
+                    take = min(need, len(window.picks) - offset)
+                    if i >= first:  # a resumed epoch replays the reads of the batches it had, to keep the order
+                        pieces.append(window.gather(offset, offset + take))
                     offset, need = offset + take, need - take
-                if i < first:  # a resumed epoch replays the reads of the batches it had, to keep the order
+                if i < first:
                     continue
-                # A batch is cut from one window, or joins the end of one and the start of the next.
-                columns = parts[0] if len(parts) == 1 else tuple(torch.cat(p, dim=1) for p in zip(*parts, strict=True))
                 self._yielded = i + 1
-                # (B, columns), as the in-memory loader gives, and always a copy: the window's tensor is refilled
-                # a few windows on (a one-column transpose is contiguous already, and .contiguous() a view).
-                yield tuple(t.T.clone(memory_format=torch.contiguous_format) for t in columns)
+                # A batch is gathered from one window, or joins the end of one and the start of the next; either
+                # way its tensors are its own (the window's are refilled a few windows on).
+                yield pieces[0] if len(pieces) == 1 else tuple(torch.cat(p) for p in zip(*pieces, strict=True))
             # Asked past the last batch, which Lightning does before it trains on it: the next epoch's first
             # windows are read while the last steps run and validation follows.
             windows.close()
@@ -139,90 +132,114 @@ class RowGroupStream(EpochBatches):
         generator = torch.Generator().manual_seed(mixed_seed(self.seed, epoch, self.rank))
         if self.shuffle:
             order = [order[i] for i in torch.randperm(len(order), generator=generator).tolist()]
-        return _ReadAhead(lambda: self._windows(order, generator), depth=self.prefetch)
+        return _ReadAhead(lambda: self._windows(order, generator), held=self.prefetch + 1)
 
-    def _windows(self, order: list, generator: torch.Generator) -> Iterator[Batch]:
-        """The epoch's rows in windows of at least `buffer_rows`, each permuted when shuffling.
+    def _windows(self, order: list, generator: torch.Generator) -> Iterator[_Window]:
+        """The epoch's rows in windows: each row group read is copied whole, rows first, into a join buffer,
+        and a window is the positions of this split's rows in it (permuted, when shuffling).
 
-        In order, a window is one row group's rows. Shuffled, each row group read is copied whole into `join`,
-        and one gather takes the window's rows of this split from it, permuted, into the window's own tensor.
-        Both are kept from window to window, as refilling a tensor costs no page faults and a fresh one does:
-        the window tensors rotate among `prefetch + 2`, so the one batches are cut from is never refilled
-        while in use (see `__iter__`).
+        Shuffled, a window joins whole row groups until it holds `buffer_rows` of this split's rows; in order, it
+        is one row group. The join buffers rotate among `prefetch + 1`: the one batches are gathered from and those
+        read ahead of it, and `_ReadAhead` refills one only once the loop has taken the next window (see
+        `__iter__`). A shuffled stream keeps them from epoch to epoch: refilling a tensor costs no page faults,
+        and a fresh one does.
         """
-        reads = (self.read(group) for group in order)
-        if not self.shuffle:
-            for columns, selected in reads:
-                columns = [_stacked(t) for t in columns]
-                yield tuple(t.clone() if selected is None else t.index_select(1, selected) for t in columns)
-            return
-        # Kept from epoch to epoch too; an epoch that finds them taken (one abandoned, its reader not yet
-        # stopped) makes its own.
-        pool, self._pool = self._pool or {"join": None, "windows": [None] * (self.prefetch + 2)}, None
+        # An epoch that finds the buffers taken (one abandoned, its reader not yet stopped) makes its own.
+        rows_hint = self.buffer_rows if self.shuffle else 0
+        pool, self._pool = self._pool or _JoinPool(self.prefetch + 1, rows_hint), None
         try:
-            yield from self._shuffled_windows(reads, generator, pool)
+            count, picks, rows = 0, [], 0
+            join = pool.join(count)
+            for group in order:
+                columns, selected = self.read(group)
+                filled = join.append(columns)
+                width = join.filled - filled
+                picks.append(torch.arange(filled, join.filled) if selected is None else selected + filled)
+                rows += len(picks[-1]) if selected is not None else width
+                if not self.shuffle or rows >= self.buffer_rows:
+                    yield join.window(picks, generator if self.shuffle else None)
+                    count, picks, rows = count + 1, [], 0
+                    join = pool.join(count)
+            if picks:
+                yield join.window(picks, generator if self.shuffle else None)
         finally:
-            self._pool = pool
-
-    def _shuffled_windows(self, reads: Iterator, generator: torch.Generator, pool: dict) -> Iterator[Batch]:
-        join, windows = pool["join"], pool["windows"]
-        heights: list[int] = []
-        filled, rows, picks, count = 0, 0, [], 0
-        for columns, selected in reads:
-            heights, width = [len(t) for t in columns], len(columns[0][0])
-            if join is None or join.shape[1] < filled + width:  # grown rarely: a window is about the same each time
-                grown = torch.empty(sum(heights), max(filled + width, self.buffer_rows + width))
-                if join is not None:
-                    grown[:, :filled].copy_(join[:, :filled])
-                join = pool["join"] = grown
-            first = 0
-            for part in columns:
-                if isinstance(part, torch.Tensor):
-                    join[first : first + len(part), filled : filled + width].copy_(part)
-                else:
-                    into = join.numpy()  # numpy copies: pyarrow's arrays are read-only, which torch warns of
-                    for j, column in enumerate(part):
-                        np.copyto(into[first + j, filled : filled + width], column)
-                first += len(part)
-            picks.append(torch.arange(filled, filled + width) if selected is None else selected + filled)
-            filled, rows = filled + width, rows + len(picks[-1])
-            if rows >= self.buffer_rows:
-                yield self._gathered(join, picks, generator, windows, count, heights)
-                filled, rows, picks, count = 0, 0, [], count + 1
-        if picks:
-            yield self._gathered(join, picks, generator, windows, count, heights)
-
-    @staticmethod
-    def _gathered(join, picks, generator, windows, count, heights) -> Batch:
-        """The window's rows, `picks` of `join` in a fresh uniform order, into the next of the rotating `windows`."""
-        picks = torch.cat(picks)
-        picks = picks[torch.randperm(len(picks), generator=generator)]
-        slot, size = count % len(windows), join.shape[0] * len(picks)
-        if windows[slot] is None or len(windows[slot]) < size:  # flat, so that any window's (C, n) view is contiguous
-            windows[slot] = torch.empty(size)
-        window = windows[slot][:size].view(join.shape[0], len(picks))
-        torch.index_select(join, 1, picks, out=window)  # each column gathered whole
-        bounds = [0, *itertools.accumulate(heights)]
-        return tuple(window[a:b] for a, b in itertools.pairwise(bounds))
+            if self.shuffle:
+                self._pool = pool
 
 
-def _stacked(part: torch.Tensor | Sequence) -> torch.Tensor:
-    """A part `read` returned as one (c, n) tensor."""
-    return part if isinstance(part, torch.Tensor) else torch.from_numpy(np.stack(part))
+class _Window:
+    """Rows of a join buffer, in the order batches take them: `parts` (capacity, c) tensors and `picks` (m,)."""
+
+    def __init__(self, parts: tuple[torch.Tensor, ...], picks: torch.Tensor) -> None:
+        self.parts, self.picks = parts, picks
+
+    def gather(self, start: int, stop: int) -> Batch:
+        """The window's rows start to stop: (stop - start, c) tensors of their own, one per part."""
+        rows = self.picks[start:stop]
+        return tuple(part.index_select(0, rows) for part in self.parts)
+
+
+class _Join:
+    """A buffer row groups are copied into one after another, rows first: one (capacity, c) tensor per part.
+
+    Row groups come columns first, (c, n) (Parquet's layout): each is transposed into the buffer by one torch
+    copy, blocked, so several times faster than writing each column with a stride. A batch is then one
+    `index_select` of whole rows, which needs no transpose.
+    """
+
+    def __init__(self, rows_hint: int = 0) -> None:
+        self.rows_hint = rows_hint  # rows a window usually fills: the buffer is first made that large
+        self.parts: list[torch.Tensor] = []
+        self.filled = 0
+
+    def append(self, columns: Sequence[torch.Tensor]) -> int:
+        """Copy one row group's (c, n) columns in after the rows already filled; returns where they start."""
+        heights, width = [len(part) for part in columns], columns[0].shape[1]
+        start, self.filled = self.filled, self.filled + width
+        if len(self.parts) != len(heights) or len(self.parts[0]) < self.filled:  # grown rarely: windows are alike
+            grown = [torch.empty(max(self.filled, self.rows_hint + width), c) for c in heights]
+            for new, old in zip(grown, self.parts, strict=False):
+                new[:start].copy_(old[:start])
+            self.parts = grown
+        for part, into in zip(columns, self.parts, strict=True):
+            into[start : self.filled].copy_(part.T)
+        return start
+
+    def window(self, picks: list[torch.Tensor], generator: torch.Generator | None) -> _Window:
+        """The filled rows' `picks` as a window, in a fresh uniform order given a generator; empties the join."""
+        order = torch.cat(picks)
+        if generator is not None:
+            order = order[torch.randperm(len(order), generator=generator)]
+        self.filled = 0
+        return _Window(tuple(self.parts), order)
+
+
+class _JoinPool:
+    """`size` join buffers, taken in turn."""
+
+    def __init__(self, size: int, rows_hint: int) -> None:
+        self.joins = [_Join(rows_hint) for _ in range(size)]
+
+    def join(self, count: int) -> _Join:
+        return self.joins[count % len(self.joins)]
 
 
 class _ReadAhead:
-    """Runs `produce()` in a background thread, at most `depth` items ahead; an iterator here, re-raising its errors.
+    """Runs `produce()` in a background thread; an iterator here, re-raising its errors.
 
+    At most `held` items exist at once: the one the consumer took last, which is in use until it takes the
+    next, and those made after it. So a producer that fills `held` buffers in turn never refills one in use.
     `close()` (also on garbage collection of an abandoned epoch) stops the thread and waits for it.
     """
 
     _DONE = object()
     _LIVE: weakref.WeakSet[_ReadAhead] = weakref.WeakSet()  # stopped at exit (see `_stop_all`)
 
-    def __init__(self, produce: Callable[[], Iterator[Any]], depth: int) -> None:
+    def __init__(self, produce: Callable[[], Iterator[Any]], held: int) -> None:
         self.produce = produce
-        self.queue: queue.Queue = queue.Queue(maxsize=max(1, depth))
+        self.queue: queue.Queue = queue.Queue()  # bounded by `free`
+        self.free = threading.Semaphore(max(1, held))  # items that may still be made
+        self.taken = False  # whether the consumer holds an item
         self.stop = threading.Event()
         self.thread = threading.Thread(target=self._run, name="lit-linreg-read-ahead", daemon=True)
         self._LIVE.add(self)
@@ -238,24 +255,23 @@ class _ReadAhead:
     def _run(self) -> None:
         items = self.produce()
         try:
-            for item in items:
+            while True:
+                while not self.free.acquire(timeout=0.1):
+                    if self.stop.is_set():
+                        return
                 if self.stop.is_set():
                     return
-                self._put(item)
+                try:
+                    item = next(items)
+                except StopIteration:
+                    break
+                self.queue.put(item)
         except BaseException as err:  # handed to the consumer, which raises it as its own
-            self._put(err)
+            self.queue.put(err)
             return
         finally:
             items.close()  # here, in this thread: what the producer holds is let go before `close()` returns
-        self._put(self._DONE)
-
-    def _put(self, item: Any) -> None:
-        while not self.stop.is_set():
-            try:
-                self.queue.put(item, timeout=0.1)
-                return
-            except queue.Full:
-                continue
+        self.queue.put(self._DONE)
 
     def __iter__(self) -> _ReadAhead:
         return self
@@ -267,6 +283,9 @@ class _ReadAhead:
             raise StopIteration
         if isinstance(item, BaseException):
             raise item
+        if self.taken:  # the item taken before this one is let go: the producer may make one more
+            self.free.release()
+        self.taken = True
         return item
 
     def close(self) -> None:

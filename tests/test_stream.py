@@ -2,6 +2,7 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 
 import pytest
 import torch
@@ -54,6 +55,19 @@ def test_rows_are_shuffled_within_windows_of_whole_row_groups():
     assert groups[:20].tolist() != sorted(groups[:20].tolist())  # rows of its groups are interleaved
     in_order = torch.cat(epoch(stream(shuffle=False), 0)).flatten()
     assert torch.equal(in_order, torch.cat([columns(g)[0] for g in GROUPS], dim=1).flatten())
+
+
+def test_a_slow_training_step_never_sees_rows_of_a_buffer_the_reader_has_refilled():
+    # The reader fills its join buffers in turn, far faster than these steps take their batches: a buffer
+    # refilled while batches were still gathered from it would repeat some rows and lose others.
+    loader, seen = stream(buffer_rows=10), []
+    for x, y in loader:
+        time.sleep(0.01)
+        seen.append(x)
+        assert torch.equal(y, 2 * x)
+    assert sorted(torch.cat(seen).flatten().tolist()) == sorted(
+        torch.cat([columns(g)[0] for g in GROUPS], 1).flatten().tolist()
+    )
 
 
 def test_a_training_stream_cuts_the_batches_every_rank_agrees_on_and_resumes_mid_epoch():
