@@ -1,9 +1,9 @@
 """Batches streamed from a table's row groups as the epoch goes: data larger than memory (`--data.in_memory false`).
 
-A `RowGroupStream` never holds more than a few row groups: a background thread reads the next ones (pyarrow
-decodes with the GIL released, so reading overlaps training), copies each into a buffer rows first (one
-blocked transpose of Parquet's columns) and queues windows of them, and the loader gathers each batch's rows
-from a window with one `index_select`: the (rows, columns) tensors the model takes, and a batch's own copy.
+A `RowGroupStream` holds two windows of row groups whatever the table's size: a background thread reads the
+next ones (pyarrow decodes with the GIL released, so reading overlaps training), copies each into a buffer rows
+first (one blocked transpose of Parquet's columns) and queues windows of them, and the loader gathers each
+batch's rows from a window with one `index_select`: the (rows, columns) tensors the model takes, its own copy.
 
 What the shuffle guarantees, each epoch, from `seed`, the epoch and the rank alone (so a resumed run replays it):
 - every row of this rank's share is visited exactly once;
@@ -153,9 +153,8 @@ class RowGroupStream(EpochBatches):
             for group in order:
                 columns, selected = self.read(group)
                 filled = join.append(columns)
-                width = join.filled - filled
                 picks.append(torch.arange(filled, join.filled) if selected is None else selected + filled)
-                rows += len(picks[-1]) if selected is not None else width
+                rows += len(picks[-1])
                 if not self.shuffle or rows >= self.buffer_rows:
                     yield join.window(picks, generator if self.shuffle else None)
                     count, picks, rows = count + 1, [], 0
