@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import copy
 import csv
+import functools
 import os
 import re
 import stat
@@ -295,7 +296,11 @@ def _first_failing(column: pa.ChunkedArray) -> int:
     return lo
 
 
-_NULL_SPELLINGS = pa.array(["", *pcsv.ConvertOptions().null_values])
+@functools.cache
+def _null_spellings() -> pa.Array:
+    """Blank and pyarrow's null spellings. Made on first use: `pa.array` imports pandas where it is installed,
+    about 0.25 s of every run's start-up."""
+    return pa.array(["", *pcsv.ConvertOptions().null_values])
 
 
 def _mostly_numbers(column: pa.Array) -> bool:
@@ -305,7 +310,7 @@ def _mostly_numbers(column: pa.Array) -> bool:
     present = pc.drop_null(column)
     # Blank cells and pyarrow's null spellings (NA, null, N/A, ...) are missing values, not words: they do not vote.
     trimmed = pc.utf8_trim_whitespace(present)
-    present = present.filter(pc.invert(pc.is_in(trimmed, value_set=_NULL_SPELLINGS)))
+    present = present.filter(pc.invert(pc.is_in(trimmed, value_set=_null_spellings())))
     if len(present) == 0:
         return True
     numbers = pc.sum(pc.match_substring_regex(pc.utf8_lower(present), _NUMBER)).as_py() or 0
