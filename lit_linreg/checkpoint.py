@@ -239,7 +239,7 @@ def experiment(data: Mapping[str, Any] | None) -> dict[str, str]:
 
 
 def _real_path(value: Any) -> Any:
-    if isinstance(value, str | os.PathLike) and os.path.isfile(value):
+    if isinstance(value, str | os.PathLike) and os.path.exists(value):  # a file or a Parquet directory
         return os.path.realpath(value)
     if isinstance(value, Mapping):
         return {key: _real_path(v) for key, v in value.items()}
@@ -395,4 +395,5 @@ class LastCheckpoint(ModelCheckpoint):
         every = self.every_n_train_steps
         last_of_epoch = batch_idx + 1 >= trainer.num_training_batches  # the epoch-end save follows at once
         if every and trainer.global_step % every == 0 and not last_of_epoch and not trainer.sanity_checking:
-            trainer.save_checkpoint(os.path.join(self.dirpath, self.filename + self.FILE_EXTENSION))
+            # A full checkpoint, said so: Lightning logs a line at every save that leaves `weights_only` unset.
+            trainer.save_checkpoint(os.path.join(self.dirpath, self.filename + self.FILE_EXTENSION), weights_only=False)

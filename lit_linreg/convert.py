@@ -9,6 +9,7 @@ as you will run ranks (many more balance them better). Columns keep the types py
 from __future__ import annotations
 
 import argparse
+import contextlib
 import sys
 from pathlib import Path
 
@@ -49,6 +50,9 @@ def convert(source: str, target: str, rows_per_group: int = 65536, rows_per_file
     out = Path(target)
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise DataError(f"{out}: exists and is not an empty directory")
+    if table.path.is_dir() and out.resolve().is_relative_to(table.path.resolve()):
+        raise DataError(f"{out}: is inside {source}, whose files would then be read twice as one table")
+    made = not out.exists()
     out.mkdir(parents=True, exist_ok=True)
     written: list[Path] = []
     writer, in_file = None, 0
@@ -65,8 +69,18 @@ def convert(source: str, target: str, rows_per_group: int = 65536, rows_per_file
                 if in_file == rows_per_file:
                     writer.close()
                     writer = None
-    except pa.ArrowInvalid as err:
-        raise DataError(f"{source}: {str(err).strip().splitlines()[0]}") from None
+    except BaseException as err:  # what was written is removed, so that the same command can run again
+        if writer is not None:
+            writer.close()
+            writer = None
+        for file in written:
+            file.unlink(missing_ok=True)
+        if made:
+            with contextlib.suppress(OSError):  # not empty: something else wrote there meanwhile
+                out.rmdir()
+        if isinstance(err, pa.ArrowInvalid | OSError):  # a bad cell or page in the source, a full disk
+            raise DataError(f"{source}: {str(err).strip().splitlines()[0]}") from None
+        raise
     finally:
         if writer is not None:
             writer.close()

@@ -553,6 +553,8 @@ class TableDataModule(InMemoryDataModule):
                 " with a missing value in a used column (--data.missing)"
             )
         self._counts = counts
+        if self._rank()[1] == 1:  # the check a table read into memory gets
+            _check_split_sizes(int(counts.sum()), *(int(counts[code]) for code in (TRAIN, VAL, TEST)), self)
 
     def _read_group(self, group) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
         """One row group's rows: x and y in float64, the split code of each, and how many rows were dropped."""
@@ -578,7 +580,7 @@ class TableDataModule(InMemoryDataModule):
             return (torch.from_numpy(x[keep].T.copy()).float(), torch.from_numpy(y[keep].T.copy()).float()), None
         columns = read_groups([group], names, self._open_files)
         if not all(pa.types.is_floating(t) for t in columns.schema.types):  # integers: exactly as float64 first
-            columns = columns.cast(pa.schema([(name, pa.float64()) for name in names]))
+            columns = columns.cast(pa.schema([(name, pa.float64()) for name in names]), safe=False)  # as `_read`
         columns = columns.cast(pa.schema([(name, pa.float32()) for name in names])).combine_chunks()
         if columns.num_rows:  # (n, columns) laid out columns first, so that its transpose is contiguous; nulls NaN
             values = torch.from_numpy(

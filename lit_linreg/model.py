@@ -73,6 +73,7 @@ class LinearRegression(L.LightningModule):
             _check("model.momentum", momentum, 0 <= momentum < 1, "in [0, 1) or auto")
         self.lr, self.momentum = lr, momentum  # numbers once `tune_sgd` has resolved "auto"
         self.max_stable_lr: float | None = None  # full-batch gradient descent diverges at or above it
+        self.lr_was_auto = False  # whether `lr auto` chose the learning rate (see `_lr_advice`)
         for name, value in (("weight_decay", weight_decay), ("l1_strength", l1_strength), ("l2_strength", l2_strength)):
             _check(f"model.{name}", value, value >= 0, ">= 0")
         if init not in ("default", "zeros"):
@@ -180,6 +181,7 @@ class LinearRegression(L.LightningModule):
         self.max_stable_lr = 2 / largest
         if "auto" not in (self.lr, self.momentum):
             return
+        self.lr_was_auto = self.lr == "auto"
         if full_batch and self.momentum in ("auto", 0.0):
             if self.momentum == "auto":
                 ratio = (math.sqrt(largest / smallest) - 1) / (math.sqrt(largest / smallest) + 1)
@@ -331,6 +333,10 @@ class LinearRegression(L.LightningModule):
         """What to change after a divergence: the learning rate the data allows, when the statistics are known."""
         if self.max_stable_lr is None:
             return "lower --model.lr or standardize the data"
+        if self.lr_was_auto:  # stable for the full batch: small batches' gradients are noisier
+            return (
+                f"lr auto chose {self.lr:.4g} for the full batch: give a lower --model.lr or a larger --data.batch_size"
+            )
         return f"the data allows lr < {self.max_stable_lr:.4g} (full batch): lower --model.lr, or use --model.lr auto"
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:

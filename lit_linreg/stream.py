@@ -145,7 +145,7 @@ class RowGroupStream(EpochBatches):
         and a fresh one does.
         """
         # An epoch that finds the buffers taken (one abandoned, its reader not yet stopped) makes its own.
-        rows_hint = self.buffer_rows if self.shuffle else 0
+        rows_hint = min(self.buffer_rows, self.n_rows) if self.shuffle else 0  # never more than the rows
         pool, self._pool = self._pool or _JoinPool(self.prefetch + 1, rows_hint), None
         try:
             count, picks, rows = 0, [], 0

@@ -229,7 +229,10 @@ class Table:
                     table = table.set_column(
                         table.schema.get_field_index(name), name, self._to_float(table.column(name), name)
                     )
-            return table.cast(pa.schema([(n, pa.float64() if n in numeric else pa.string()) for n in columns]))
+            # Unchecked: an integer beyond 2**53 becomes the nearest float64, as numpy's `astype` gives it.
+            return table.cast(
+                pa.schema([(n, pa.float64() if n in numeric else pa.string()) for n in columns]), safe=False
+            )
         as_text: set[str] = set()  # numeric columns pyarrow refused to convert: read as text, converted below
         while True:
             types = {n: pa.string() if n in as_text or n in text else pa.float64() for n in columns}
@@ -390,13 +393,16 @@ def _parquet_schema(path: Path) -> pa.Schema:
     import pyarrow.parquet as pq
 
     files = _parquet_files(path)
-    try:
-        schema = pq.read_schema(files[0])
-        for other in files[1:]:
-            if not pq.read_schema(other).equals(schema):
-                raise DataError(f"{other}: its columns differ from those of {files[0]}")
-    except (pa.ArrowInvalid, OSError) as err:
-        raise DataError(f"{path}: not a readable Parquet file ({str(err).strip().splitlines()[0]})") from None
+    schema = None
+    for file in files:
+        try:
+            read = pq.read_schema(file)
+        except (pa.ArrowInvalid, OSError) as err:
+            raise DataError(f"{file}: not a readable Parquet file ({str(err).strip().splitlines()[0]})") from None
+        if schema is None:
+            schema = read
+        elif not read.equals(schema):
+            raise DataError(f"{file}: its columns differ from those of {files[0]}")
     return schema
 
 

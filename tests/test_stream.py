@@ -235,3 +235,88 @@ def test_two_gloo_processes_each_reading_half_a_parquet_table_reach_the_single_p
     assert two == pytest.approx(single, rel=1e-9)  # one optimum: the ranks' statistics cover every row once
     gaps = [final(tmp_path / r, "optimum/loss_gap") for r in ("single", "ddp")]
     assert gaps[0] <= 1e-3 * single and abs(gaps[1] - gaps[0]) <= 0.01 * single
+
+
+def test_a_shuffle_buffer_larger_than_the_table_makes_no_buffer_larger_than_its_rows():
+    loader = stream(buffer_rows=10**12)  # 4 TB of buffer, were it made that large: no allocator gives that
+    rows = torch.cat(epoch(loader, 0)).flatten()
+    assert sorted(rows.tolist()) == sorted(torch.cat([columns(g)[0].flatten() for g in GROUPS]).tolist())
+
+
+def small_parquet(directory, columns: dict, rows_per_group: int = 10) -> str:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    directory.mkdir()
+    pq.write_table(pa.table(columns), directory / "part-0.parquet", row_group_size=rows_per_group)
+    return str(directory)
+
+
+def refused(run_cli, capsys, args: list[str]) -> str:
+    """The one-line error of a fit that must be refused with exit 2."""
+    capsys.readouterr()
+    code = run_cli("fit", "--config", config("table.yaml"), "--data.targets", "[y]", *args)
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and "Traceback" not in err, err
+    assert err.splitlines()[-1].startswith("lit-linreg: error: "), err  # an info line (rows dropped) may come first
+    record_fault("bad_inputs")
+    return err.splitlines()[-1]
+
+
+@pytest.mark.parametrize("in_memory", ["true", "false"], ids=["memory", "stream"])
+def test_a_table_whose_rows_all_drop_or_whose_splits_are_too_small_is_refused_alike(
+    run_cli, tmp_path, capsys, in_memory
+):
+    nulls = small_parquet(tmp_path / "nulls", {"x": [None] * 40, "y": [float(i) for i in range(40)]})
+    tiny = small_parquet(tmp_path / "tiny", {"x": [1.0, 2.0, 3.0], "y": [2.0, 4.0, 6.0]})
+    mode = ["--data.in_memory", in_memory, "--data.batch_size", "1"]
+    assert "0 data rows are too few" in refused(run_cli, capsys, ["--data.path", nulls, *mode])
+    assert "3 data rows are too few" in refused(run_cli, capsys, ["--data.path", tiny, *mode])
+
+
+@pytest.mark.parametrize("in_memory", ["true", "false"], ids=["memory", "stream"])
+def test_integers_beyond_2_to_the_53_train_as_the_nearest_float(run_cli, tmp_path, in_memory):
+    import pyarrow as pa
+
+    big = [2**63 + 4096 * i + 1 for i in range(60)]  # uint64, not exactly float64: a checked cast refuses them
+    path = small_parquet(tmp_path / "big", {"x": pa.array(big, pa.uint64()), "y": [float(i) for i in range(60)]})
+    args = ["--data.path", path, "--data.targets", "[y]", "--data.in_memory", in_memory, "--trainer.max_epochs", "2"]
+    assert run_cli("fit", "--config", config("table.yaml"), *args) == 0
+
+
+def test_a_file_in_a_parquet_directory_that_is_not_parquet_is_named(run_cli, tmp_path, capsys):
+    path = small_parquet(tmp_path / "pq", {"x": [float(i) for i in range(40)], "y": [2.0 * i for i in range(40)]})
+    (tmp_path / "pq" / "README.txt").write_text("the sales table, 2026\n")
+    err = refused(run_cli, capsys, ["--data.path", path, "--data.in_memory", "false"])
+    assert f"{tmp_path / 'pq' / 'README.txt'}: not a readable Parquet file" in err
+
+
+def test_convert_refuses_a_target_inside_its_source_and_leaves_nothing_of_a_failed_run(tmp_path, capsys):
+    source = small_parquet(tmp_path / "pq", {"x": [float(i) for i in range(40)], "y": [2.0 * i for i in range(40)]})
+    assert convert_main([source, str(tmp_path / "pq" / "copy")]) == 2  # its files would be read as the table's
+    assert "is inside" in capsys.readouterr().err and not (tmp_path / "pq" / "copy").exists()
+    part = tmp_path / "pq" / "part-0.parquet"
+    data = bytearray(part.read_bytes())
+    data[4:200] = bytes(196)  # the first data page's header, zeroed: the footer still reads
+    part.write_bytes(bytes(data))
+    assert convert_main([source, str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and err.startswith("lit-linreg: error: "), err
+    assert not (tmp_path / "out").exists()  # so that the same command runs once the source is fixed
+
+
+def test_resuming_names_a_parquet_directory_however_it_is_spelled(run_cli, tmp_path):
+    path = small_parquet(tmp_path / "pq", {"x": [float(i) for i in range(40)], "y": [2.0 * i for i in range(40)]})
+    args = ["fit", "--config", config("table.yaml"), "--data.targets", "[y]", "--trainer.max_epochs"]
+    assert run_cli(*args, "2", "--data.path", path) == 0
+    assert run_cli(*args, "3", "--data.path", path + "/", "--ckpt_path", "last") == 0
+
+
+def test_a_divergence_under_lr_auto_says_what_auto_chose_and_what_to_change(run_cli, tmp_path, capsys):
+    table = parquet_table(tmp_path / "pq", n_rows=2000, rows_per_group=500)
+    args = ["--data.path", str(table), "--data.batch_size", "1", "--trainer.max_epochs", "1"]
+    capsys.readouterr()
+    assert run_cli("fit", "--config", config("table.yaml"), "--data.targets", "[y]", *args) == 1  # a run that failed
+    err = capsys.readouterr().err.strip().splitlines()[-1]  # lr auto suits the full batch; single rows are noisier
+    assert err.startswith("lit-linreg: error: the training loss became inf"), err
+    assert "lr auto chose" in err and "--data.batch_size" in err and "use --model.lr auto" not in err
