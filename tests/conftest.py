@@ -30,9 +30,9 @@ def run_cli(tmp_path):
 def run_process(tmp_path):
     """Run `python -m lit_linreg ARGS` as a separate process; returns the CompletedProcess."""
 
-    def run(*args: str, root: Path | None = None, timeout: float = 120) -> subprocess.CompletedProcess:
+    def run(*args: str, root: Path | None = None, timeout: float = 120, env: dict | None = None):
         root_dir = ["--trainer.default_root_dir", str(root or tmp_path / "runs")]
-        env = {**os.environ, "PYTHONPATH": str(ROOT)}
+        env = {**os.environ, "PYTHONPATH": str(ROOT), **(env or {})}
         env.pop("LIT_LINREG_DEBUG", None)
         cmd = [sys.executable, "-m", "lit_linreg", *args, *QUIET, *root_dir]
         return subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
