@@ -22,6 +22,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from lit_linreg.errors import DataError
+
 
 def mixed_seed(*parts: int) -> int:
     """One 32-bit seed from several numbers (numpy's SeedSequence hash).
@@ -100,6 +102,11 @@ class EpochBatches:
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Start the next pass of epoch `state["epoch"]` after the batches it had already handed out."""
         self._resume = {"epoch": int(state["epoch"]), "batches": int(state["batches"])}
+        if self._resume["batches"] > len(self):  # no epoch of these rows was ever that far: the rows changed
+            raise DataError(
+                f"the checkpoint was saved {self._resume['batches']} batches into an epoch that now has {len(self)}:"
+                " the training data changed since; resume on the data it was trained on, or fit anew"
+            )
 
     def _first_batch(self) -> int:
         resume, self._resume = self._resume, None

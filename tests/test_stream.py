@@ -9,6 +9,7 @@ import torch
 
 from lit_linreg.checkpoint import find_last, load_checkpoint
 from lit_linreg.convert import main as convert_main
+from lit_linreg.errors import DataError
 from lit_linreg.stream import RowGroupStream
 from tests.conftest import ROOT, config, latest_version, record_fault, scalars
 
@@ -320,3 +321,9 @@ def test_a_divergence_under_lr_auto_says_what_auto_chose_and_what_to_change(run_
     err = capsys.readouterr().err.strip().splitlines()[-1]  # lr auto suits the full batch; single rows are noisier
     assert err.startswith("lit-linreg: error: the training loss became inf"), err
     assert "lr auto chose" in err and "--data.batch_size" in err and "use --model.lr auto" not in err
+
+
+def test_a_resume_past_the_end_of_this_data_s_epoch_is_refused_not_replayed_silently():
+    loader = stream()  # 15 batches an epoch
+    with pytest.raises(DataError, match="saved 150 batches into an epoch that now has 15"):
+        loader.load_state_dict({"epoch": 0, "batches": 150})  # saved mid-epoch on a table 10 times as long
