@@ -564,6 +564,8 @@ def test_sigterm_from_outside_exits_non_zero_with_an_intact_checkpoint(tmp_path)
 
 @pytest.mark.slow
 def test_make_train_prints_the_notebooks_prediction():
-    result = subprocess.run(["make", "train"], cwd=ROOT, capture_output=True, text=True, timeout=600)
+    # --no-print-directory: run from `make faults`, a nested make would end with "Leaving directory".
+    make = ["make", "--no-print-directory", "train"]
+    result = subprocess.run(make, cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-2000:]
     assert result.stdout.splitlines()[-1] == "Prediction after training: f(5) = 10.000"
