@@ -379,11 +379,11 @@ def _parquet_files(path: Path) -> list[Path]:
     """The Parquet files of a file or directory (recursively, sorted, hidden and `_` files skipped)."""
     if path.is_file():
         return [path]
-    files = sorted(
-        p
-        for p in path.rglob("*")
-        if p.is_file() and not any(part.startswith((".", "_")) for part in p.relative_to(path).parts)
-    )
+    visible = [p for p in path.rglob("*") if not any(part.startswith((".", "_")) for part in p.relative_to(path).parts)]
+    for p in visible:
+        if p.is_symlink() and not p.exists():  # a file of the table that is gone: its rows would be missed silently
+            raise DataError(f"{p}: a link to {os.readlink(p)}, which does not exist")
+    files = sorted(p for p in visible if p.is_file())
     if not files:
         raise DataError(f"{path}: the directory holds no Parquet files")
     return files

@@ -327,3 +327,10 @@ def test_a_resume_past_the_end_of_this_data_s_epoch_is_refused_not_replayed_sile
     loader = stream()  # 15 batches an epoch
     with pytest.raises(DataError, match="saved 150 batches into an epoch that now has 15"):
         loader.load_state_dict({"epoch": 0, "batches": 150})  # saved mid-epoch on a table 10 times as long
+
+
+def test_a_broken_link_in_a_parquet_directory_is_named_not_skipped(run_cli, tmp_path, capsys):
+    path = small_parquet(tmp_path / "pq", {"x": [float(i) for i in range(40)], "y": [2.0 * i for i in range(40)]})
+    (tmp_path / "pq" / "part-1.parquet").symlink_to(tmp_path / "moved" / "part-1.parquet")
+    err = refused(run_cli, capsys, ["--data.path", path])
+    assert f"{tmp_path / 'pq' / 'part-1.parquet'}: a link to" in err and "which does not exist" in err
