@@ -253,6 +253,11 @@ def small_parquet(directory, columns: dict, rows_per_group: int = 10) -> str:
     return str(directory)
 
 
+def line_table(directory) -> str:
+    """40 rows of y = 2x as a one-file Parquet directory of 10-row groups."""
+    return small_parquet(directory, {"x": [float(i) for i in range(40)], "y": [2.0 * i for i in range(40)]})
+
+
 def refused(run_cli, capsys, args: list[str]) -> str:
     """The one-line error of a fit that must be refused with exit 2."""
     capsys.readouterr()
@@ -286,14 +291,14 @@ def test_integers_beyond_2_to_the_53_train_as_the_nearest_float(run_cli, tmp_pat
 
 
 def test_a_file_in_a_parquet_directory_that_is_not_parquet_is_named(run_cli, tmp_path, capsys):
-    path = small_parquet(tmp_path / "pq", {"x": [float(i) for i in range(40)], "y": [2.0 * i for i in range(40)]})
+    path = line_table(tmp_path / "pq")
     (tmp_path / "pq" / "README.txt").write_text("the sales table, 2026\n")
     err = refused(run_cli, capsys, ["--data.path", path, "--data.in_memory", "false"])
     assert f"{tmp_path / 'pq' / 'README.txt'}: not a readable Parquet file" in err
 
 
 def test_convert_refuses_a_target_inside_its_source_and_leaves_nothing_of_a_failed_run(tmp_path, capsys):
-    source = small_parquet(tmp_path / "pq", {"x": [float(i) for i in range(40)], "y": [2.0 * i for i in range(40)]})
+    source = line_table(tmp_path / "pq")
     assert convert_main([source, str(tmp_path / "pq" / "copy")]) == 2  # its files would be read as the table's
     assert "is inside" in capsys.readouterr().err and not (tmp_path / "pq" / "copy").exists()
     part = tmp_path / "pq" / "part-0.parquet"
@@ -307,7 +312,7 @@ def test_convert_refuses_a_target_inside_its_source_and_leaves_nothing_of_a_fail
 
 
 def test_resuming_names_a_parquet_directory_however_it_is_spelled(run_cli, tmp_path):
-    path = small_parquet(tmp_path / "pq", {"x": [float(i) for i in range(40)], "y": [2.0 * i for i in range(40)]})
+    path = line_table(tmp_path / "pq")
     args = ["fit", "--config", config("table.yaml"), "--data.targets", "[y]", "--trainer.max_epochs"]
     assert run_cli(*args, "2", "--data.path", path) == 0
     assert run_cli(*args, "3", "--data.path", path + "/", "--ckpt_path", "last") == 0
@@ -330,7 +335,7 @@ def test_a_resume_past_the_end_of_this_data_s_epoch_is_refused_not_replayed_sile
 
 
 def test_a_broken_link_in_a_parquet_directory_is_named_not_skipped(run_cli, tmp_path, capsys):
-    path = small_parquet(tmp_path / "pq", {"x": [float(i) for i in range(40)], "y": [2.0 * i for i in range(40)]})
+    path = line_table(tmp_path / "pq")
     (tmp_path / "pq" / "part-1.parquet").symlink_to(tmp_path / "moved" / "part-1.parquet")
     err = refused(run_cli, capsys, ["--data.path", path])
     assert f"{tmp_path / 'pq' / 'part-1.parquet'}: a link to" in err and "which does not exist" in err
