@@ -91,8 +91,9 @@ class RowGroupStream(EpochBatches):
         epoch = self.sampler.epoch
         bounds, first = self._bounds(), self._first_batch()
         self._yielded = first
-        # Windows are read, joined and shuffled in the background, one ahead of the one batches are cut from;
-        # the last epoch began this one's when it handed out its last batch.
+        # Windows are read, joined and shuffled in the background, one ahead of the one batches are cut from. A
+        # shuffled stream's reader goes on from one epoch's last window to the next epoch's first, so an epoch
+        # finds its first window read already (if it is the next epoch: else the reader is stopped).
         ahead, self._ahead = self._ahead, None
         if ahead is not None and ahead[0] != epoch:
             ahead[1].close()
@@ -105,8 +106,8 @@ class RowGroupStream(EpochBatches):
                 pieces, need = [], stop - start
                 while need:
                     if window is None or offset == len(window.picks):
-                        window, offset = next(windows, None), 0  # the last is let go: the reader may refill it
-                        if window is None:
+                        window, offset = next(windows, _EPOCH_END), 0  # the last is let go: the reader may refill it
+                        if window is _EPOCH_END:
                             raise RuntimeError(f"the row groups held fewer rows than the {self.n_rows} counted")
                     take = min(need, len(window.picks) - offset)
                     if i >= first:  # a resumed epoch replays the reads of the batches it had, to keep the order
@@ -118,52 +119,63 @@ class RowGroupStream(EpochBatches):
                 # A batch is gathered from one window, or joins the end of one and the start of the next; either
                 # way its tensors are its own (the window's are refilled a few windows on).
                 yield pieces[0] if len(pieces) == 1 else tuple(torch.cat(p) for p in zip(*pieces, strict=True))
-            # Asked past the last batch, which Lightning does before it trains on it: the next epoch's first
-            # windows are read while the last steps run and validation follows.
-            windows.close()
+            # Asked past the last batch, which Lightning does before it trains on it: the epoch's end is taken
+            # from the reader, which lets it fill the last window's buffer with the next epoch's rows.
+            while next(windows, _EPOCH_END) is not _EPOCH_END:
+                pass
             if self.shuffle:
-                self._ahead = (epoch + 1, self._read_ahead(epoch + 1))
+                self._ahead, windows = (epoch + 1, windows), None
         finally:
-            windows.close()
+            if windows is not None:
+                windows.close()
 
     def _read_ahead(self, epoch: int) -> _ReadAhead:
-        """The background reader of `epoch`'s windows, in the epoch's order from the seed, the epoch and the rank."""
-        order = list(self.groups)
-        generator = torch.Generator().manual_seed(mixed_seed(self.seed, epoch, self.rank))
-        if self.shuffle:
-            order = [order[i] for i in torch.randperm(len(order), generator=generator).tolist()]
-        return _ReadAhead(lambda: self._windows(order, generator), held=self.prefetch + 1)
+        """The background reader of the windows of `epoch` (and, shuffled, of the epochs after it), each epoch's
+        followed by `_EPOCH_END`."""
+        return _ReadAhead(lambda: self._epochs(epoch), held=self.prefetch + 1, free_items=(_EPOCH_END,))
 
-    def _windows(self, order: list, generator: torch.Generator) -> Iterator[_Window]:
-        """The epoch's rows in windows: each row group read is copied whole, rows first, into a join buffer,
-        and a window is the positions of this split's rows in it (permuted, when shuffling).
-
-        Shuffled, a window joins whole row groups until it holds `buffer_rows` of this split's rows; in order, it
-        is one row group. The join buffers rotate among `prefetch + 1`: the one batches are gathered from and those
-        read ahead of it, and `_ReadAhead` refills one only once the loop has taken the next window (see
-        `__iter__`). A shuffled stream keeps them from epoch to epoch: refilling a tensor costs no page faults,
-        and a fresh one does.
-        """
+    def _epochs(self, epoch: int) -> Iterator[Any]:
+        """The windows of `epoch` and, when shuffling, of every epoch after it, in each epoch's order from the
+        seed, the epoch and the rank; `_EPOCH_END` after each epoch's."""
         # An epoch that finds the buffers taken (one abandoned, its reader not yet stopped) makes its own.
         rows_hint = min(self.buffer_rows, self.n_rows) if self.shuffle else 0  # never more than the rows
         pool, self._pool = self._pool or _JoinPool(self.prefetch + 1, rows_hint), None
         try:
-            count, picks, rows = 0, [], 0
-            join = pool.join(count)
-            for group in order:
-                columns, selected = self.read(group)
-                filled = join.append(columns)
-                picks.append(torch.arange(filled, join.filled) if selected is None else selected + filled)
-                rows += len(picks[-1])
-                if not self.shuffle or rows >= self.buffer_rows:
-                    yield join.window(picks, generator if self.shuffle else None)
-                    count, picks, rows = count + 1, [], 0
-                    join = pool.join(count)
-            if picks:
-                yield join.window(picks, generator if self.shuffle else None)
+            for e in itertools.count(epoch) if self.shuffle else (epoch,):
+                order = list(self.groups)
+                generator = torch.Generator().manual_seed(mixed_seed(self.seed, e, self.rank))
+                if self.shuffle:
+                    order = [order[i] for i in torch.randperm(len(order), generator=generator).tolist()]
+                yield from self._windows(order, generator, pool)
+                yield _EPOCH_END
         finally:
             if self.shuffle:
                 self._pool = pool
+
+    def _windows(self, order: list, generator: torch.Generator, pool: _JoinPool) -> Iterator[_Window]:
+        """The epoch's rows in windows: each row group read is copied whole, rows first, into a join buffer,
+        and a window is the positions of this split's rows in it (permuted, when shuffling).
+
+        Shuffled, a window joins whole row groups until it holds `buffer_rows` of this split's rows; in order, it
+        is one row group. The join buffers rotate among `prefetch + 1`, from window to window and from epoch
+        to epoch: the one batches are gathered from and those read ahead of it, and `_ReadAhead` refills one
+        only once the loop has taken the next window (see `__iter__`). A shuffled stream keeps them from epoch to
+        epoch: refilling a tensor costs no page faults, and a fresh one does.
+        """
+        picks, rows = [], 0
+        join = pool.current()
+        for group in order:
+            columns, selected = self.read(group)
+            filled = join.append(columns)
+            picks.append(torch.arange(filled, join.filled) if selected is None else selected + filled)
+            rows += len(picks[-1])
+            if not self.shuffle or rows >= self.buffer_rows:
+                yield join.window(picks, generator if self.shuffle else None)
+                picks, rows = [], 0
+                join = pool.advance()
+        if picks:
+            yield join.window(picks, generator if self.shuffle else None)
+            pool.advance()
 
 
 class _Window:
@@ -214,13 +226,21 @@ class _Join:
 
 
 class _JoinPool:
-    """`size` join buffers, taken in turn."""
+    """`size` join buffers, taken in turn: `current()` is the one to fill, until `advance()` moves to the next."""
 
     def __init__(self, size: int, rows_hint: int) -> None:
         self.joins = [_Join(rows_hint) for _ in range(size)]
+        self.count = 0
 
-    def join(self, count: int) -> _Join:
-        return self.joins[count % len(self.joins)]
+    def current(self) -> _Join:
+        return self.joins[self.count % len(self.joins)]
+
+    def advance(self) -> _Join:
+        self.count += 1
+        return self.current()
+
+
+_EPOCH_END = object()  # what a stream's reader hands on after an epoch's last window
 
 
 class _ReadAhead:
@@ -228,14 +248,15 @@ class _ReadAhead:
 
     At most `held` items exist at once: the one the consumer took last, which is in use until it takes the
     next, and those made after it. So a producer that fills `held` buffers in turn never refills one in use.
+    Items in `free_items` (markers) hold no buffer: they are not counted, and taking one lets the last go.
     `close()` (also on garbage collection of an abandoned epoch) stops the thread and waits for it.
     """
 
     _DONE = object()
     _LIVE: weakref.WeakSet[_ReadAhead] = weakref.WeakSet()  # stopped at exit (see `_stop_all`)
 
-    def __init__(self, produce: Callable[[], Iterator[Any]], held: int) -> None:
-        self.produce = produce
+    def __init__(self, produce: Callable[[], Iterator[Any]], held: int, free_items: tuple = ()) -> None:
+        self.produce, self.free_items = produce, free_items
         self.queue: queue.Queue = queue.Queue()  # bounded by `free`
         self.free = threading.Semaphore(max(1, held))  # items that may still be made
         self.taken = False  # whether the consumer holds an item
@@ -264,6 +285,8 @@ class _ReadAhead:
                     item = next(items)
                 except StopIteration:
                     break
+                if any(item is free for free in self.free_items):
+                    self.free.release()
                 self.queue.put(item)
         except BaseException as err:  # handed to the consumer, which raises it as its own
             self.queue.put(err)
@@ -284,7 +307,7 @@ class _ReadAhead:
             raise item
         if self.taken:  # the item taken before this one is let go: the producer may make one more
             self.free.release()
-        self.taken = True
+        self.taken = not any(item is free for free in self.free_items)
         return item
 
     def close(self) -> None:

@@ -71,6 +71,22 @@ def test_a_slow_training_step_never_sees_rows_of_a_buffer_the_reader_has_refille
     )
 
 
+def test_epochs_read_on_by_one_reader_are_those_a_fresh_reader_gives_even_under_slow_steps():
+    # The reader goes from an epoch's last window to the next epoch's first, in the join buffers it rotates:
+    # the next epoch's rows must not land in the buffer the last batches are still gathered from.
+    loader, chained = stream(buffer_rows=10), []
+    for n in range(3):
+        loader.sampler.set_epoch(n)
+        chained.append([])
+        for x, _ in loader:
+            time.sleep(0.002)
+            chained[-1].append(x)
+    assert loader._ahead[0] == 3  # one reader read all three epochs and goes on
+    for n, batches in enumerate(chained):
+        fresh = epoch(stream(buffer_rows=10), n)
+        assert len(batches) == len(fresh) and all(torch.equal(a, b) for a, b in zip(batches, fresh, strict=True))
+
+
 def test_a_training_stream_cuts_the_batches_every_rank_agrees_on_and_resumes_mid_epoch():
     loader = stream(n_batches=20)
     batches = epoch(loader, 3)
@@ -105,9 +121,9 @@ def test_the_next_epoch_is_read_ahead_and_a_process_ending_with_it_in_flight_exi
     assert sorted(torch.cat([x for x, _ in loader]).flatten().tolist()) == sorted(
         torch.cat([columns(g)[0] for g in GROUPS], dim=1).flatten().tolist()
     )
-    assert ahead.stop.is_set()  # the epoch used the reader started early, and closed it
-    loader.sampler.set_epoch(5)  # not the epoch read ahead (2): that reader is dropped, and this one read afresh
-    assert len(list(loader)) == 15
+    assert loader._ahead == (2, ahead) and not ahead.stop.is_set()  # the same reader goes on to epoch 2 ...
+    loader.sampler.set_epoch(5)  # ... not the epoch asked for: that reader is stopped, and this one read afresh
+    assert len(list(loader)) == 15 and ahead.stop.is_set() and loader._ahead[0] == 6
     # The last epoch's reader is still reading when the process ends: it is stopped at exit, not killed inside
     # torch (which aborts the process with "terminate called without an active exception").
     code = (
