@@ -85,11 +85,14 @@ def split_of(seed: int, rows: np.ndarray, val_fraction: float, test_fraction: fl
     return np.where(u < val_fraction, VAL, np.where(u < val_fraction + test_fraction, TEST, TRAIN)).astype(np.uint8)
 
 
-def read_groups(groups: list[RowGroup], columns: list[str], files: dict | None = None) -> pa.Table:
+def read_groups(
+    groups: list[RowGroup], columns: list[str], files: dict | None = None, use_threads: bool = True
+) -> pa.Table:
     """The named columns of `groups`, concatenated in the order given.
 
     `files`, if given, keeps each file's parsed footer from call to call (a stream reads one row group at a
     time, every epoch): the file is opened again each call, so no reader keeps a row group's buffers alive.
+    `use_threads`: decode the columns in pyarrow's thread pool, or in the calling thread alone.
     """
     files = {} if files is None else files
 
@@ -100,7 +103,7 @@ def read_groups(groups: list[RowGroup], columns: list[str], files: dict | None =
 
     try:
         parts = [
-            opened(file).read_row_groups([g.index for g in run], columns=columns)
+            opened(file).read_row_groups([g.index for g in run], columns=columns, use_threads=use_threads)
             for file, run in ((file, list(run)) for file, run in groupby(groups, key=lambda g: g.file))
         ]
     except (pa.ArrowInvalid, OSError) as err:

@@ -23,6 +23,7 @@ stream replays the epoch's reads and hands out the rest.
 from __future__ import annotations
 
 import atexit
+import contextlib
 import itertools
 import queue
 import threading
@@ -30,6 +31,7 @@ import weakref
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
+import numpy as np
 import torch
 
 from lit_linreg.loader import EpochBatches, mixed_seed
@@ -102,23 +104,24 @@ class RowGroupStream(EpochBatches):
         window: _Window | None = None  # the window batches are cut from, and how far into it they are
         offset = 0
         try:
-            for i, (start, stop) in enumerate(itertools.pairwise(bounds)):
-                pieces, need = [], stop - start
-                while need:
-                    if window is None or offset == len(window.picks):
-                        window, offset = next(windows, _EPOCH_END), 0  # the last is let go: the reader may refill it
-                        if window is _EPOCH_END:
-                            raise RuntimeError(f"the row groups held fewer rows than the {self.n_rows} counted")
-                    take = min(need, len(window.picks) - offset)
-                    if i >= first:  # a resumed epoch replays the reads of the batches it had, to keep the order
-                        pieces.append(window.gather(offset, offset + take))
-                    offset, need = offset + take, need - take
-                if i < first:
-                    continue
-                self._yielded = i + 1
-                # A batch is gathered from one window, or joins the end of one and the start of the next; either
-                # way its tensors are its own (the window's are refilled a few windows on).
-                yield pieces[0] if len(pieces) == 1 else tuple(torch.cat(p) for p in zip(*pieces, strict=True))
+            with _TrainingCores() if self.shuffle else contextlib.nullcontext():
+                for i, (start, stop) in enumerate(itertools.pairwise(bounds)):
+                    pieces, need = [], stop - start
+                    while need:
+                        if window is None or offset == len(window.picks):
+                            window, offset = next(windows, _EPOCH_END), 0  # the last is let go: it may be refilled
+                            if window is _EPOCH_END:
+                                raise RuntimeError(f"the row groups held fewer rows than the {self.n_rows} counted")
+                        take = min(need, len(window.picks) - offset)
+                        if i >= first:  # a resumed epoch replays the reads of the batches it had, to keep the order
+                            pieces.append(window.gather(offset, offset + take))
+                        offset, need = offset + take, need - take
+                    if i < first:
+                        continue
+                    self._yielded = i + 1
+                    # A batch is gathered from one window, or joins the end of one and the start of the next;
+                    # either way its tensors are its own (the window's are refilled a few windows on).
+                    yield pieces[0] if len(pieces) == 1 else tuple(torch.cat(p) for p in zip(*pieces, strict=True))
             # Asked past the last batch, which Lightning does before it trains on it: the epoch's end is taken
             # from the reader, which lets it fill the last window's buffer with the next epoch's rows.
             while next(windows, _EPOCH_END) is not _EPOCH_END:
@@ -167,7 +170,7 @@ class RowGroupStream(EpochBatches):
         for group in order:
             columns, selected = self.read(group)
             filled = join.append(columns)
-            picks.append(torch.arange(filled, join.filled) if selected is None else selected + filled)
+            picks.append(np.arange(filled, join.filled) if selected is None else selected.numpy() + filled)
             rows += len(picks[-1])
             if not self.shuffle or rows >= self.buffer_rows:
                 yield join.window(picks, generator if self.shuffle else None)
@@ -176,6 +179,31 @@ class RowGroupStream(EpochBatches):
         if picks:
             yield join.window(picks, generator if self.shuffle else None)
             pool.advance()
+
+
+class _TrainingCores:
+    """While a shuffled epoch streams, the training's torch ops run on one core fewer: the reader's.
+
+    The reader works in its one thread: pyarrow decodes without its thread pool, and the copies and the shuffle
+    are numpy's (torch's would start an OpenMP team of the reader's own). On two cores, the training's ops in a
+    team of two threads (as in memory) left the reader no core: each op waited for the thread the reader had
+    displaced, and the reader fell behind (epochs about 15% longer, measured). Entered in the thread that trains;
+    streams iterated within the epoch (validation) leave the count alone. A full-batch stream keeps every core,
+    so that it trains bit for bit as in memory: a thread count changes the order of a sum.
+    """
+
+    _lowered = threading.local()  # whether this thread's count is lowered already
+
+    def __enter__(self) -> None:
+        self.threads = None
+        if not getattr(self._lowered, "on", False) and torch.get_num_threads() > 1:
+            self.threads, self._lowered.on = torch.get_num_threads(), True
+            torch.set_num_threads(self.threads - 1)
+
+    def __exit__(self, *exc) -> None:
+        if self.threads is not None and getattr(self._lowered, "on", False):  # in the thread that entered
+            torch.set_num_threads(self.threads)
+            self._lowered.on = False
 
 
 class _Window:
@@ -213,16 +241,16 @@ class _Join:
                 new[:start].copy_(old[:start])
             self.parts = grown
         for part, into in zip(columns, self.parts, strict=True):
-            into[start : self.filled].copy_(part.T)
+            np.copyto(into[start : self.filled].numpy(), part.numpy().T)
         return start
 
-    def window(self, picks: list[torch.Tensor], generator: torch.Generator | None) -> _Window:
+    def window(self, picks: list[np.ndarray], generator: torch.Generator | None) -> _Window:
         """The filled rows' `picks` as a window, in a fresh uniform order given a generator; empties the join."""
-        order = torch.cat(picks)
+        order = np.concatenate(picks)
         if generator is not None:
-            order = order[torch.randperm(len(order), generator=generator)]
+            order = order[torch.randperm(len(order), generator=generator).numpy()]
         self.filled = 0
-        return _Window(tuple(self.parts), order)
+        return _Window(tuple(self.parts), torch.from_numpy(order))
 
 
 class _JoinPool:

@@ -87,6 +87,25 @@ def test_epochs_read_on_by_one_reader_are_those_a_fresh_reader_gives_even_under_
         assert len(batches) == len(fresh) and all(torch.equal(a, b) for a, b in zip(batches, fresh, strict=True))
 
 
+def test_a_shuffled_epoch_trains_on_one_core_fewer_leaving_one_to_the_reader():
+    before = torch.get_num_threads()
+    torch.set_num_threads(3)
+    try:
+        in_loop, nested = [], []
+        for x, _ in stream():
+            in_loop.append(torch.get_num_threads())
+            if not nested:  # a stream iterated inside the epoch (validation) leaves the count alone
+                nested = [len(list(stream(shuffle=False))), len(list(stream())), torch.get_num_threads()]
+        assert set(in_loop) == {2} and nested == [15, 15, 2]
+        assert torch.get_num_threads() == 3  # given back at the epoch's end
+        full_batch = []
+        for _ in stream(batch_size=None, shuffle=False):  # keeps every core: bit for bit as in memory
+            full_batch.append(torch.get_num_threads())
+        assert full_batch == [3]
+    finally:
+        torch.set_num_threads(before)
+
+
 def test_a_training_stream_cuts_the_batches_every_rank_agrees_on_and_resumes_mid_epoch():
     loader = stream(n_batches=20)
     batches = epoch(loader, 3)
