@@ -577,7 +577,8 @@ class TableDataModule(InMemoryDataModule):
         if self._schema["categories"] or any(table.kinds.get(name) != "number" for name in names):
             x, y, codes, _ = self._read_group(group)
             keep = codes == split
-            return (torch.from_numpy(x[keep].T.astype(np.float32)), torch.from_numpy(y[keep].T.astype(np.float32))), None
+            x, y = (torch.from_numpy(values[keep].T.astype(np.float32)) for values in (x, y))
+            return (x, y), None
         columns = read_groups([group], names, self._open_files, use_threads=False)  # one core (see stream.py)
         if not all(pa.types.is_floating(t) for t in columns.schema.types):  # integers: exactly as float64 first
             columns = columns.cast(pa.schema([(name, pa.float64()) for name in names]), safe=False)  # as `_read`
@@ -595,7 +596,7 @@ class TableDataModule(InMemoryDataModule):
         chosen = self._group_splits[key] == split
         if self._dropped:  # the statistics pass found rows to drop: find them again
             used = values if self.missing != "mean" else values[self.in_features :]  # "mean": NaN features stay
-            chosen &= ~np.isnan(used.numpy()).any(0)  # a missing target (any missing cell, but with "mean") drops its row
+            chosen &= ~np.isnan(used.numpy()).any(0)  # a missing target (any missing cell, but "mean") drops a row
         rows = None if chosen.all() else torch.from_numpy(np.flatnonzero(chosen))
         return (values[: self.in_features], values[self.in_features :]), rows
 

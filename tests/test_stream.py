@@ -92,7 +92,7 @@ def test_a_shuffled_epoch_trains_on_one_core_fewer_leaving_one_to_the_reader():
     torch.set_num_threads(3)
     try:
         in_loop, nested = [], []
-        for x, _ in stream():
+        for _ in stream():
             in_loop.append(torch.get_num_threads())
             if not nested:  # a stream iterated inside the epoch (validation) leaves the count alone
                 nested = [len(list(stream(shuffle=False))), len(list(stream())), torch.get_num_threads()]
