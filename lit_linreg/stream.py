@@ -2,8 +2,10 @@
 
 A `RowGroupStream` holds two windows of row groups whatever the table's size: a background thread reads the
 next ones (pyarrow decodes with the GIL released, so reading overlaps training), copies each into a buffer rows
-first (one blocked transpose of Parquet's columns) and queues windows of them, and the loader gathers each
-batch's rows from a window with one `index_select`: the (rows, columns) tensors the model takes, its own copy.
+first (one blocked transpose of Parquet's columns) and queues windows of them, going on from an epoch's last
+window to the next epoch's first; the loader gathers each batch's rows from a window with one `index_select`:
+the (rows, columns) tensors the model takes, its own copy. The reader keeps to one core and the training
+to the others (see `_TrainingCores`).
 
 What the shuffle guarantees, each epoch, from `seed`, the epoch and the rank alone (so a resumed run replays it):
 - every row of this rank's share is visited exactly once;
