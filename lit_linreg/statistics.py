@@ -862,8 +862,10 @@ def _floored(eigenvalues: np.ndarray) -> np.ndarray:
 
 
 def _condition_indices(eigenvalues: np.ndarray) -> np.ndarray:
-    with np.errstate(divide="ignore"):
-        return np.sqrt(eigenvalues.max(initial=0.0) / np.maximum(eigenvalues, 0.0))
+    """sqrt(largest / each); infinite for a zero eigenvalue, also when all are zero (one constant column)."""
+    with np.errstate(divide="ignore", invalid="ignore"):
+        indices = np.sqrt(eigenvalues.max(initial=0.0) / np.maximum(eigenvalues, 0.0))
+    return np.where(eigenvalues > 0, indices, np.inf)
 
 
 # -------------------------------------------------------------------------------------------------- inference

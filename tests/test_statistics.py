@@ -312,6 +312,15 @@ def test_largest_stable_learning_rate_splits_convergence_from_divergence(k, has_
     assert loss_after(1.02 * lr) > 1e6
 
 
+def test_a_lone_constant_column_is_named_collinear_without_a_warning():
+    x = np.full((50, 1), 3.0)  # its correlation matrix is 1 x 1 and zero: 0 / 0 before
+    stats = accumulate(x, np.arange(50.0))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert collinear_groups(stats, ["x"]) == [("x",)]
+        assert np.isinf(diagnose(stats, k=1, has_bias=True, names=["x"]).condition_indices).all()
+
+
 def test_collinear_columns_are_named_as_one_group():
     rng = np.random.default_rng(6)
     x1, x2, x4 = rng.standard_normal((3, 500))
