@@ -133,6 +133,13 @@ class InMemoryDataModule(L.LightningDataModule):
             for x, _ in blocks():
                 sums += np.nansum(x, axis=0), np.sum(~np.isnan(x), axis=0)
             sums = self._sum_over_ranks(sums)
+            empty = [name for name, n, num in zip(schema["features"], sums[1], numeric, strict=True) if num and not n]
+            if empty:  # its fill would be a made-up 0 and its coefficient 0: a column of nothing
+                raise DataError(
+                    f"{getattr(self, 'path', 'the table')}: feature {', '.join(map(repr, empty))}"
+                    f" {'has' if len(empty) == 1 else 'have'} no value in any training row, so --data.missing mean"
+                    " has nothing to fill with; leave it out (--data.features)"
+                )
             means = torch.from_numpy(np.divide(sums[0], sums[1], out=np.zeros(self.in_features), where=sums[1] > 0))
             self.fill = encoder.fill.copy_(torch.where(numeric, means, 0.0)).clone()
         width = len(design_names(schema)) + self.out_features

@@ -313,6 +313,8 @@ def test_a_table_whose_rows_all_drop_or_whose_splits_are_too_small_is_refused_al
     mode = ["--data.in_memory", in_memory, "--data.batch_size", "1"]
     assert "0 data rows are too few" in refused(run_cli, capsys, ["--data.path", nulls, *mode])
     assert "3 data rows are too few" in refused(run_cli, capsys, ["--data.path", tiny, *mode])
+    filled = refused(run_cli, capsys, ["--data.path", nulls, *mode, "--data.missing", "mean"])  # nothing to fill x
+    assert "feature 'x' has no value in any training row" in filled
 
 
 @pytest.mark.parametrize("in_memory", ["true", "false"], ids=["memory", "stream"])
