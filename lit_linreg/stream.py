@@ -25,7 +25,6 @@ stream replays the epoch's reads and hands out the rest.
 from __future__ import annotations
 
 import atexit
-import contextlib
 import itertools
 import queue
 import threading
@@ -103,36 +102,50 @@ class RowGroupStream(EpochBatches):
             ahead[1].close()
             ahead = None
         windows = ahead[1] if ahead is not None else self._read_ahead(epoch)
+        cores = _TrainingCores(lower=self.shuffle)
         window: _Window | None = None  # the window batches are cut from, and how far into it they are
-        offset = 0
+        offset, last = 0, len(bounds) - 2
         try:
-            with _TrainingCores() if self.shuffle else contextlib.nullcontext():
-                for i, (start, stop) in enumerate(itertools.pairwise(bounds)):
-                    pieces, need = [], stop - start
-                    while need:
-                        if window is None or offset == len(window.picks):
-                            window, offset = next(windows, _EPOCH_END), 0  # the last is let go: it may be refilled
-                            if window is _EPOCH_END:
-                                raise RuntimeError(f"the row groups held fewer rows than the {self.n_rows} counted")
-                        take = min(need, len(window.picks) - offset)
-                        if i >= first:  # a resumed epoch replays the reads of the batches it had, to keep the order
-                            pieces.append(window.gather(offset, offset + take))
-                        offset, need = offset + take, need - take
-                    if i < first:
-                        continue
-                    self._yielded = i + 1
-                    # A batch is gathered from one window, or joins the end of one and the start of the next;
-                    # either way its tensors are its own (the window's are refilled a few windows on).
-                    yield pieces[0] if len(pieces) == 1 else tuple(torch.cat(p) for p in zip(*pieces, strict=True))
-            # Asked past the last batch, which Lightning does before it trains on it: the epoch's end is taken
-            # from the reader, which lets it fill the last window's buffer with the next epoch's rows.
-            while next(windows, _EPOCH_END) is not _EPOCH_END:
-                pass
-            if self.shuffle:
-                self._ahead, windows = (epoch + 1, windows), None
+            for i, (start, stop) in enumerate(itertools.pairwise(bounds)):
+                pieces, need = [], stop - start
+                while need:
+                    if window is None or offset == len(window.picks):
+                        window, offset = next(windows, _EPOCH_END), 0  # the last is let go: it may be refilled
+                        if window is _EPOCH_END:
+                            raise RuntimeError(f"the row groups held fewer rows than the {self.n_rows} counted")
+                    take = min(need, len(window.picks) - offset)
+                    if i >= first:  # a resumed epoch replays the reads of the batches it had, to keep the order
+                        pieces.append(window.gather(offset, offset + take))
+                    offset, need = offset + take, need - take
+                if i < first:
+                    continue
+                self._yielded = i + 1
+                # A batch is gathered from one window, or joins the end of one and the start of the next;
+                # either way its tensors are its own (the window's are refilled a few windows on).
+                batch = pieces[0] if len(pieces) == 1 else tuple(torch.cat(p) for p in zip(*pieces, strict=True))
+                if i == last:
+                    # Lightning asks a loader with a length for no batch past its last, so the epoch ends here,
+                    # before the last batch is handed out (its rows are gathered): the epoch's end is taken
+                    # from the reader, which then fills the last window's buffer with the next epoch's rows.
+                    self._end_of_epoch(windows)
+                    if self.shuffle:
+                        self._ahead = (epoch + 1, windows)
+                    else:
+                        windows.close()
+                    windows = None
+                    cores.restore()
+                yield batch
         finally:
+            cores.restore()
             if windows is not None:
                 windows.close()
+
+    def _end_of_epoch(self, windows: _ReadAhead) -> None:
+        """Takes what the reader hands on after the epoch's last batch, up to the end marker: windows with no
+        rows of this split, if any."""
+        while (window := next(windows, _EPOCH_END)) is not _EPOCH_END:
+            if len(window.picks):
+                raise RuntimeError(f"the row groups held more rows than the {self.n_rows} counted")
 
     def _read_ahead(self, epoch: int) -> _ReadAhead:
         """The background reader of the windows of `epoch` (and, shuffled, of the epochs after it), each epoch's
@@ -186,26 +199,29 @@ class RowGroupStream(EpochBatches):
 class _TrainingCores:
     """While a shuffled epoch streams, the training's torch ops run on one core fewer: the reader's.
 
-    The reader works in its one thread: pyarrow decodes without its thread pool, and the copies and the shuffle
-    are numpy's (torch's would start an OpenMP team of the reader's own). On two cores, the training's ops in a
-    team of two threads (as in memory) left the reader no core: each op waited for the thread the reader had
-    displaced, and the reader fell behind (epochs about 15% longer, measured). Entered in the thread that trains;
-    streams iterated within the epoch (validation) leave the count alone. A full-batch stream keeps every core,
-    so that it trains bit for bit as in memory: a thread count changes the order of a sum.
+    The reader works in its one thread: pyarrow decodes without its thread pool, the shuffle is numpy's, and
+    torch's transposing copy runs in the calling thread alone (measured: one core busy, however large the row
+    group). On two cores, the training's ops in a team of two threads (as in memory) left the reader no core:
+    each op waited for the thread the reader had displaced, and the reader fell behind (epochs about 15% longer,
+    measured). Lowered in the thread that trains when the epoch starts, and given back before its last batch
+    is handed out (Lightning asks for no batch after it); streams iterated within the epoch (validation) leave
+    the count alone. A full-batch stream keeps every core, so that it trains bit for bit as in memory: a
+    thread count changes the order of a sum.
     """
 
     _lowered = threading.local()  # whether this thread's count is lowered already
 
-    def __enter__(self) -> None:
+    def __init__(self, lower: bool) -> None:
         self.threads = None
-        if not getattr(self._lowered, "on", False) and torch.get_num_threads() > 1:
+        if lower and not getattr(self._lowered, "on", False) and torch.get_num_threads() > 1:
             self.threads, self._lowered.on = torch.get_num_threads(), True
             torch.set_num_threads(self.threads - 1)
 
-    def __exit__(self, *exc) -> None:
-        if self.threads is not None and getattr(self._lowered, "on", False):  # in the thread that entered
+    def restore(self) -> None:
+        """Gives the core back, once, in the thread that lowered the count."""
+        if self.threads is not None and getattr(self._lowered, "on", False):
             torch.set_num_threads(self.threads)
-            self._lowered.on = False
+            self._lowered.on, self.threads = False, None
 
 
 class _Window:
@@ -243,7 +259,7 @@ class _Join:
                 new[:start].copy_(old[:start])
             self.parts = grown
         for part, into in zip(columns, self.parts, strict=True):
-            np.copyto(into[start : self.filled].numpy(), part.numpy().T)
+            into[start : self.filled].copy_(part.T)
         return start
 
     def window(self, picks: list[np.ndarray], generator: torch.Generator | None) -> _Window:
@@ -342,10 +358,12 @@ class _ReadAhead:
 
     def close(self) -> None:
         self.stop.set()
+        self.free.release()  # a reader waiting for a buffer wakes to stop now
         self.thread.join()
 
     def __del__(self) -> None:
         self.stop.set()
+        self.free.release()
 
 
 atexit.register(_ReadAhead._stop_all)

@@ -1,6 +1,8 @@
 import csv
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 import torch
 
@@ -93,6 +95,22 @@ def test_parquet_ranks_read_only_their_row_groups_and_cover_every_row_once(tmp_p
     for split in ("train", "val"):
         together = torch.cat([torch.cat(share[split], 1) for share in shares])
         assert sorted(map(tuple, together.tolist())) == sorted(map(tuple, torch.cat(whole[split], 1).tolist()))
+
+
+def test_convert_declares_required_exactly_the_columns_with_no_missing_value_from_csv_or_parquet(tmp_path):
+    # The houses have one empty cell in each numeric column; id, address and neighbourhood are complete.
+    assert convert_main([str(HOUSES), str(tmp_path / "pq"), "--rows-per-group", "100"]) == 0
+    schema = pq.read_schema(tmp_path / "pq" / "part-00000.parquet")
+    nullable = {field.name for field in schema if field.nullable}
+    assert nullable == {*FEATURES, "price_k"}
+    complete = pa.table({"x": [1.0, 2.0, 3.0], "y": [0.5, None, 1.5], "n": [1, 2, 3]})
+    for statistics in (True, False):  # counted in the footers, or by reading the rows
+        source = tmp_path / f"source_{statistics}.parquet"
+        pq.write_table(complete, source, write_statistics=statistics)
+        assert convert_main([str(source), str(tmp_path / f"out_{statistics}")]) == 0
+        written = pq.read_table(tmp_path / f"out_{statistics}")
+        assert [f.nullable for f in written.schema] == [False, True, False]
+        assert written.cast(complete.schema).equals(complete)
 
 
 def test_a_parquet_table_with_fewer_row_groups_than_ranks_is_refused_naming_the_fix(tmp_path):
