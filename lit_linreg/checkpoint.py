@@ -221,8 +221,9 @@ def check_resumable(checkpoint: dict[str, Any], path: str | os.PathLike, optimiz
 def experiment(data: Mapping[str, Any] | None) -> dict[str, str]:
     """What makes two runs one experiment: the DataModule's class and its arguments, less NOT_TRAINING_DATA.
 
-    Returns `fingerprint` (a hash of them) and `data` (a short description for messages). A string that
-    names an existing file counts by its real path, so `data/x.csv` and `./data/x.csv` are one experiment.
+    Returns `fingerprint` (a hash of them), `data` (a short description for messages) and `arguments` (all of
+    them as JSON, to name what differs when no run matches). A string that names an existing file counts by
+    its real path, so `data/x.csv` and `./data/x.csv` are one experiment.
     """
     data = data.as_dict() if hasattr(data, "as_dict") else dict(data or {})  # a jsonargparse Namespace, nested
     args = {
@@ -235,7 +236,23 @@ def experiment(data: Mapping[str, Any] | None) -> dict[str, str]:
     description = f"{str(data.get('class_path')).rsplit('.', 1)[-1]}({shown})"
     if len(description) > 100:
         description = description[:97] + "..."
-    return {"fingerprint": hashlib.sha256(identity.encode()).hexdigest()[:16], "data": description}
+    fingerprint = hashlib.sha256(identity.encode()).hexdigest()[:16]
+    return {"fingerprint": fingerprint, "data": description, "arguments": identity}
+
+
+def _differences(saved: str | None, current: str) -> str:
+    """How the data arguments of a saved run differ from this run's (`experiment()["arguments"]` both); empty if
+    they do not, or the saved ones are missing or unreadable."""
+    try:
+        (saved_class, saved_args), (class_path, args) = json.loads(saved), json.loads(current)
+    except (TypeError, ValueError):  # a stamp of an older run, or not one this code wrote
+        return ""
+    if not isinstance(saved_args, dict) or not isinstance(args, dict):
+        return ""
+    if saved_class != class_path:
+        return f"{str(saved_class).rsplit('.', 1)[-1]} (this run: {str(class_path).rsplit('.', 1)[-1]})"
+    keys = [key for key in sorted({*saved_args, *args}) if saved_args.get(key) != args.get(key)]
+    return ", ".join(f"{key}={saved_args.get(key)} (this run: {args.get(key)})" for key in keys)
 
 
 def _real_path(value: Any) -> Any:
@@ -246,13 +263,14 @@ def _real_path(value: Any) -> Any:
     return value
 
 
-def find_checkpoint(root: str | os.PathLike, which: str, fingerprint: str | None = None) -> Path:
-    """Resolve `--ckpt_path last` or `best` under a run directory, for the experiment `fingerprint`.
+def find_checkpoint(root: str | os.PathLike, which: str, experiment: dict[str, str] | None = None) -> Path:
+    """Resolve `--ckpt_path last` or `best` under a run directory, for `experiment` (`experiment()`'s).
 
     `last`: the newest `last.ckpt` of this experiment. `best`: the best checkpoint (by the `checkpoint`
     group's monitor, val/loss) that the run `last` would resume recorded, as Lightning's `best` does.
-    With no `last.ckpt` of this experiment, the error names the ones that are there.
+    With no `last.ckpt` of this experiment, the error says how the newest differs, or names those there.
     """
+    fingerprint = (experiment or {}).get("fingerprint")
     stamped = []
     for path in Path(root).rglob("last.ckpt"):
         try:
@@ -266,10 +284,16 @@ def find_checkpoint(root: str | os.PathLike, which: str, fingerprint: str | None
     stamped.sort(key=lambda item: item[0], reverse=True)
     matching = [(path, stamp) for _, path, stamp in stamped if stamp.get("experiment") == fingerprint]
     if not matching:
-        found = "; ".join(f"{path} ({stamp.get('data', 'no experiment stamp')})" for _, path, stamp in stamped[:5])
-        more = f" and {len(stamped) - 5} more" if len(stamped) > 5 else ""
+        _, newest, stamp = stamped[0]
+        differ = _differences(stamp.get("arguments"), experiment["arguments"]) if experiment else ""
+        if differ:
+            found = f"the newest, {newest}, was trained with {differ}"
+            others = f" ({len(stamped) - 1} other runs there)" if len(stamped) > 1 else ""
+        else:
+            found = "found " + "; ".join(f"{p} ({s.get('data', 'no experiment stamp')})" for _, p, s in stamped[:5])
+            others = f" and {len(stamped) - 5} more" if len(stamped) > 5 else ""
         raise CheckpointError(
-            f"--ckpt_path {which}: no run under {root} trained on this data; found {found}{more}:"
+            f"--ckpt_path {which}: no run under {root} trained on this data; {found}{others}:"
             " give one with --ckpt_path PATH, or check --data"
         )
     last, stamp = matching[0]
@@ -324,6 +348,7 @@ class RunStamp(L.Callback):
         checkpoint[STAMP] = {
             "experiment": self.experiment["fingerprint"],
             "data": self.experiment["data"],
+            "arguments": self.experiment["arguments"],
             "best_model_path": best or "",
             "optimizer": self.optimizer,
             "settings": self.settings,

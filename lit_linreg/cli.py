@@ -146,7 +146,7 @@ class LinearRegressionCLI(LightningCLI):
             return None
         if config.ckpt_path in ("last", "best"):
             root = os.path.expanduser(config.trainer.default_root_dir or ".")
-            config.ckpt_path = str(find_checkpoint(root, config.ckpt_path, self._experiment["fingerprint"]))
+            config.ckpt_path = str(find_checkpoint(root, config.ckpt_path, self._experiment))
             if subcommand == "fit":
                 print(f"resuming from {config.ckpt_path}")
         return load_checkpoint(config.ckpt_path)  # safe load, one-line errors

@@ -245,7 +245,10 @@ REFUSALS = [
     pytest.param(
         copy_runs,
         ["predict", *CROP, "--ckpt_path", "last"],
-        ["--ckpt_path last: no run under {tmp}/runs trained on this data; found", "(ToyDataModule())"],
+        [
+            "--ckpt_path last: no run under {tmp}/runs trained on this data; the newest,",
+            "was trained with ToyDataModule (this run: CropYieldDataModule)",
+        ],
         2,
         id="ckpt-last-of-another-experiment",
     ),
@@ -494,6 +497,22 @@ def test_last_and_best_stay_within_the_experiment(tmp_path):
     assert f"ckpt_path: {runs}/version_0/checkpoints/last.ckpt" in (runs / "version_2" / "config.yaml").read_text()
     assert run("predict", *CROP, "--ckpt_path", "best", root=tmp_path) == 0  # version_3
     assert f"ckpt_path: {runs}/version_0/checkpoints/best-" in (runs / "version_3" / "config.yaml").read_text()
+
+
+def test_a_resume_on_other_data_names_the_arguments_that_differ_however_long_the_paths(tmp_path, capsys):
+    deep = tmp_path / ("a_directory_name_long_enough_that_a_description_of_it_runs_past_one_hundred" + "_x" * 20)
+    tables = []
+    for name in ("sales_2025.csv", "sales_2026.csv"):
+        (deep / name).parent.mkdir(exist_ok=True)
+        (deep / name).write_bytes((ROOT / "data" / "houses.csv").read_bytes())
+        tables.append(str(deep / name))
+    table = ["--config", config("table.yaml"), "--trainer.max_epochs", "1", *FAST]
+    assert run("fit", *table, "--data.path", tables[0], root=tmp_path) == 0
+    record_fault("refusals")
+    assert run("predict", *table, "--data.path", tables[1], "--ckpt_path", "last", root=tmp_path) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "no run under" in err and "the newest, " in err, err
+    assert f"was trained with path={os.path.realpath(tables[0])} (this run: {os.path.realpath(tables[1])})" in err
 
 
 # --- Quiet, conventional runs -----------------------------------------------------------------------------------
