@@ -21,6 +21,7 @@ import lightning as L
 import torch
 from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.utilities import rank_zero_info
 
 from lit_linreg.errors import CheckpointError, ConfigError
 
@@ -221,9 +222,11 @@ def check_resumable(checkpoint: dict[str, Any], path: str | os.PathLike, optimiz
 def experiment(data: Mapping[str, Any] | None) -> dict[str, str]:
     """What makes two runs one experiment: the DataModule's class and its arguments, less NOT_TRAINING_DATA.
 
-    Returns `fingerprint` (a hash of them), `data` (a short description for messages) and `arguments` (all of
-    them as JSON, to name what differs when no run matches). A string that names an existing file counts by
-    its real path, so `data/x.csv` and `./data/x.csv` are one experiment.
+    Returns `fingerprint` (a hash of them), `data` (a short description for messages), `arguments` (all of
+    them as JSON, to name what differs when no run matches) and `contents` (the size and modification time of
+    each file or directory they name, as JSON: not part of the fingerprint, but a resume says if they changed).
+    A string that names an existing file counts by its real path, so `data/x.csv` and `./data/x.csv` are one
+    experiment.
     """
     data = data.as_dict() if hasattr(data, "as_dict") else dict(data or {})  # a jsonargparse Namespace, nested
     args = {
@@ -237,7 +240,30 @@ def experiment(data: Mapping[str, Any] | None) -> dict[str, str]:
     if len(description) > 100:
         description = description[:97] + "..."
     fingerprint = hashlib.sha256(identity.encode()).hexdigest()[:16]
-    return {"fingerprint": fingerprint, "data": description, "arguments": identity}
+    contents = {value: _content(value) for value in args.values() if isinstance(value, str) and os.path.exists(value)}
+    return {"fingerprint": fingerprint, "data": description, "arguments": identity, "contents": json.dumps(contents)}
+
+
+def _content(path: str) -> list[int] | None:
+    """[bytes, newest modification time in ns] of a file, or of the files under a directory; None if unreadable
+    (reading the data, later, says why)."""
+    try:
+        files = [Path(path)] if os.path.isfile(path) else [p for p in Path(path).rglob("*") if p.is_file()]
+        stats = [file.stat() for file in files]
+    except OSError:
+        return None
+    return [sum(s.st_size for s in stats), max((s.st_mtime_ns for s in stats), default=0)]
+
+
+def changed_contents(saved: str | None, current: str) -> list[str]:
+    """The paths among `experiment()["contents"]` whose size or modification time differs from `saved`'s."""
+    try:
+        before, now = json.loads(saved), json.loads(current)
+    except (TypeError, ValueError):  # a stamp of an older run, or not one this code wrote
+        return []
+    if not isinstance(before, dict):
+        return []
+    return [path for path, content in now.items() if content and before.get(path) and before[path] != content]
 
 
 def _differences(saved: str | None, current: str) -> str:
@@ -349,6 +375,7 @@ class RunStamp(L.Callback):
             "experiment": self.experiment["fingerprint"],
             "data": self.experiment["data"],
             "arguments": self.experiment["arguments"],
+            "contents": self.experiment["contents"],
             "best_model_path": best or "",
             "optimizer": self.optimizer,
             "settings": self.settings,
@@ -357,6 +384,8 @@ class RunStamp(L.Callback):
     def on_load_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict) -> None:
         if trainer.state.fn != "fit":
             return
+        for path in changed_contents(checkpoint.get(STAMP, {}).get("contents"), self.experiment["contents"]):
+            rank_zero_info(f"{path} changed since the checkpoint was written: the resumed run trains on it as it is")
         saved = checkpoint.get(STAMP, {}).get("settings")
         if saved is None:  # a checkpoint from before the stamp: its model hyperparameters configured the SGD
             saved = {key: checkpoint.get("hyper_parameters", {}).get(key) for key in self.settings}

@@ -515,6 +515,20 @@ def test_a_resume_on_other_data_names_the_arguments_that_differ_however_long_the
     assert f"was trained with path={os.path.realpath(tables[0])} (this run: {os.path.realpath(tables[1])})" in err
 
 
+def test_resuming_on_a_table_changed_since_the_checkpoint_says_so_and_goes_on(tmp_path, caplog):
+    table = tmp_path / "sales.csv"
+    table.write_bytes((ROOT / "data" / "houses.csv").read_bytes())
+    args = ["--config", config("table.yaml"), *FAST, "--data.path", str(table), "--trainer.max_epochs"]
+    notice = f"{table.resolve()} changed since the checkpoint was written"
+    assert run("fit", *args, "1", root=tmp_path) == 0
+    assert run("fit", *args, "2", "--ckpt_path", "last", root=tmp_path) == 0
+    assert notice not in caplog.text  # unchanged: resumed without a word
+    lines = table.read_text().splitlines(keepends=True)
+    table.write_text("".join(lines + lines[1:3]))  # two rows appended
+    assert run("fit", *args, "3", "--ckpt_path", "last", root=tmp_path) == 0
+    assert caplog.text.count(notice) == 1
+
+
 # --- Quiet, conventional runs -----------------------------------------------------------------------------------
 
 
