@@ -26,6 +26,14 @@ from lightning.pytorch.utilities import rank_zero_info
 from lit_linreg.errors import CheckpointError, ConfigError
 
 STAMP = "lit_linreg"  # the checkpoint key of RunStamp's record
+
+
+def stamp_of(checkpoint: Mapping[str, Any]) -> dict[str, Any]:
+    """RunStamp's record in a checkpoint: {} if it has none, or one that is not a mapping (not this code's)."""
+    stamp = checkpoint.get(STAMP)
+    return dict(stamp) if isinstance(stamp, Mapping) else {}
+
+
 # DataModule arguments that leave the training rows as they are: how batches are fed, what to test or predict
 # for (and every `predict_*`), the schema the CLI hands over from a checkpoint. Runs differing only in these
 # are one experiment: a resume, or a predict with `last`, may change them.
@@ -211,7 +219,7 @@ def check_resumable(checkpoint: dict[str, Any], path: str | os.PathLike, optimiz
             f"{path}: holds weights only, no optimizer state, so fit cannot resume from it;"
             " predict, validate and test can use it"
         )
-    saved = checkpoint.get(STAMP, {}).get("optimizer")
+    saved = stamp_of(checkpoint).get("optimizer")
     if saved is not None and saved != optimizer:
         raise CheckpointError(
             f"{path}: was trained with the {saved} optimizer, this run configures {optimizer}: resume with"
@@ -245,10 +253,18 @@ def experiment(data: Mapping[str, Any] | None) -> dict[str, str]:
 
 
 def _content(path: str) -> list[int] | None:
-    """[bytes, newest modification time in ns] of a file, or of the files under a directory; None if unreadable
-    (reading the data, later, says why)."""
+    """[bytes, newest modification time in ns] of a file, or of the files under a directory (but hidden and `_`
+    ones, as a Parquet directory is read); None if unreadable (reading the data, later, says why)."""
     try:
-        files = [Path(path)] if os.path.isfile(path) else [p for p in Path(path).rglob("*") if p.is_file()]
+        files = (
+            [Path(path)]
+            if os.path.isfile(path)
+            else [
+                p
+                for p in Path(path).rglob("*")
+                if p.is_file() and not any(part.startswith((".", "_")) for part in p.relative_to(path).parts)
+            ]
+        )
         stats = [file.stat() for file in files]
     except OSError:
         return None
@@ -259,7 +275,7 @@ def changed_contents(saved: str | None, current: str) -> list[str]:
     """The paths among `experiment()["contents"]` whose size or modification time differs from `saved`'s."""
     try:
         before, now = json.loads(saved), json.loads(current)
-    except (TypeError, ValueError):  # a stamp of an older run, or not one this code wrote
+    except (TypeError, ValueError, RecursionError):  # a stamp of an older run, or not one this code wrote
         return []
     if not isinstance(before, dict):
         return []
@@ -271,7 +287,7 @@ def _differences(saved: str | None, current: str) -> str:
     they do not, or the saved ones are missing or unreadable."""
     try:
         (saved_class, saved_args), (class_path, args) = json.loads(saved), json.loads(current)
-    except (TypeError, ValueError):  # a stamp of an older run, or not one this code wrote
+    except (TypeError, ValueError, RecursionError):  # a stamp of an older run, or not one this code wrote
         return ""
     if not isinstance(saved_args, dict) or not isinstance(args, dict):
         return ""
@@ -300,7 +316,7 @@ def find_checkpoint(root: str | os.PathLike, which: str, experiment: dict[str, s
     stamped = []
     for path in Path(root).rglob("last.ckpt"):
         try:
-            stamped.append((path.stat().st_mtime_ns, path, load_checkpoint(path).get(STAMP, {})))
+            stamped.append((path.stat().st_mtime_ns, path, stamp_of(load_checkpoint(path))))
         except (OSError, CheckpointError):  # unreadable, or vanished since the listing: not a candidate
             continue
     if not stamped:
@@ -384,10 +400,10 @@ class RunStamp(L.Callback):
     def on_load_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict) -> None:
         if trainer.state.fn != "fit":
             return
-        for path in changed_contents(checkpoint.get(STAMP, {}).get("contents"), self.experiment["contents"]):
+        for path in changed_contents(stamp_of(checkpoint).get("contents"), self.experiment["contents"]):
             rank_zero_info(f"{path} changed since the checkpoint was written: the resumed run trains on it as it is")
-        saved = checkpoint.get(STAMP, {}).get("settings")
-        if saved is None:  # a checkpoint from before the stamp: its model hyperparameters configured the SGD
+        saved = stamp_of(checkpoint).get("settings")
+        if not isinstance(saved, Mapping):  # before the stamp: the model hyperparameters set the SGD
             saved = {key: checkpoint.get("hyper_parameters", {}).get(key) for key in self.settings}
         changed = {key: value for key, value in self.settings.items() if saved.get(key) != value}
         for state in checkpoint.get("optimizer_states", []):

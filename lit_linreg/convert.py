@@ -41,8 +41,9 @@ def batches(table: Table):
 
 def with_nulls(table: Table) -> set[str]:
     """The table's columns with a missing value in some row: from a Parquet table's footers when they all
-    count nulls, else from one pass over the rows."""
-    if table.format == "parquet":
+    count nulls and every column is flat (a footer counts the nulls of each leaf of a nested one), else from
+    one pass over the rows."""
+    if table.format == "parquet" and not any(pa.types.is_nested(field.type) for field in table.schema):
         columns = [
             group.column(i)
             for metadata in (pq.ParquetFile(file).metadata for file in _parquet_files(table.path))
@@ -59,7 +60,7 @@ def with_nulls(table: Table) -> set[str]:
 
 def stream_schema(schema: pa.Schema, nullable: set[str]) -> pa.Schema:
     """`schema` with every column not in `nullable` declared required (see the module docstring)."""
-    return pa.schema([field.with_nullable(field.name in nullable) for field in schema])
+    return pa.schema([field.with_nullable(field.name in nullable) for field in schema], metadata=schema.metadata)
 
 
 def writer_options(schema: pa.Schema) -> dict:

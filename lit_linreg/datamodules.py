@@ -438,6 +438,7 @@ class TableDataModule(InMemoryDataModule):
         self._dropped = 0  # streaming: this rank's rows dropped for a missing value
         self._auto_streams: bool | None = None  # in_memory: null, once decided
         self._open_files: dict = {}  # streaming: each Parquet file's footer, parsed once (see `read_groups`)
+        self._train_streams: list[RowGroupStream] = []  # streaming: closed at teardown (see `_close_streams`)
         self._group_splits: dict = {}  # streaming: the split code of each row of each row group read, (n,) uint8
         _check_fraction("val_fraction", val_fraction)
         _check_fraction("test_fraction", test_fraction)
@@ -623,13 +624,25 @@ class TableDataModule(InMemoryDataModule):
     def train_dataloader(self):
         if self._groups is None:
             return super().train_dataloader()
+        self._close_streams()  # asked again (--trainer.reload_dataloaders_every_n_epochs): the last one's reader
         n_batches = batches_per_epoch(self._max_train_rows, self.batch_size)
         if self._counts[TRAIN] < n_batches:
             raise DataError(
                 f"a rank holds {self._counts[TRAIN]} training rows, fewer than the {n_batches} batches of an epoch:"
                 " use fewer ranks or a larger --data.batch_size"
             )
-        return self._stream(TRAIN, shuffle=self.batch_size is not None, n_batches=n_batches)
+        self._train_streams.append(self._stream(TRAIN, shuffle=self.batch_size is not None, n_batches=n_batches))
+        return self._train_streams[-1]
+
+    def teardown(self, stage: str) -> None:
+        super().teardown(stage)
+        self._close_streams()
+
+    def _close_streams(self) -> None:
+        """Stops the readers of the training streams made so far: each reads its next epoch ahead."""
+        for stream in self._train_streams:
+            stream.close()
+        self._train_streams.clear()
 
     def val_dataloader(self):
         if self._groups is None:

@@ -108,4 +108,4 @@ def read_groups(
         ]
     except (pa.ArrowInvalid, OSError) as err:
         raise DataError(f"{groups[0].file}: not a readable Parquet file ({str(err).strip().splitlines()[0]})") from None
-    return pa.concat_tables(parts)
+    return pa.concat_tables(parts, promote_options="default")  # a column required in one file, nullable in another

@@ -140,6 +140,13 @@ class RowGroupStream(EpochBatches):
             if windows is not None:
                 windows.close()
 
+    def close(self) -> None:
+        """Stops the reader that reads the next epoch ahead, if one does: it holds two buffers and whatever
+        `read` holds (a DataModule, its Trainer) until then. `TableDataModule.teardown` calls it."""
+        ahead, self._ahead = self._ahead, None
+        if ahead is not None:
+            ahead[1].close()
+
     def _end_of_epoch(self, windows: _ReadAhead) -> None:
         """Takes what the reader hands on after the epoch's last batch, up to the end marker: windows with no
         rows of this split, if any."""

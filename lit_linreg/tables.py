@@ -401,8 +401,13 @@ def _parquet_schema(path: Path) -> pa.Schema:
             raise DataError(f"{file}: not a readable Parquet file ({str(err).strip().splitlines()[0]})") from None
         if schema is None:
             schema = read
-        elif not read.equals(schema):
+        elif [(f.name, f.type) for f in read] != [(f.name, f.type) for f in schema]:  # nullable or not: alike
             raise DataError(f"{file}: its columns differ from those of {files[0]}")
+        elif read != schema:  # a file with a missing value where another has none (see convert.py)
+            schema = pa.schema(
+                [f.with_nullable(f.nullable or g.nullable) for f, g in zip(schema, read, strict=True)],
+                metadata=schema.metadata,
+            )
     return schema
 
 
@@ -414,6 +419,7 @@ def _read_parquet(path: Path, columns: list[str], groups: list | None = None) ->
 
         return read_groups(groups, columns)
     try:
-        return pa.concat_tables(pq.read_table(file, columns=columns) for file in _parquet_files(path))
+        parts = [pq.read_table(file, columns=columns) for file in _parquet_files(path)]
+        return pa.concat_tables(parts, promote_options="default")  # a column required in one file, nullable in another
     except (pa.ArrowInvalid, OSError) as err:
         raise DataError(f"{path}: not a readable Parquet file ({str(err).strip().splitlines()[0]})") from None

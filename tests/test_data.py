@@ -8,6 +8,7 @@ import torch
 
 from lit_linreg import LinearRegression, SyntheticDataModule, TableDataModule
 from lit_linreg.convert import main as convert_main
+from lit_linreg.convert import stream_schema
 from lit_linreg.errors import DataError
 from lit_linreg.loader import EpochShuffle, TensorLoader, batches_per_epoch
 from tests.conftest import ROOT, config, latest_version
@@ -111,6 +112,21 @@ def test_convert_declares_required_exactly_the_columns_with_no_missing_value_fro
         written = pq.read_table(tmp_path / f"out_{statistics}")
         assert [f.nullable for f in written.schema] == [False, True, False]
         assert written.cast(complete.schema).equals(complete)
+    # A struct with a missing value at its top level: a footer counts its leaf's nulls, under another name.
+    nested = pa.table({"x": [1.0, 2.0], "s": pa.array([{"a": 1.0}, None])})
+    pq.write_table(nested, tmp_path / "nested.parquet")
+    assert convert_main([str(tmp_path / "nested.parquet"), str(tmp_path / "nested")]) == 0
+    assert pq.read_table(tmp_path / "nested").equals(nested.cast(stream_schema(nested.schema, {"s"})))
+    # Two conversions, one with a missing value and one without, read as one table; the pandas index survives.
+    for name, text in (("jan", "x,y\n1,2\n3,4\n"), ("feb", "x,y\n1,2\n,4\n5,6\n")):
+        (tmp_path / f"{name}.csv").write_text(text)
+        assert convert_main([str(tmp_path / f"{name}.csv"), str(tmp_path / "months" / name)]) == 0
+    both = TableDataModule(str(tmp_path / "months"), targets=["y"], val_fraction=0, test_fraction=0).load("fit")
+    assert sorted(both["train"][1].flatten().tolist()) == [2.0, 2.0, 4.0, 6.0]  # the row with no x dropped
+    frame = pa.Table.from_pandas(pa.table({"x": [1.0, 2.0]}).to_pandas().set_axis([5, 6]))
+    pq.write_table(frame, tmp_path / "indexed.parquet")
+    assert convert_main([str(tmp_path / "indexed.parquet"), str(tmp_path / "indexed")]) == 0
+    assert pq.read_schema(tmp_path / "indexed" / "part-00000.parquet").metadata == frame.schema.metadata
 
 
 def test_a_parquet_table_with_fewer_row_groups_than_ranks_is_refused_naming_the_fix(tmp_path):

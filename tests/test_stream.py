@@ -195,6 +195,19 @@ def final_weights(root):
     return checkpoint["epoch"], checkpoint["state_dict"] | momentum
 
 
+def test_a_streamed_fit_leaves_no_reader_running_after_it_even_reloading_its_loaders(run_cli, tmp_path):
+    # A shuffled stream's reader reads the next epoch ahead; the DataModule stops it at teardown, and stops the
+    # last loader's when Lightning asks for a new one, so that no thread holds the Trainer and two buffers.
+    def readers() -> int:
+        return sum(t.name == "lit-linreg-read-ahead" and t.is_alive() for t in threading.enumerate())
+
+    table = parquet_table(tmp_path / "pq")
+    before = readers()
+    streaming = streamed_fit(table, "--data.in_memory", "false", "--trainer.reload_dataloaders_every_n_epochs", "1")
+    assert run_cli(*streaming, root=tmp_path) == 0
+    assert readers() == before
+
+
 @pytest.mark.parametrize("table", ["generated", "houses", "houses-mean", "houses-categorical"])
 def test_a_full_batch_stream_trains_bit_for_bit_as_the_rows_in_memory(run_cli, tmp_path, table):
     if table.startswith("houses"):  # text columns and empty cells, in row groups of 25
