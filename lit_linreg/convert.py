@@ -6,9 +6,9 @@ files of `--rows-per-file` rows, each in row groups of `--rows-per-group` rows. 
 as you will run ranks (many more balance them better). Columns keep the types pyarrow infers for the CSV file.
 
 Written to be streamed (`--data.in_memory false`), each epoch: a column with no missing value anywhere is
-declared required, not nullable, so that no reader decodes its definition levels (half of the time pyarrow
-takes to decode a float column of a nullable one, measured); to know which, a CSV file is read twice (a
-Parquet table's footers tell, if they hold null counts). Floating-point columns keep no dictionary (see
+declared required, not nullable, so that no reader decodes its definition levels (pyarrow then decodes a
+float column in about half the time, measured); to know which, a CSV file is read twice (a Parquet table's
+footers tell, if they hold null counts). Floating-point columns keep no dictionary (see
 `writer_options`).
 """
 
@@ -95,7 +95,13 @@ def convert(source: str, target: str, rows_per_group: int = 65536, rows_per_file
                     writer = pq.ParquetWriter(written[-1], schema, **writer_options(schema))
                     in_file = 0
                 take = min(batch.num_rows, rows_per_file - in_file)
-                rows = pa.Table.from_batches([batch.slice(0, take)]).cast(schema)  # a required column: no nulls
+                try:
+                    rows = pa.Table.from_batches([batch.slice(0, take)]).cast(schema)  # a required column: no nulls
+                except ValueError as err:  # a null the first pass did not see
+                    raise DataError(
+                        f"{source}: {err}, which the first pass did not count: the table changed while it was"
+                        " converted, or its Parquet footers miscount nulls"
+                    ) from None
                 writer.write_table(rows, row_group_size=rows_per_group)
                 batch, in_file = batch.slice(take), in_file + take
                 if in_file == rows_per_file:
@@ -110,7 +116,7 @@ def convert(source: str, target: str, rows_per_group: int = 65536, rows_per_file
         if made:
             with contextlib.suppress(OSError):  # not empty: something else wrote there meanwhile
                 out.rmdir()
-        if isinstance(err, ValueError | OSError):  # a bad cell or page, a null the first pass missed, a full disk
+        if isinstance(err, pa.ArrowInvalid | OSError):  # a bad cell or page in the source, a full disk
             raise DataError(f"{source}: {str(err).strip().splitlines()[0]}") from None
         raise
     finally:

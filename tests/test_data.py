@@ -129,6 +129,14 @@ def test_convert_declares_required_exactly_the_columns_with_no_missing_value_fro
     assert pq.read_schema(tmp_path / "indexed" / "part-00000.parquet").metadata == frame.schema.metadata
 
 
+def test_convert_refuses_a_null_its_first_pass_missed_and_leaves_nothing(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr("lit_linreg.convert.with_nulls", lambda table: set())  # as if the table changed meanwhile
+    assert convert_main([str(HOUSES), str(tmp_path / "pq")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "which the first pass did not count" in err, err
+    assert not (tmp_path / "pq").exists()
+
+
 def test_a_parquet_table_with_fewer_row_groups_than_ranks_is_refused_naming_the_fix(tmp_path):
     assert convert_main([str(HOUSES), str(tmp_path / "pq"), "--rows-per-group", "300"]) == 0
     with pytest.raises(DataError, match="1 row groups cannot give each of 2 ranks one.*--rows-per-group"):
