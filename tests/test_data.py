@@ -11,7 +11,7 @@ from lit_linreg.convert import main as convert_main
 from lit_linreg.convert import stream_schema
 from lit_linreg.errors import DataError
 from lit_linreg.loader import EpochShuffle, TensorLoader, batches_per_epoch
-from tests.conftest import ROOT, config, latest_version
+from tests.conftest import ROOT, config, latest_version, record_fault
 
 HOUSES = ROOT / "data" / "houses.csv"
 FEATURES = ["area_m2", "rooms", "age_years", "distance_km"]
@@ -131,6 +131,7 @@ def test_convert_declares_required_exactly_the_columns_with_no_missing_value_fro
 
 def test_convert_refuses_a_null_its_first_pass_missed_and_leaves_nothing(tmp_path, monkeypatch, capsys):
     monkeypatch.setattr("lit_linreg.convert.with_nulls", lambda table: set())  # as if the table changed meanwhile
+    record_fault("bad_inputs")
     assert convert_main([str(HOUSES), str(tmp_path / "pq")]) == 2
     err = capsys.readouterr().err.strip()
     assert err.count("\n") == 0 and "which the first pass did not count" in err, err
