@@ -23,7 +23,8 @@ from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.utilities import rank_zero_info
 
-from lit_linreg.errors import CheckpointError, ConfigError
+from lit_linreg.errors import CheckpointError, ConfigError, DataError
+from lit_linreg.tables import _parquet_files
 
 STAMP = "lit_linreg"  # the checkpoint key of RunStamp's record
 
@@ -253,22 +254,13 @@ def experiment(data: Mapping[str, Any] | None) -> dict[str, str]:
 
 
 def _content(path: str) -> list[int] | None:
-    """[bytes, newest modification time in ns] of a file, or of the files under a directory (but hidden and `_`
-    ones, as a Parquet directory is read); None if unreadable (reading the data, later, says why)."""
+    """[bytes, newest modification time in ns] of a file, or of the files of a directory as a Parquet table
+    reads them (`tables._parquet_files`); None if unreadable (reading the data, later, says why)."""
     try:
-        files = (
-            [Path(path)]
-            if os.path.isfile(path)
-            else [
-                p
-                for p in Path(path).rglob("*")
-                if p.is_file() and not any(part.startswith((".", "_")) for part in p.relative_to(path).parts)
-            ]
-        )
-        stats = [file.stat() for file in files]
-    except OSError:
+        stats = [file.stat() for file in _parquet_files(Path(path))]
+    except (OSError, DataError):
         return None
-    return [sum(s.st_size for s in stats), max((s.st_mtime_ns for s in stats), default=0)]
+    return [sum(s.st_size for s in stats), max(s.st_mtime_ns for s in stats)]
 
 
 def changed_contents(saved: str | None, current: str) -> list[str]:
