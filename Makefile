@@ -25,8 +25,8 @@ train: install  ## train the toy config and print the prediction for x = 5, as t
 	@awk -F, 'NR == 2 {printf "Prediction after training: f(%g) = %.3f\n", $$1, $$2}' \
 		"$$(ls -td runs/lightning_logs/version_*/ | head -1)predictions.csv"
 
-test: install  ## run the test suite (slow tests excluded)
-	$(PY) -m pytest -q
+test: install  ## run the test suite (slow tests excluded), printing the 10 slowest tests
+	$(PY) -m pytest -q --durations=10
 
 test-slow: install  ## run only the slow tests
 	$(PY) -m pytest -q -m slow
