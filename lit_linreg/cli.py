@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import errno
 import functools
+import importlib
 import inspect
 import logging
 import os
@@ -311,8 +312,12 @@ def _bounded_yaml_load(stream: str) -> Any:
 _yaml_load = get_loader("yaml")
 
 
-def cli_main(args: list[str] | None = None) -> LinearRegressionCLI:
-    """Build and run the CLI; `args` replaces `sys.argv[1:]` (tests pass a list)."""
+def cli_main(args: list[str] | None = None, cli_class: type[LinearRegressionCLI] | None = None) -> LinearRegressionCLI:
+    """Build and run the CLI; `args` replaces `sys.argv[1:]` (tests pass a list).
+
+    `cli_class` replaces LinearRegressionCLI with a subclass that parses and builds the same classes but runs
+    something else (`serve` and `export`, see trained.py).
+    """
     # Lightning 2.6 calls an API that torch 2.13 deprecates, once per run: noise a user can do nothing about.
     warnings.filterwarnings("ignore", message=r"`isinstance\(treespec, LeafSpec\)` is deprecated")
     # Every run has a new directory, so a restored checkpoint callback always sees another dirpath.
@@ -323,7 +328,7 @@ def cli_main(args: list[str] | None = None) -> LinearRegressionCLI:
         logging.getLogger(name).addFilter(_quiet_litlogger_tip)
     set_loader("yaml", _bounded_yaml_load, exceptions=(yaml.YAMLError,))
     set_parsing_settings(import_path_denylist=IMPORT_DENYLIST)
-    return LinearRegressionCLI(
+    return (cli_class or LinearRegressionCLI)(
         LinearRegression,
         LightningDataModule,
         subclass_mode_data=True,
@@ -351,8 +356,12 @@ def main(args: list[str] | None = None) -> int:
     could not be written (full disk, no permission); 143 when SIGTERM stopped the run; 130 on Ctrl-C.
     Any other exception is a bug and keeps its traceback.
     """
+    argv = sys.argv[1:] if args is None else list(args)
     try:
-        cli_main(args)
+        if argv[:1] in (["serve"], ["export"]):  # they use a trained model, not a Trainer: see serve.py, export.py
+            importlib.import_module(f"lit_linreg.{argv[0]}").run(argv[1:])
+        else:
+            cli_main(args)
     except (ArgumentError, MisconfigurationException) as err:  # a bad flag or config; Trainer options that clash
         return _fail(err, err, code=2)
     except UnicodeDecodeError as err:  # CSV files report their own; this is jsonargparse reading a --config file
