@@ -1,0 +1,68 @@
+"""A trained model, rebuilt the way `predict` builds it: the config's classes, then the checkpoint's weights.
+
+`serve` and `export` take the same `--config` and `--ckpt_path` as `predict` (and any `--model.*` or `--data.*`
+flag), so whatever model class and network the config names is what they use. They run through the CLI's own
+parser and instantiation (`TrainedModelCLI`, a LinearRegressionCLI): `--ckpt_path last` and `best` resolve
+within the experiment, the checkpoint loads with `weights_only=True` and must fit the configured model, and
+every mistake is the same one line as the CLI's. Only the last step differs: instead of `Trainer.predict`, the
+subclass's `use(model, datamodule)` gets the model with its weights loaded, in eval mode.
+"""
+
+from __future__ import annotations
+
+import warnings
+from typing import Any
+
+import lightning as L
+
+from lit_linreg.cli import LinearRegressionCLI, cli_main
+
+
+class TrainedModelCLI(LinearRegressionCLI):
+    """The `predict` subcommand's parsing and checks, handing the trained model to `use` instead of a Trainer.
+
+    Subclasses add their own flags in `add_arguments_to_parser` (calling this one's) and read them with
+    `self.option(name)`. LightningCLI runs a subcommand by calling a CLI method of that name when there is
+    one (`predict` here), else the Trainer's.
+    """
+
+    def _claim_run_dir(self) -> None:
+        """Claim no run directory: nothing is trained, logged or written there."""
+
+    def predict(self, model: L.LightningModule, datamodule: L.LightningDataModule | None = None, **_: Any) -> None:
+        """Load the checkpoint's weights into `model` (as `Trainer.predict` would) and hand it to `use`."""
+        checkpoint = self._checkpoint  # loaded safely and checked against the model by LinearRegressionCLI
+        model.on_load_checkpoint(checkpoint)
+        model.load_state_dict(checkpoint["state_dict"])
+        self.use(model.eval(), datamodule)
+
+    def use(self, model: L.LightningModule, datamodule: L.LightningDataModule | None) -> None:
+        """Do this command's work with the trained model (eval mode, on the CPU)."""
+        raise NotImplementedError
+
+    def option(self, name: str) -> Any:
+        """The value of a flag this subclass added, as parsed."""
+        return self.config[self.subcommand][name]
+
+
+def run_command(cli_class: type[TrainedModelCLI], args: list[str]) -> TrainedModelCLI:
+    """Parse `args` (`--config C --ckpt_path CKPT ...`) as `predict` does, and run `cli_class.use` on the model."""
+    # `args` stand for the command line, which names `serve` or `export`, not `predict`: Lightning's warning that
+    # both were given is about a mistake not made here.
+    warnings.filterwarnings("ignore", message="LightningCLI's args parameter is intended to run from within Python")
+    return cli_main(["predict", *args], cli_class=cli_class)
+
+
+def prediction_names(schema: dict) -> list[str]:
+    """`predicted_<target>` for each target, with more underscores where a feature already has that name.
+
+    The rule of predictions.csv (see `PredictionWriter`) for rows that hold the model's features.
+    """
+    taken, names = set(schema["features"]), []
+    for target in schema["targets"]:
+        name = f"predicted_{target}"
+        while name in taken:
+            name = "_" + name
+        taken.add(name)
+        names.append(name)
+    return names
