@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: help install train test test-slow faults lint bench tensorboard clean
+.PHONY: help install train test test-slow faults lint bench serve tensorboard clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
@@ -14,7 +14,7 @@ $(STAMP): pyproject.toml constraints.txt
 	$(PY) -m pip install --quiet --upgrade pip
 	# torch first, pinned: on a CPU machine the CPU build, never a multi-GB CUDA one pulled in as a dependency
 	$(PY) -m pip install --quiet -c constraints.txt torch==2.13.0
-	$(PY) -m pip install --quiet -c constraints.txt -e '.[dev]'
+	$(PY) -m pip install --quiet -c constraints.txt -e '.[dev,serve]'
 	touch $(STAMP)
 
 install: $(STAMP)  ## create .venv and install the package with pinned versions (idempotent)
@@ -42,6 +42,10 @@ lint: install  ## ruff check and format check
 
 bench: install  ## time and measure lit_linreg against plain PyTorch and Lightning (about 15 minutes)
 	$(PY) benchmarks/bench.py
+
+SERVE_CONFIG ?= configs/table.yaml
+serve: install  ## serve the newest best checkpoint of SERVE_CONFIG (configs/table.yaml) on 127.0.0.1:8000
+	$(PY) -m lit_linreg serve --config $(SERVE_CONFIG) --ckpt_path best
 
 tensorboard: install  ## serve the dashboards of runs/ on 127.0.0.1:6006
 	$(PY) -m tensorboard.main --logdir runs --host 127.0.0.1 --port 6006

@@ -14,6 +14,7 @@ they were.
 from __future__ import annotations
 
 import copy
+import importlib.util
 import io
 import json
 import warnings
@@ -135,4 +136,6 @@ class ExportCLI(TrainedModelCLI):
 
 def run(args: list[str]) -> None:
     """`python -m lit_linreg export ARGS`."""
+    if importlib.util.find_spec("onnx") is None:  # torch's exporter writes through it
+        raise ConfigError("export needs the onnx package: pip install 'lit_linreg[serve]' (make install installs it)")
     run_command(ExportCLI, args)
