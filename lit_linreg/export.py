@@ -13,6 +13,7 @@ they were.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import importlib.util
 import io
@@ -74,8 +75,10 @@ def to_onnx(model: nn.Module) -> bytes:
     width = len(design_names(model.schema))
     buffer = io.BytesIO()
     try:
-        with warnings.catch_warnings():
-            # The TorchScript-based exporter: deprecated, but offline and fast, and it exports every op used here.
+        # The TorchScript-based exporter: deprecated, but offline and fast, and it exports every op used here. On a
+        # failure it prints the whole traced graph: the reason alone is what a user needs.
+        quiet = io.StringIO()
+        with warnings.catch_warnings(), contextlib.redirect_stdout(quiet), contextlib.redirect_stderr(quiet):
             warnings.simplefilter("ignore")
             torch.onnx.export(
                 graph,

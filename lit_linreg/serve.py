@@ -15,6 +15,7 @@ one is answered alone while the good ones of its batch are predicted.
 
 # No `from __future__ import annotations`: LitServe reads `decode_request`'s annotation, PredictRequest, as a
 # class, to have FastAPI check the body.
+import json
 import logging
 import math
 import socket
@@ -89,7 +90,7 @@ def read_rows(rows: list[Any], schema: dict, unknown_category: str, max_rows: in
             value, where = row[name], f"rows[{i}], column {name!r}"
             missing = value is None or (isinstance(value, float) and math.isnan(value))
             if missing and not (fills and name not in categories):
-                raise BadRequest(f"{where}: missing (null); predictions need every feature")
+                raise BadRequest(f"{where}: missing ({_short(value)}); predictions need every feature")
             if name in categories:
                 if not isinstance(value, str):
                     raise BadRequest(f"{where}: {_short(value)} is not text: give a category's name")
@@ -114,8 +115,8 @@ def read_rows(rows: list[Any], schema: dict, unknown_category: str, max_rows: in
 
 
 def _short(value: Any) -> str:
-    """A value as JSON would show it, cut to 40 characters: an error line stays one short line."""
-    text = repr(value)
+    """A value as the request's JSON shows it, cut to 40 characters: an error line stays one short line."""
+    text = json.dumps(value, ensure_ascii=False)
     return text if len(text) <= 40 else text[:37] + "..."
 
 
@@ -186,6 +187,8 @@ async def _invalid_body(request: Any, err: RequestValidationError) -> JSONRespon
         message = f"the body is not JSON ({reason})" if reason else "the body is not JSON"
     elif first.get("type") == "missing":
         message = f'the body has no "{where}": send {{"rows": [{{"<feature>": value, ...}}, ...]}}'
+    elif not where:  # a JSON list or number; or form data, as `curl -d` sends without a Content-Type header
+        message = 'the body is not a JSON object {"rows": [...]} (sent with Content-Type: application/json)'
     else:
         message = f"the body's {where or 'value'}: {first.get('msg', 'not valid')}"
     return JSONResponse({"error": message}, status_code=400)
