@@ -58,12 +58,13 @@ class LeastSquaresReference(L.Callback):
         self.fit: statistics.LeastSquares | None = None
         self.loss: float | None = None
         self.model_loss: float | None = None
+        self.gaps: list[float] = []  # optimum/relative_gap of each epoch of this fit, for `shortfall`
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if not self.enabled:
             return
         stats = getattr(trainer.datamodule, "train_statistics", None) or statistics_from_loader(trainer, pl_module)
-        self.stats, self.has_bias = stats, _has_bias(pl_module)
+        self.stats, self.has_bias, self.gaps = stats, _has_bias(pl_module), []
         self.log_dir = Path(trainer.log_dir or trainer.default_root_dir)  # a collective: every rank asks here
         if stats.method != "moments":
             self.fit = statistics.solve(stats, self.has_bias)
@@ -143,6 +144,7 @@ class LeastSquaresReference(L.Callback):
         weight, bias = (t.cpu().numpy() for t in coefficients)
         loss_gap = max(self.fit.gap(weight, bias if self.has_bias else None), 0.0)
         self.model_loss = self.loss + loss_gap
+        self.gaps.append(loss_gap / self.scale)
         relative = loss_gap / self.scale
         weight_gap = np.sqrt(np.square(weight - self.fit.weight).sum() + np.square(bias - self.fit.bias).sum())
         log_epoch_scalars(
@@ -177,6 +179,9 @@ class LeastSquaresReference(L.Callback):
                 f"relative gap {(self.model_loss - self.loss) / self.scale:.3g} after {trainer.current_epoch} epochs,"
                 f" {self.stats.n} training rows x {self.stats.n_features} columns"
             )
+            short = shortfall(self.gaps, self.stop_at_relative_gap, trainer.current_epoch, self._faster(pl_module))
+            if short:
+                print(short)
         print(format_table(rows))
         shown = sorted(records, key=lambda r: -abs(r["t"]) if np.isfinite(r["t"]) else 0.0)
         shown = shown[: self.max_table_coefficients]
@@ -188,6 +193,44 @@ class LeastSquaresReference(L.Callback):
             print(f"({len(records) - len(shown)} more coefficients in {path}, the largest |t| shown first)")
         if not linear:
             print("(coefficients, the inference table and optimum/loss_gap apply to a linear model only)")
+
+    def _faster(self, pl_module: L.LightningModule) -> str | None:
+        """The flag that trains this fit at condition number 1, when it did not use it and it applies."""
+        hparams = getattr(pl_module, "hparams", {})
+        if hparams.get("precondition") == "none" and getattr(pl_module, "is_linear", False):
+            return None if self.stats.method == "moments" else "--model.precondition qr"
+        return None
+
+
+def shortfall(gaps: list[float], goal: float | None, epochs: int, faster: str | None = None) -> str | None:
+    """One line for a fit that ended above the relative gap it was asked for; None when it reached it.
+
+    It gives the gap reached, the epochs the goal would take at the rate of the later half of the run (heavy
+    ball's gap oscillates, so a rate over a single epoch says little), and the flag that would get there:
+    `faster` where given, else more epochs.
+
+    Args:
+        gaps: `optimum/relative_gap` of each epoch, in order.
+        goal: The relative gap asked for (`stop_at_relative_gap`); None asks for none.
+        epochs: The epochs the fit ran.
+        faster: A flag that converges much faster, e.g. "--model.precondition qr".
+    """
+    if goal is None or not gaps or gaps[-1] <= goal:
+        return None
+    later = [max(gap, 1e-300) for gap in gaps[len(gaps) // 2 :]]
+    rate = (np.log(later[-1]) - np.log(later[0])) / (len(later) - 1) if len(later) > 1 else 0.0  # per epoch
+    if rate < 0:
+        more = int(np.ceil(np.log(goal / gaps[-1]) / rate))
+        pace = f"at this rate it needs about {more} more epochs"
+        flags = [faster, f"--trainer.max_epochs {epochs + more}"]
+    else:  # mini-batch noise, or float32 rows that hold the answer no closer (the summary's least squares does)
+        pace = "the gap has stopped falling"
+        flags = [faster, "a larger --data.batch_size or a lower --model.lr, unless float32 rounding is the floor"]
+    advice = " or ".join(flag for flag in flags if flag)
+    return (
+        f"did not converge: relative gap {gaps[-1]:.3g} after {epochs} epochs, above the {goal:g} asked"
+        f" (--reference.stop_at_relative_gap); {pace}: {advice}"
+    )
 
 
 def _estimates(fit: statistics.LeastSquares, names: list[str] | None) -> list[SimpleNamespace]:

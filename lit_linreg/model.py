@@ -217,8 +217,9 @@ class LinearRegression(L.LightningModule):
         eps = torch.finfo(self.whiten.dtype).eps
         error = eps * condition * float(np.max(1 + np.abs(moments.x_mean) / moments.x_std))
         if error > WHITEN_MAX_ERROR:
+            precision = str(self.whiten.dtype).removeprefix("torch.")
             return (
-                f"the standardized problem's condition number {condition**2:.3g} is beyond {self.whiten.dtype}"
+                f"the standardized problem's condition number {condition**2:.3g} is beyond {precision}"
                 f" training: rounding the rows to it moves the whitened design by {error:.2g} (relative), so no"
                 " optimizer reaches the answer from these rows; the exact one is in the end-of-fit summary"
             )
