@@ -1,10 +1,10 @@
 """The command line: `python -m lit_linreg {fit,validate,test,predict} --config configs/X.yaml`.
 
-A LightningCLI subclass adds the project's callbacks as config groups (`checkpoint`, `reference`,
-`coefficients`, `figure`), links the data's sizes into the model, resolves `--ckpt_path last` and
-`best` within the experiment, gives each run a directory of its own and writes every file there
-atomically. `main` turns every mistake a user can make into one line on stderr and a non-zero exit;
-set LIT_LINREG_DEBUG=1 to see the traceback instead.
+A LightningCLI subclass takes the model class (`--model`: LinearRegression or a subclass), adds the project's
+callbacks as config groups (`checkpoint`, `reference`, `coefficients`, `figure`, `dashboard`), links the data's
+sizes into the model, resolves `--ckpt_path last` and `best` within the experiment, gives each run a directory of
+its own and writes every file there atomically. `main` turns every mistake a user can make into one line on stderr
+and a non-zero exit; set LIT_LINREG_DEBUG=1 to see the traceback instead.
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ import logging
 import os
 import re
 import sys
+import textwrap
 import warnings
 from pathlib import Path
 from types import MethodType
@@ -49,6 +50,8 @@ from lit_linreg.checkpoint import (
     find_checkpoint,
     load_checkpoint,
 )
+from lit_linreg.constraints import check_config
+from lit_linreg.dashboard import TensorBoardLayout
 from lit_linreg.errors import ConfigError, DivergenceError, find_user_error
 from lit_linreg.model import LinearRegression
 
@@ -118,16 +121,21 @@ class LinearRegressionCLI(LightningCLI):
         parser.add_lightning_class_args(LeastSquaresReference, "reference")
         parser.add_lightning_class_args(CoefficientLogger, "coefficients")
         parser.add_lightning_class_args(FitFigure, "figure")
+        parser.add_lightning_class_args(TensorBoardLayout, "dashboard")
+        # `--model` takes any subclass of LinearRegression (`--model my_pkg.HuberRegression`, or `class_path` in a
+        # config); a config that gives only the init args, as every shipped one does, gets LinearRegression.
+        parser.set_defaults({"model": {"class_path": "lit_linreg.LinearRegression"}})
         # The data knows its sizes once built: the model gets them from there, never from the user.
-        parser.link_arguments("data.in_features", "model.in_features", apply_on="instantiate")
-        parser.link_arguments("data.out_features", "model.out_features", apply_on="instantiate")
-        parser.link_arguments("data.schema", "model.schema", apply_on="instantiate")
+        parser.link_arguments("data.in_features", "model.init_args.in_features", apply_on="instantiate")
+        parser.link_arguments("data.out_features", "model.init_args.out_features", apply_on="instantiate")
+        parser.link_arguments("data.schema", "model.init_args.schema", apply_on="instantiate")
 
     def parse_arguments(self, parser: LightningArgumentParser, args: Any) -> None:
         super().parse_arguments(parser, args)
         config = self.config[self.config.subcommand]
         refuse_functions(config)
         check_seed(config.get("seed_everything"))
+        check_config(config, {"trainer": self.trainer_class, **group_classes(self._parser(self.config.subcommand))})
         self._experiment = experiment(config.get("data"))
         self._checkpoint = self._resolve_checkpoint(config)
         if self._checkpoint is not None:
@@ -237,6 +245,19 @@ def _require_attribute(obj: object, name: str) -> None:
         raise RuntimeError(f"{type(obj).__name__}.{name} is gone from this Lightning version: update _claim_run_dir")
 
 
+def group_classes(parser: LightningArgumentParser) -> dict[str, type]:
+    """The class of each fixed callback group (`checkpoint`, `figure`, ...), as jsonargparse records it.
+
+    `group_class` is jsonargparse's own record of the class a group instantiates (no public accessor); checked
+    here, so that a release without it fails loudly rather than leaving every option unchecked. The Trainer's
+    group is instantiated by LightningCLI itself, and has none.
+    """
+    groups = {key: getattr(group, "group_class", None) for key, group in parser.groups.items()}
+    if not isinstance(groups.get("checkpoint"), type):
+        raise RuntimeError("jsonargparse no longer records a group's class (group_class): update group_classes")
+    return {key: cls for key, cls in groups.items() if isinstance(cls, type)}
+
+
 def refuse_functions(config: Namespace, prefix: str = "") -> None:
     """Refuse a config that names a function as a value (`--trainer.callbacks.on_fit_start os.system`).
 
@@ -323,25 +344,55 @@ def cli_main(args: list[str] | None = None, cli_class: type[LinearRegressionCLI]
     # Every run has a new directory, so a restored checkpoint callback always sees another dirpath.
     warnings.filterwarnings("ignore", message="The dirpath has changed from")
     # `--optimizer` replaces the model's SGD, as the README says.
-    warnings.filterwarnings("ignore", message=r"`LinearRegression.configure_optimizers` will be overridden")
+    warnings.filterwarnings("ignore", message=r"`\w+\.configure_optimizers` will be overridden")  # any model class
     for name in ("lightning.pytorch.utilities.rank_zero", "lightning.fabric.utilities.rank_zero"):
         logging.getLogger(name).addFilter(_quiet_litlogger_tip)
     set_loader("yaml", _bounded_yaml_load, exceptions=(yaml.YAMLError,))
     set_parsing_settings(import_path_denylist=IMPORT_DENYLIST)
-    return (cli_class or LinearRegressionCLI)(
-        LinearRegression,
-        LightningDataModule,
-        subclass_mode_data=True,
-        trainer_defaults={
-            "default_root_dir": "runs",
-            "callbacks": [PredictionWriter()],
-            "profiler": {"class_path": "lit_linreg.profiler.LeanProfiler"},
-        },
-        save_config_callback=AtomicSaveConfig,
-        save_config_kwargs={"overwrite": True},
-        parser_kwargs={"exit_on_error": False, "prog": "lit-linreg"},
-        args=args,
-    )
+    try:
+        return (cli_class or LinearRegressionCLI)(
+            LinearRegression,
+            LightningDataModule,
+            subclass_mode_model=True,
+            subclass_mode_data=True,
+            trainer_defaults={
+                "default_root_dir": "runs",
+                "callbacks": [PredictionWriter()],
+                "profiler": {"class_path": "lit_linreg.profiler.LeanProfiler"},
+            },
+            save_config_callback=AtomicSaveConfig,
+            save_config_kwargs={"overwrite": True},
+            parser_kwargs={"exit_on_error": False, "prog": "lit-linreg"},
+            args=args,
+        )
+    except ArgumentError as err:
+        reworded = _name_the_model_option(str(err), sys.argv[1:] if args is None else args)
+        if reworded is None:
+            raise
+        raise ArgumentError(None, reworded) from err
+
+
+def _name_the_model_option(message: str, args: list[str]) -> str | None:
+    """jsonargparse's error for a bad `--model` or `--model.X`, in a line naming what to change; None for others.
+
+    With `--model` a class to choose, jsonargparse blames the class (`Parser key "model": Problem with given
+    class_path ...`) for a misspelt or mistyped model option: the user wrote the option, so the message names it.
+    """
+    if not message.startswith('Parser key "model"'):
+        return None
+    if "does not correspond to a subclass of LinearRegression" in message:
+        given = re.search(r"Given value: (.*)$", message)
+        return f"--model {given[1] if given else ''} is not a subclass of lit_linreg.LinearRegression"
+    found = re.search(r"Problem with given class_path '([\w.]+)':\n((?: {8}.*(?:\n|$))+)", message)
+    if found is None:
+        return None
+    model_class, problem = found[1].rsplit(".", 1)[-1], textwrap.dedent(found[2])
+    if not_accepted := re.fullmatch(r"Option '([\w.]+)' is not accepted", problem.strip()):
+        option = not_accepted[1]
+        if any(re.match(rf"--model\.(init_args\.)?{re.escape(option)}(=|$)", arg) for arg in args):
+            return f"unrecognized arguments: --model.{option} (not an argument of {model_class})"
+        return f"model class {model_class} does not accept option 'model.{option}'"
+    return re.sub(r'^Parser key "', 'Parser key "model.', problem, count=1)
 
 
 def _quiet_litlogger_tip(record: logging.LogRecord) -> bool:
