@@ -42,6 +42,7 @@ lint: install  ## ruff check and format check
 
 bench: install  ## time and measure lit_linreg against plain PyTorch and Lightning (about 15 minutes)
 	$(PY) benchmarks/bench.py
+	$(PY) benchmarks/serve.py  # requests/s and latency of `serve`, batching on and off
 
 SERVE_CONFIG ?= configs/table.yaml
 serve: install  ## serve the newest best checkpoint of SERVE_CONFIG (configs/table.yaml) on 127.0.0.1:8000
