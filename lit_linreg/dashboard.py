@@ -12,11 +12,12 @@ import re
 import lightning as L
 from lightning.pytorch.loggers import TensorBoardLogger
 
-# Category -> chart title -> the tags drawn together. Titles say which tags a chart holds; the layout's format
-# (tensorboard's layout.proto) has no axis settings, so the log scale is the chart's own toggle (docs/tensorboard.md).
+# Category -> chart title -> the tags drawn together. Titles say which tags a chart holds. The layout's format
+# (tensorboard's layout.proto) has no axis settings: the log scale is the chart's own button, "Toggle y-axis log
+# scale", the middle one of the three below it (docs/tensorboard.md).
 FIT_CHARTS = {
     "train/loss beside optimum/loss": ["train/loss", "optimum/loss"],
-    "optimum/relative_gap (log scale: the chart's y-axis button)": ["optimum/relative_gap"],
+    "optimum/relative_gap (log scale: the middle button below)": ["optimum/relative_gap"],
     "val/r2": ["val/r2"],
     "val/loss beside optimum/val_loss": ["val/loss", "optimum/val_loss"],
 }

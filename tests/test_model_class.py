@@ -65,7 +65,7 @@ def test_a_subclass_named_by_model_trains_with_its_own_loss(run_cli, user_module
     mse = np.square(Y - mean).mean()
     step0 = dict(scalars(run)["train/loss"])[0]
     assert step0 == pytest.approx(huber, rel=1e-5)
-    assert step0 < 0.6 * mse  # 637 against MSE's 1240: the outliers count linearly, not squared
+    assert step0 < 0.4 * mse  # about 785 against 2149: the outliers count linearly, not squared
     assert state["hyper_parameters"]["_class_path"] == "my_pkg.HuberRegression"
     assert yaml.safe_load((run / "config.yaml").read_text())["model"]["class_path"] == "my_pkg.HuberRegression"
 
