@@ -131,6 +131,7 @@ class LinearRegressionCLI(LightningCLI):
         parser.link_arguments("data.schema", "model.init_args.schema", apply_on="instantiate")
 
     def parse_arguments(self, parser: LightningArgumentParser, args: Any) -> None:
+        _SECTIONS.update(key for name in self.subcommands() for key in self._parser(name).groups)
         super().parse_arguments(parser, args)
         config = self.config[self.config.subcommand]
         refuse_functions(config)
@@ -327,10 +328,26 @@ def _bounded_yaml_load(stream: str) -> Any:
             raise ConfigError(f"a config nests deeper than {MAX_CONFIG_DEPTH} levels")
         if isinstance(item, dict | list):
             pending.extend((child, depth + 1) for child in (item.values() if isinstance(item, dict) else item))
-    return value
+    return _without_null_sections(value)
 
 
 _yaml_load = get_loader("yaml")
+_SECTIONS: set[str] = set()  # the config's sections (`model`, `trainer`, `figure`, ...), from the CLI's parsers
+
+
+def _without_null_sections(value: Any) -> Any:
+    """A config document with its null sections left out: `model:` with nothing under it sets nothing.
+
+    An empty section is null in YAML (every option commented out, say), and jsonargparse took it for a value,
+    failing with a TypeError deep inside. Left out, the section keeps its defaults, or what an earlier
+    `--config` set; so does a null `init_args`. A section without defaults (`data`) is then reported missing.
+    """
+    if isinstance(value, dict):
+        value = {key: v for key, v in value.items() if v is not None or key not in _SECTIONS}
+        for section in (value.get(key) for key in _SECTIONS):
+            if isinstance(section, dict) and "init_args" in section and section["init_args"] is None:
+                del section["init_args"]
+    return value
 
 
 def cli_main(args: list[str] | None = None, cli_class: type[LinearRegressionCLI] | None = None) -> LinearRegressionCLI:
@@ -460,6 +477,8 @@ def _fail(err: BaseException, reason: Exception | str, code: int) -> int:
         raise err
     if denied := re.search(r"Importing '([\w.]+)' is not allowed", str(reason)):  # jsonargparse's import denylist
         reason = f"a config may not name {denied[1]}: naming it would run code (see the README: a config is code)"
+    if missing := re.fullmatch(r"the following arguments are required: \w+\.(\w+)", str(reason).strip()):
+        reason = f"no {missing[1]} given (its section is missing or null): choose one with --{missing[1]} CLASS"
     lines = [line.strip() for line in str(reason).strip().splitlines() if line.strip()]
     # jsonargparse explains a bad value of a Union-typed option (data, trainer.max_epochs, ...) by listing each
     # type it tried and dumping the value it was given: noise next to the one error that matters.

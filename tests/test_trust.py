@@ -11,8 +11,12 @@ from __future__ import annotations
 import contextlib
 import errno
 import hashlib
+import importlib
+import inspect
 import multiprocessing
 import os
+import pkgutil
+import re
 import shutil
 import signal
 import subprocess
@@ -21,13 +25,18 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+import lightning as L
 import pytest
 import torch
 from jsonargparse import ArgumentError
 
 from lit_linreg import checkpoint
-from lit_linreg.checkpoint import claim_run_dir, find_last, load_checkpoint
+from lit_linreg.callbacks import CoefficientLogger, FitFigure, LeastSquaresReference
+from lit_linreg.checkpoint import BestCheckpoint, LastCheckpoint, claim_run_dir, find_last, load_checkpoint
 from lit_linreg.cli import cli_main, main
+from lit_linreg.constraints import constraints_of
+from lit_linreg.datamodules import SyntheticDataModule, TableDataModule
+from lit_linreg.nets import MLP
 from tests.conftest import QUIET, ROOT, config, record_fault
 from tests.faults import OsFailingAtFsync
 
@@ -602,3 +611,131 @@ def test_make_train_prints_the_notebooks_prediction():
     result = subprocess.run(make, cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-2000:]
     assert result.stdout.splitlines()[-1] == "Prediction after training: f(5) = 10.000"
+
+
+# --- Integer options: every one has a range, and the CLI refuses a value outside it in one line -----------------
+
+
+def integer_parameters(cls: type) -> list[str]:
+    """The parameters of `cls.__init__` that take an int (or a list of them), bool alone excepted."""
+    names = []
+    for name, parameter in inspect.signature(cls.__init__).parameters.items():
+        hint = str(parameter.annotation)
+        if re.search(r"\bint\b", hint) and name not in ("self", "seed_everything"):
+            names.append(name)
+    return names
+
+
+def configurable_classes() -> list[type]:
+    """The classes of lit_linreg a config can name or set: callbacks, DataModules, models and networks."""
+    bases = (L.Callback, L.LightningDataModule, L.LightningModule)
+    found = []
+    for module in pkgutil.iter_modules([str(Path(checkpoint.__file__).parent)]):
+        if module.name.startswith("_"):  # __main__ runs the CLI
+            continue
+        for _, cls in inspect.getmembers(importlib.import_module(f"lit_linreg.{module.name}"), inspect.isclass):
+            ours = cls.__module__.startswith("lit_linreg.") and cls not in found
+            if ours and (issubclass(cls, bases) or cls.__module__ == "lit_linreg.nets"):
+                found.append(cls)
+    return found
+
+
+def test_every_integer_option_of_the_trainer_and_of_lit_linreg_has_a_range():
+    classes = [L.Trainer, *configurable_classes()]
+    assert {"FitFigure", "LastCheckpoint", "SyntheticDataModule", "LinearRegression", "MLP"} <= {
+        cls.__name__ for cls in classes
+    }
+    unruled = [f"{cls.__name__}.{name}" for cls in classes for name in integer_parameters(cls)]
+    unruled = [name for name in unruled if name.split(".")[1] not in constraints_of(_named(classes, name))]
+    assert unruled == []
+    assert len(integer_parameters(L.Trainer)) >= 18  # the enumeration finds the Trainer's options
+
+
+def _named(classes: list[type], dotted: str) -> type:
+    return next(cls for cls in classes if cls.__name__ == dotted.split(".")[0])
+
+
+# (flag prefix, the arguments that choose the class, the class): every group a config can set integers in.
+GROUPS = [
+    ("trainer", [], L.Trainer),
+    ("checkpoint", [], BestCheckpoint),
+    ("last", [], LastCheckpoint),
+    ("reference", [], LeastSquaresReference),
+    ("coefficients", [], CoefficientLogger),
+    ("figure", [], FitFigure),
+    ("data", ["--config", config("synthetic.yaml")], SyntheticDataModule),
+    ("data", ["--config", config("table.yaml")], TableDataModule),
+    ("model.net", ["--model.net", "lit_linreg.nets.MLP"], MLP),
+    ("lr_scheduler", ["--lr_scheduler", "StepLR", "--lr_scheduler.step_size", "1"], torch.optim.lr_scheduler.StepLR),
+    ("optimizer", ["--optimizer", "LBFGS"], torch.optim.LBFGS),
+]
+OUT_OF_RANGE = (0, -1, -5, 2**63)  # a zero, negatives, one past int64
+
+
+def out_of_range_cases() -> list:
+    """(flag, value, arguments, the rule's message) for every integer option of GROUPS and every value it refuses."""
+    cases = []
+    for prefix, chooser, cls in GROUPS:
+        taken = inspect.signature(cls.__init__).parameters
+        for name, rule in constraints_of(cls).items():
+            if name not in taken or name in ("in_features", "out_features"):  # the latter linked from the data
+                continue
+            for value in OUT_OF_RANGE:
+                if not rule.allows(value):
+                    listed = name in ("hidden", "milestones")
+                    shown = f"[{value}]" if listed else str(value)
+                    message = (
+                        f"{'each of ' if listed else ''}{prefix}.{name} must be {rule.describe(value)}, got {shown}"
+                    )
+                    cases.append(
+                        pytest.param(f"--{prefix}.{name}", shown, chooser, message, id=f"{prefix}.{name}={value}")
+                    )
+    return cases
+
+
+def refused(args: list[str], tmp_path: Path, capsys) -> tuple[int, str]:
+    capsys.readouterr()
+    code = main(["fit", "--config", config("toy.yaml"), *args, *QUIET, "--trainer.default_root_dir", str(tmp_path)])
+    return code, capsys.readouterr().err
+
+
+def assert_one_line(err: str, message: str) -> None:
+    assert "Traceback" not in err
+    assert err.splitlines() == [f"lit-linreg: error: {message}"], err
+
+
+def test_zero_negative_and_huge_values_are_checked_against_each_options_rule():
+    rule = constraints_of(L.Trainer)["check_val_every_n_epoch"]
+    assert [rule.allows(v) for v in (0, 1, 2**63 - 1, 2**63, -1)] == [False, True, True, False, False]
+    assert rule.describe(0) == "at least 1 (or null for val_check_interval alone)"
+    assert rule.describe(2**63) == "at most 2**63 - 1 (int64)"
+    steps = constraints_of(L.Trainer)["max_steps"]
+    assert [steps.allows(v) for v in (-2, -1, 0, 1)] == [False, True, False, True]
+    assert steps.describe(0) == "at least 1, or -1 for no limit"
+    # Inherited: BestCheckpoint takes ModelCheckpoint's rules, LastCheckpoint overrides one of them.
+    assert constraints_of(BestCheckpoint)["every_n_train_steps"].allows(0)
+    assert not constraints_of(LastCheckpoint)["every_n_train_steps"].allows(0)
+
+
+# One flag per group in the fast suite: each is refused while parsing, before any class is built.
+FIRST_OF_EACH_GROUP = list({case.values[0].rsplit(".", 1)[0]: case for case in out_of_range_cases()[::-1]}.values())
+
+
+@pytest.mark.parametrize("flag, value, chooser, message", FIRST_OF_EACH_GROUP)
+def test_an_out_of_range_integer_option_of_each_group_is_refused_in_one_line(
+    flag, value, chooser, message, tmp_path, capsys
+):
+    code, err = refused([*chooser, flag, value], tmp_path, capsys)
+    assert code == 2
+    assert_one_line(err, message)
+    assert not (tmp_path / "lightning_logs").exists()  # refused before any run directory
+    record_fault("bad_inputs")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("flag, value, chooser, message", out_of_range_cases())
+def test_every_integer_option_out_of_range_is_refused_in_one_line(flag, value, chooser, message, tmp_path, capsys):
+    code, err = refused([*chooser, flag, value], tmp_path, capsys)
+    assert code == 2
+    assert_one_line(err, message)
+    record_fault("bad_inputs")
