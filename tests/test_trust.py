@@ -28,9 +28,10 @@ from pathlib import Path
 import lightning as L
 import pytest
 import torch
+import yaml
 from jsonargparse import ArgumentError
 
-from lit_linreg import checkpoint
+from lit_linreg import checkpoint, cli
 from lit_linreg.callbacks import CoefficientLogger, FitFigure, LeastSquaresReference
 from lit_linreg.checkpoint import BestCheckpoint, LastCheckpoint, claim_run_dir, find_last, load_checkpoint
 from lit_linreg.cli import cli_main, main
@@ -739,3 +740,29 @@ def test_every_integer_option_out_of_range_is_refused_in_one_line(flag, value, c
     assert code == 2
     assert_one_line(err, message)
     record_fault("bad_inputs")
+
+
+# --- Null config sections: an empty `model:` sets nothing, as an absent one ----------------------------------------
+
+
+def test_a_null_data_section_is_reported_missing_in_one_line(tmp_path, capsys):
+    (tmp_path / "null.yaml").write_text("data: null\nmodel:\n")
+    capsys.readouterr()
+    assert run("fit", "--config", str(tmp_path / "null.yaml"), root=tmp_path) == 2
+    err = capsys.readouterr().err
+    assert_one_line(err, "no data given (its section is missing or null): choose one with --data CLASS")
+
+
+def test_every_config_section_null_runs_with_the_defaults(tmp_path, capsys):
+    refused(["--figure.max_points", "0"], tmp_path, capsys)  # a first parse: the CLI lists its sections
+    sections = sorted(cli._SECTIONS - {"data", "fit"})  # `fit` titles the subcommand's own options
+    assert {"trainer", "model", "checkpoint", "last", "reference", "coefficients", "figure"} <= set(sections)
+    data = "data:\n  class_path: lit_linreg.ToyDataModule\n  init_args: null\n"  # null arguments: the defaults too
+    (tmp_path / "null.yaml").write_text("".join(f"{section}: null\n" for section in sections) + data)
+    root = tmp_path / "runs"
+    assert run("fit", "--config", str(tmp_path / "null.yaml"), "--trainer.max_epochs", "1", *FAST, root=root) == 0
+    saved = yaml.safe_load((root / "lightning_logs" / "version_0" / "config.yaml").read_text())
+    assert saved["model"]["init_args"]["lr"] == 0.01  # LinearRegression's defaults
+    assert saved["checkpoint"]["monitor"] == "val/loss"  # the CLI's defaults of the callback groups
+    assert saved["coefficients"]["max_scalars"] == 64
+    assert saved["trainer"]["log_every_n_steps"] is None and saved["optimizer"] is None
