@@ -120,6 +120,8 @@ def description(model: nn.Module, onnx_file: str) -> dict[str, Any]:
 class ExportCLI(TrainedModelCLI):
     """`export`: the trained model as an ONNX file, and its description beside it."""
 
+    command = "export"
+
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         super().add_arguments_to_parser(parser)
         parser.add_argument("--output", type=str, default="model.onnx", help="the ONNX file to write")

@@ -197,6 +197,8 @@ async def _invalid_body(request: Any, err: RequestValidationError) -> JSONRespon
 class ServeCLI(TrainedModelCLI):
     """`serve`: the trained model behind LitServe's HTTP server."""
 
+    command = "serve"
+
     def parse_arguments(self, parser: LightningArgumentParser, args: Any) -> None:
         self.args = list(args)[1:]  # less `predict`: what the inference worker rebuilds the model from
         super().parse_arguments(parser, args)

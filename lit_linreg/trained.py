@@ -16,6 +16,7 @@ from typing import Any
 import lightning as L
 
 from lit_linreg.cli import LinearRegressionCLI, cli_main
+from lit_linreg.errors import ConfigError
 
 
 class TrainedModelCLI(LinearRegressionCLI):
@@ -25,6 +26,14 @@ class TrainedModelCLI(LinearRegressionCLI):
     `self.option(name)`. LightningCLI runs a subcommand by calling a CLI method of that name when there is
     one (`predict` here), else the Trainer's.
     """
+
+    command = "serve or export"  # the name errors give the command; each subclass sets its own
+
+    def _resolve_checkpoint(self, config: Any) -> dict | None:
+        """LinearRegressionCLI's, with the command named as the user typed it when `--ckpt_path` is missing."""
+        if config.get("ckpt_path") is None:
+            raise ConfigError(f"{self.command} needs --ckpt_path: a checkpoint file, `last` or `best`")
+        return super()._resolve_checkpoint(config)
 
     def _claim_run_dir(self) -> None:
         """Claim no run directory: nothing is trained, logged or written there."""

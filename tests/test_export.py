@@ -23,7 +23,7 @@ C,"Riverside, east bank",95,4,40,7.25
 
 # (config, training flags, predict flags): each trains in about a second
 CASES = {
-    "toy": ("toy.yaml", [], []),
+    "toy": ("toy.yaml", ["--trainer.max_epochs", "10"], []),
     "crop": ("crop_yield.yaml", ["--trainer.max_epochs", "5"], []),
     "table": (
         "table.yaml",
@@ -110,3 +110,8 @@ def test_a_network_onnx_cannot_hold_is_refused_in_one_line_and_keeps_the_earlier
     assert not output.with_suffix(".json").exists()
     assert main(["export", *common, *net, "--ckpt_path", "last", "--output", str(tmp_path / "model.txt")]) == 2
     assert capsys.readouterr().err == f"lit-linreg: error: --output must name a .onnx file, got {tmp_path}/model.txt\n"
+
+
+def test_export_without_a_checkpoint_says_export_needs_one(capsys):
+    assert main(["export", "--config", config("toy.yaml"), "--output", "unused.onnx"]) == 2
+    assert capsys.readouterr().err.startswith("lit-linreg: error: export needs --ckpt_path: a checkpoint file")

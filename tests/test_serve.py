@@ -213,3 +213,17 @@ def test_a_bad_request_gets_4xx_and_one_line_and_the_server_keeps_serving(server
     assert answer["error"].startswith(message) and "\n" not in answer["error"]
     assert _post(port, {"rows": ROWS[:1]})[1]["predictions"][0]["predicted_price_k"] == pytest.approx(trained[1][0])
     assert process.poll() is None
+
+
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        (["--port", "80"], "--port must be from 1024 to 65535, got 80"),
+        (["--host", "example.com"], "--host must be 127.0.0.1, 0.0.0.0 or :: (LitServe's choices), got 'example.com'"),
+    ],
+)
+def test_serve_refuses_a_port_or_host_it_cannot_listen_on_in_one_line(trained, capsys, flags, message):
+    args, _ = trained
+    capsys.readouterr()
+    assert main(["serve", *args, "--ckpt_path", "last", *flags]) == 2
+    assert capsys.readouterr().err == f"lit-linreg: error: {message}\n"
