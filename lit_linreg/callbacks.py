@@ -47,14 +47,21 @@ class LeastSquaresReference(L.Callback):
         max_table_coefficients: Coefficients printed at most at the end of fit (largest |t| first); all of
             them are in coefficients.csv.
         stop_at_relative_gap: Stop training once `optimum/relative_gap` is at or below this; None never stops.
+        stop_when_stalled: Stop training once `optimum/relative_gap` has not fallen 1 % below its best in this
+            many epochs (float32 rounding or mini-batch noise is its floor); None never stops for that.
     """
 
     def __init__(
-        self, enabled: bool = True, max_table_coefficients: int = 16, stop_at_relative_gap: float | None = None
+        self,
+        enabled: bool = True,
+        max_table_coefficients: int = 16,
+        stop_at_relative_gap: float | None = None,
+        stop_when_stalled: int | None = None,
     ) -> None:
         self.enabled = enabled
         self.max_table_coefficients = max_table_coefficients
         self.stop_at_relative_gap = stop_at_relative_gap
+        self.stop_when_stalled = stop_when_stalled
         self.fit: statistics.LeastSquares | None = None
         self.loss: float | None = None
         self.model_loss: float | None = None
@@ -153,6 +160,9 @@ class LeastSquaresReference(L.Callback):
         )
         if self.stop_at_relative_gap is not None and relative <= self.stop_at_relative_gap:
             trainer.should_stop = True
+        if self.stop_when_stalled and len(self.gaps) > self.stop_when_stalled:
+            before = min(self.gaps[: -self.stop_when_stalled])  # the best gap until `stop_when_stalled` epochs ago
+            trainer.should_stop |= min(self.gaps[-self.stop_when_stalled :]) > 0.99 * before
 
     @rank_zero_only
     def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
@@ -219,8 +229,8 @@ def shortfall(gaps: list[float], goal: float | None, epochs: int, faster: str | 
         return None
     later = [max(gap, 1e-300) for gap in gaps[len(gaps) // 2 :]]
     rate = (np.log(later[-1]) - np.log(later[0])) / (len(later) - 1) if len(later) > 1 else 0.0  # per epoch
-    if rate < 0:
-        more = int(np.ceil(np.log(goal / gaps[-1]) / rate))
+    more = int(min(np.ceil(np.log(goal / gaps[-1]) / rate), 1e18)) if rate < 0 else None
+    if more is not None and more <= 1000 * epochs:  # else a crawl at a floor, not a rate to extrapolate
         pace = f"at this rate it needs about {more} more epochs"
         flags = [faster, f"--trainer.max_epochs {epochs + more}"]
     else:  # mini-batch noise, or float32 rows that hold the answer no closer (the summary's least squares does)

@@ -107,8 +107,8 @@ def test_the_whitened_design_has_the_identity_as_its_covariance(tmp_path):
 
 def test_mini_batch_sgd_with_momentum_converges_in_whitened_coordinates(tmp_path):
     write_table(tmp_path / "t.csv", 1e8)
-    model, dm = fitted(tmp_path / "t.csv", epochs=30, batch_size=40, momentum=0.5)
-    plain, _ = fitted(tmp_path / "t.csv", epochs=30, batch_size=40, momentum=0.5, precondition="none")
+    model, dm = fitted(tmp_path / "t.csv", epochs=15, batch_size=40, momentum=0.5)
+    plain, _ = fitted(tmp_path / "t.csv", epochs=15, batch_size=40, momentum=0.5, precondition="none")
     assert model.lr == pytest.approx(0.5) and model.momentum == 0.5  # lr auto: 1 / L, L = 2 / k
     # Mini-batch noise leaves a floor of the order of lr d / B (0.86 here); without qr the weak directions,
     # which carry as much of y, have hardly moved (110).
@@ -153,12 +153,25 @@ def test_qr_falls_back_in_one_line_where_it_does_not_apply(run_cli, tmp_path, ca
     assert len(lines) == 1 and reason in lines[0] and lines[0].endswith("training without it")
 
 
-def test_qr_falls_back_where_float32_rows_cannot_hold_the_answer(tmp_path, caplog):
-    write_table(tmp_path / "t.csv", 1e16)
-    model, _ = fitted(tmp_path / "t.csv", epochs=1)
-    assert not model._whitens and torch.equal(model.whiten, torch.eye(5))
-    condition = re.search(r"precondition qr does not apply: .* condition number (\S+) is beyond float32", caplog.text)
-    assert 1e15 < float(condition[1]) < 1e17, caplog.text
+def test_qr_falls_back_for_statistics_too_wide_to_keep_r(tmp_path, caplog, monkeypatch):
+    monkeypatch.setattr(statistics, "EXACT_MAX_COLUMNS", 4)  # 1 + 5 + 1 columns: "moments", as above 2,048
+    write_table(tmp_path / "t.csv", 1e2)
+    model, dm = fitted(tmp_path / "t.csv", epochs=1)
+    assert dm.train_statistics.method == "moments" and not model._whitens
+    assert "precondition qr does not apply: 7 columns of [1, X, Y] are too wide" in caplog.text
+
+
+def test_qr_leaves_out_directions_finer_than_float32_rows_and_the_run_stops_when_stalled(
+    run_cli, tmp_path, capsys, caplog
+):
+    write_table(tmp_path / "t.csv", 1e16)  # singular values 1, 1e-2, ..., 1e-8: float32 rows resolve 1e-6 at best
+    data = ("--data.path", str(tmp_path / "t.csv"), "--data.targets", "[y0]")
+    assert run_cli(*TABLE, *data, "--reference.stop_when_stalled", "5") == 0
+    out = capsys.readouterr().out
+    assert "precondition qr whitens 4 of the 5 directions" in caplog.text
+    gap, epochs = re.search(r"relative gap (\S+) after (\d+) epochs", out).groups()
+    assert float(gap) > 1e-3 and int(epochs) <= 12  # stalled within a few epochs, then 5 more: not 3,000
+    assert "the gap has stopped falling" in out
 
 
 def test_shortfall_gives_the_epochs_at_the_later_half_rate_and_the_flag():
