@@ -190,7 +190,7 @@ async def _invalid_body(request: Any, err: RequestValidationError) -> JSONRespon
     elif not where:  # a JSON list or number; or form data, as `curl -d` sends without a Content-Type header
         message = 'the body is not a JSON object {"rows": [...]} (sent with Content-Type: application/json)'
     else:
-        message = f"the body's {where or 'value'}: {first.get('msg', 'not valid')}"
+        message = f"the body's {where}: {first.get('msg', 'not valid')}"
     return JSONResponse({"error": message}, status_code=400)
 
 

@@ -28,6 +28,7 @@ class TrainedModelCLI(LinearRegressionCLI):
     """
 
     command = "serve or export"  # the name errors give the command; each subclass sets its own
+    used = False  # set once `use` has run: the check that LightningCLI called `predict` below
 
     def _resolve_checkpoint(self, config: Any) -> dict | None:
         """LinearRegressionCLI's, with the command named as the user typed it when `--ckpt_path` is missing."""
@@ -44,6 +45,7 @@ class TrainedModelCLI(LinearRegressionCLI):
         model.on_load_checkpoint(checkpoint)
         model.load_state_dict(checkpoint["state_dict"])
         self.use(model.eval(), datamodule)
+        self.used = True
 
     def use(self, model: L.LightningModule, datamodule: L.LightningDataModule | None) -> None:
         """Do this command's work with the trained model (eval mode, on the CPU)."""
@@ -59,7 +61,10 @@ def run_command(cli_class: type[TrainedModelCLI], args: list[str]) -> TrainedMod
     # `args` stand for the command line, which names `serve` or `export`, not `predict`: Lightning's warning that
     # both were given is about a mistake not made here.
     warnings.filterwarnings("ignore", message="LightningCLI's args parameter is intended to run from within Python")
-    return cli_main(["predict", *args], cli_class=cli_class)
+    cli = cli_main(["predict", *args], cli_class=cli_class)
+    if not cli.used:  # Lightning ran Trainer.predict: its subcommands work otherwise now
+        raise RuntimeError("LightningCLI no longer runs a CLI's own `predict` method: update trained.py")
+    return cli
 
 
 def prediction_names(schema: dict) -> list[str]:

@@ -22,7 +22,8 @@ import pytest
 from lit_linreg.cli import main
 from tests.conftest import QUIET, ROOT, config, latest_version
 
-serve = pytest.importorskip("lit_linreg.serve")
+pytest.importorskip("litserve")  # the `serve` extra
+from lit_linreg import serve  # noqa: E402
 
 SCHEMA = {
     "features": ["area", "hood"],
@@ -37,6 +38,7 @@ ROWS = [  # the test table's rows as JSON, and (below) as a predict file
 ]
 NORTH = {"hood": "North"}
 TRAIN = ["--data.categorical", "[neighbourhood]", "--data.missing", "mean", "--trainer.max_epochs", "30"]
+TRAIN += ["--figure.enabled", "false"]  # matplotlib's drawing: a third of a short fit's time
 
 
 def test_rows_become_codes_and_a_missing_number_nan_under_missing_mean():
