@@ -7,17 +7,21 @@ first row seen:
   cross-product, but solving from R keeps the condition number of the problem instead of squaring it as the
   normal equations do. Shifting by a row of the data keeps the columns small when mean >> std, and makes a
   constant column exactly zero.
-- The raw cross-products [1, X, Y]'[1, X, Y] in double-double precision, summed from exact products. A float64
-  QR is backward stable, which still costs digits on a problem whose residual dwarfs its fit (NIST's Wampler5
-  keeps 6 of 15); a step or two of iterative refinement against these sums recovers them.
+- The raw cross-products [1, X, Y]'[1, X, Y] in double-double precision, their upper triangle: the products of
+  each value's leading 20 bits summed exactly, the rest to about 2^-73 of the largest. A float64 QR is backward
+  stable, which still costs digits on a problem whose residual dwarfs its fit (NIST's Wampler5 keeps 6 of 15); a
+  step or two of iterative refinement against these sums recovers them.
 
-Everything below is computed from those in O(p^3) at most, with no second pass over the data.
+Everything below is computed from those in O(p^3) at most, with no second pass over the data. The pass costs
+about three QRs' worth of matrix products and one QR (LAPACK's dtpqrt, which keeps R's zeros out of the work);
+after it, one SVD without vectors gives the rank, the conditioning and the diagnostics, and triangular solves
+the rest. Singular vectors (one more SVD) are computed only for a rank-deficient or collinear design.
 
 Above `EXACT_MAX_COLUMNS` no p x p matrix is formed: the pass keeps O(p) moments (`method="moments"`) and a
 `RowPasses`, a way back to the rows, through which the least-squares answer (conjugate gradient) and the
 Hessian's eigenvalues (Lanczos) come from matrix-vector passes over them.
 Shapes: N rows, d features, k targets, q design columns (1 + d with an intercept, d without).
-Only numpy is imported here; scipy is imported by `summarize`, the one function that needs distributions.
+numpy is imported here; scipy's LAPACK and distributions where they are used, so importing this module stays fast.
 """
 
 from __future__ import annotations
@@ -61,8 +65,12 @@ REFINE_BELOW = 0.01
 _METHODS = ("qr", "gram", "moments")
 _HEADER = 4  # to_array: d, k, method, N; then the shift, then the upper triangles of the state and exact sums
 _PASS_VALUES = 1 << 22  # values of [X, Y] per sub-block of a row pass: 32 MB of float64 temporaries
-_EXACT_ROWS = 4096  # rows per exact product: 2 * _SLICE_BITS + log2(4096) <= 53 keeps every sum exact
-_SLICE_BITS = 20
+_SLICE_BITS = 20  # leading bits of each value whose products are summed exactly
+_EXACT_ROWS = 1 << (53 - 2 * _SLICE_BITS)  # rows per exact product: 2^(2 * 20) * 8192 <= 2^53 keeps every sum exact
+_PANEL = 256  # columns of the exact sums updated at once: the temporaries stay (p, 256), never (p, p)
+_PANEL_VALUES = 1 << 18  # values of a (q, w, k) temporary of the double-double gradient
+_QR_BLOCK = 64  # columns per Householder block of dtpqrt
+_LARGEST = 2.0**480  # larger values could overflow a sum of squares of 2^64 rows
 
 
 def choose_method(n_rows: int, n_columns: int) -> str:
@@ -108,10 +116,12 @@ class SufficientStatistics:
         self.rows: RowPasses | None = None
         if self.method == "moments":  # (1 + k, d + k): centred sums of squares, then Y_c'[X, Y]_c row by row
             self._state = np.zeros((1 + n_targets, n_features + n_targets))
-        else:
-            self._state = np.zeros((p, p))  # R, or A'A in "gram" mode, of [1, A - c]
-        self._exact = np.zeros((2, p, p)) if self.method == "qr" else None  # [1, X, Y]'[1, X, Y] as hi + lo
+        else:  # Fortran order, as LAPACK updates it in place
+            self._state = np.zeros((p, p), order="F")  # R, or A'A in "gram" mode, of [1, A - c]
+        # [1, X, Y]'[1, X, Y] as hi + lo, upper triangle only (see `gram`)
+        self._exact = np.zeros((2, p, p)) if self.method == "qr" else None
         self._factor: np.ndarray | None = None
+        self._cache: dict = {}  # what the solves and diagnostics derive from the state: spectra, means, fits
 
     @property
     def width(self) -> int:
@@ -128,6 +138,13 @@ class SufficientStatistics:
             )
         if len(x) == 0:
             return self
+        largest = max(np.max(x), -np.min(x), np.max(y), -np.min(y))  # NaN if any is NaN; no (B, p) temporary
+        if not largest < _LARGEST:
+            raise ValueError(
+                "x and y must be finite and below 1e144 in magnitude: a NaN, an inf or an overflowing square"
+                " would spoil every statistic"
+            )
+        self._factor, self._cache = None, {}
         if self.method == "moments":  # in sub-blocks, so the temporaries stay small whatever the width
             step = max(1, _PASS_VALUES // self.width)
             for start in range(0, len(x), step):
@@ -136,29 +153,40 @@ class SufficientStatistics:
         if self.n == 0:
             self.shift = np.concatenate([x[0], y[0]])
         if self.method == "qr":
-            raw = np.ones((len(x), self.width))  # (B, p) [1, x, y]
-            raw[:, 1 : 1 + self.n_features], raw[:, 1 + self.n_features :] = x, y
-            block = raw.copy()
-            block[:, 1:] -= self.shift
-            state = _triangular(np.vstack([self._state, block]))
-            exact = self._exact.copy()
-            for start in range(0, len(raw), _EXACT_ROWS):
-                _add_exact_products(exact, raw[start : start + _EXACT_ROWS])
+            self._update_qr(x, y)
         else:  # one copy, shifted in place: the pass over a tall table costs about what X'X does
             block = self._scratch(len(x))
             block[:, 0] = 1.0
             np.subtract(x, self.shift[: self.n_features], out=block[:, 1 : 1 + self.n_features])
             np.subtract(y, self.shift[self.n_features :], out=block[:, 1 + self.n_features :])
-            state, exact = self._state + block.T @ block, None
-        # A NaN or inf anywhere in the block reaches the products: checking them costs p^2, not B p.
-        if not np.isfinite(state).all() or (exact is not None and not np.isfinite(exact).all()):
-            if self.n == 0:
-                self.shift = np.zeros(self.n_features + self.n_targets)
-            raise ValueError("x and y must be finite: a NaN or inf would spoil every statistic")
-        self._state, self._exact = state, exact if exact is not None else self._exact
+            self._state += block.T @ block
         self.n += len(x)
-        self._factor = None
         return self
+
+    def _update_qr(self, x: np.ndarray, y: np.ndarray) -> None:
+        """R of the stack [R; 1, x - c] and the exact sums of [1, x, y], in sub-blocks of `_PASS_VALUES` values.
+
+        LAPACK's dtpqrt factors the stack as a triangle over a rectangle, so R's zeros cost nothing: a pass costs
+        about one QR of all the rows. One work array serves both halves, and is let go at the end: after the
+        pass, only R and the exact sums stay.
+        """
+        from scipy.linalg import lapack
+
+        p, d = self.width, self.n_features
+        rows = max(1, _PASS_VALUES // p)
+        work = np.empty(max(min(len(x), rows), 3) * p)
+        for start in range(0, len(x), rows):
+            part_x, part_y = x[start : start + rows], y[start : start + rows]
+            block = work[: len(part_x) * p].reshape((len(part_x), p), order="F")  # (b, p) [1, x - c], as LAPACK reads
+            block[:, 0] = 1.0
+            np.subtract(part_x, self.shift[:d], out=block[:, 1 : 1 + d])
+            np.subtract(part_y, self.shift[d:], out=block[:, 1 + d :])
+            state, _, _, info = lapack.dtpqrt(0, min(p, _QR_BLOCK), self._state, block, overwrite_a=1, overwrite_b=1)
+            if info != 0:
+                raise RuntimeError(f"LAPACK dtpqrt failed with info={info}")
+            self._state = state  # the same memory once it is in Fortran order
+            _add_exact_products(self._exact, part_x, part_y, work)
+        self._state *= np.where(np.diag(self._state) < 0, -1.0, 1.0)[:, None]  # rows of R flipped keep R'R
 
     def _scratch(self, rows: int) -> np.ndarray:
         """A (rows, p) float64 work array, reused from block to block: a fresh one would cost its page faults
@@ -240,9 +268,8 @@ class SufficientStatistics:
         for i, matrix in enumerate(matrices):
             start = _HEADER + d + k + i * size
             matrix[upper] = array[start : start + size]
-        symmetric = [stats._state] if stats.method == "gram" else list(stats._exact)
-        for matrix in symmetric:
-            matrix += np.triu(matrix, 1).T
+        if stats.method == "gram":  # the exact sums stay upper triangles
+            stats._state += np.triu(stats._state, 1).T
         return stats
 
     def factor(self) -> np.ndarray:
@@ -267,8 +294,10 @@ class SufficientStatistics:
         """(d + k,) column means of [X, Y]: the shift plus the mean of the shifted columns."""
         if self.method == "moments":
             return self.shift.copy()
-        r = self.factor()
-        return self.shift + r[0, 1:] / r[0, 0]
+        if "mean" not in self._cache:
+            r = self.factor()
+            self._cache["mean"] = self.shift + r[0, 1:] / r[0, 0]
+        return self._cache["mean"].copy()
 
     @property
     def std(self) -> np.ndarray:
@@ -277,11 +306,13 @@ class SufficientStatistics:
         Rows 1: of R hold the columns centred on their exact mean, so no sum of squares minus a squared mean
         (which cancels catastrophically when mean >> std) is ever formed.
         """
-        if self.method == "moments":
-            std = np.sqrt(self._state[0] / self.n)
-        else:
-            std = np.linalg.norm(self.factor()[1:, 1:], axis=0) / np.sqrt(self.n)
-        return np.where(std > 0, std, 1.0)
+        if "std" not in self._cache:
+            if self.method == "moments":
+                std = np.sqrt(self._state[0] / self.n)
+            else:
+                std = np.linalg.norm(self.factor()[1:, 1:], axis=0) / np.sqrt(self.n)
+            self._cache["std"] = np.where(std > 0, std, 1.0)
+        return self._cache["std"].copy()
 
     @property
     def x_mean(self) -> np.ndarray:
@@ -301,8 +332,9 @@ class SufficientStatistics:
 
     def gram(self) -> np.ndarray:
         """[1, X, Y]'[1, X, Y] (p, p) in raw units: N, the column sums, X'X, X'Y and Y'Y are its blocks."""
-        if self._exact is not None:
-            return self._exact[0] + self._exact[1]
+        if self._exact is not None:  # kept as its upper triangle
+            upper = np.triu(self._exact[0] + self._exact[1])
+            return upper + np.triu(upper, 1).T
         if self.method == "moments":
             raise ValueError(f"{self.width} columns > EXACT_MAX_COLUMNS = {EXACT_MAX_COLUMNS}: no Gram matrix kept")
         return _reshift(self._state, "gram", self.n, -self.shift)
@@ -418,42 +450,77 @@ def _add_double_double(total: np.ndarray, term: np.ndarray) -> None:
     total[1] += error
 
 
-def _add_exact_products(total: np.ndarray, rows: np.ndarray) -> None:
-    """total (2, p, p) += rows'rows for rows (B, p), B <= 4096, every product and every sum exact.
+def _add_exact_products(total: np.ndarray, x: np.ndarray, y: np.ndarray, work: np.ndarray) -> None:
+    """The upper triangle of total (2, p, p) += A'A for the rows A = [1, x, y] (B, p), in `work`'s memory.
 
-    Each column is cut into three slices on a grid of 2^-20 of its largest entry (Ozaki's error-free
-    splitting; what is left below 2^-60 of it is dropped, far less than float64 rounding of the data). A
-    product of two slices has at most 40 significant bits, so a sum of up to 4096 of them is exact in float64
-    and BLAS can compute it. The terms are then added in double-double.
+    Each value is split as v = h + l, h its leading `_SLICE_BITS` bits on a grid of 2^-20 of its column's
+    largest entry, l the rest, exactly (Ozaki's error-free splitting). A product of two h has at most 40
+    significant bits on its pair of columns' grid, so BLAS sums up to `_EXACT_ROWS` of them exactly. The rest,
+    H'L + L'H + L'L = M'L + L'M with M = H + L / 2, is of the order of 2^-20 of the whole and summed in float64,
+    within about 2^-73 of it: three (p, p) products a block, in column panels that keep the temporaries
+    (p, `_PANEL`). The exact part is added in double-double; lo also takes the rest.
     """
-    slices, rest = [], np.ascontiguousarray(rows.T)  # (p, B): numpy broadcasts a column fast, a row slowly
-    for _ in range(3):
-        exponent = np.frexp(np.max(np.abs(rest), axis=1))[1]  # (p,) max |rest| < 2^exponent
-        sigma = np.ldexp(0.75, exponent + 52 - _SLICE_BITS)[:, None]  # fl(rest + sigma) rounds to 2^(exponent - 20)
-        high = (rest + sigma) - sigma
-        slices.append(high)
-        rest = rest - high
-    first, second, third = slices
-    _add_double_double(total, first @ first.T)
-    _add_double_double(total, second @ second.T)
-    for a, b in ((first, second), (first, third), (second, third)):  # the terms below 2^-80 are dropped
-        product = a @ b.T
-        _add_double_double(total, product)
-        _add_double_double(total, product.T)
-    total[0], total[1] = _two_sum(total[0], total[1])
+    p, d = total.shape[1], x.shape[1]
+    step = min(_EXACT_ROWS, len(work) // (3 * p))
+    for start in range(0, len(x), step):
+        b = min(step, len(x) - start)
+        rows, high, low = (work[i * b * p : (i + 1) * b * p].reshape(b, p) for i in range(3))  # (b, p) each
+        rows[:, 0] = 1.0
+        rows[:, 1 : 1 + d], rows[:, 1 + d :] = x[start : start + b], y[start : start + b]
+        exponent = np.frexp(np.maximum(rows.max(0), -rows.min(0)))[1]  # (p,) every |v| < 2^exponent
+        sigma = np.ldexp(0.75, exponent + 53 - _SLICE_BITS)  # its ulp is 2^(exponent - 20): v + sigma rounds v to it
+        np.add(rows, sigma, out=high)
+        high -= sigma
+        np.subtract(rows, high, out=low)
+        np.multiply(low, 0.5, out=rows)
+        rows += high  # M = H + L / 2
+        for j in range(0, p, _PANEL):
+            panel, upper = slice(j, min(j + _PANEL, p)), slice(0, min(j + _PANEL, p))  # the columns, rows to their end
+            exact = high[:, upper].T @ high[:, panel]  # (j + w, w)
+            rest = rows[:, upper].T @ low[:, panel]
+            rest += (rows[:, panel].T @ low[:, upper]).T
+            hi, lo = total[0, upper, panel], total[1, upper, panel]
+            hi[...], error = _two_sum(hi, exact)
+            lo += error
+            lo += rest
 
 
-def _exact_gradient(exact: np.ndarray, design: np.ndarray, targets: np.ndarray, theta: np.ndarray) -> np.ndarray:
+def _symmetric_columns(upper: np.ndarray, rows: slice, columns: slice) -> np.ndarray:
+    """The block (rows, columns) of the symmetric matrix whose upper triangle `upper` holds."""
+    i, j = np.arange(rows.start, rows.stop)[:, None], np.arange(columns.start, columns.stop)[None, :]
+    return np.where(i <= j, upper[rows, columns], upper[columns, rows].T)
+
+
+def _sum_double_double(high: np.ndarray, low: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """high + low summed along axis 1, as a double-double: halves added pairwise, each sum error-free (Knuth)."""
+    while high.shape[1] > 1:
+        half = high.shape[1] // 2
+        total, error = _two_sum(high[:, :half], high[:, half : 2 * half])
+        error += low[:, :half]
+        error += low[:, half : 2 * half]
+        high, low = np.concatenate([total, high[:, 2 * half :]], 1), np.concatenate([error, low[:, 2 * half :]], 1)
+    return high[:, 0], low[:, 0]
+
+
+def _exact_gradient(exact: np.ndarray, design: slice, targets: slice, theta: np.ndarray) -> np.ndarray:
     """A'(Y - A theta) (q, k) for the raw design columns `design` and theta (q, k), from the exact sums.
 
-    At the optimum this is 0 while A'Y and A'A theta are large, so it is summed in double-double before rounding.
+    At the optimum this is 0 while A'Y and A'A theta are large, so it is summed in double-double before
+    rounding: every product hi * theta exactly (Dekker), in panels of columns of A'A.
     """
     hi, lo = exact[0], exact[1]
-    total, low = hi[np.ix_(design, targets)].copy(), lo[np.ix_(design, targets)].copy()  # (q, k)
-    for j, column in enumerate(design):
-        product, error = _two_product(hi[design, column][:, None], -theta[j][None, :])
+    q, k = theta.shape
+    total, low = hi[design, targets].copy(), lo[design, targets].copy()  # A'Y (q, k), above the diagonal
+    width = max(1, _PANEL_VALUES // (q * k))
+    for j in range(0, q, width):
+        panel = slice(design.start + j, design.start + min(j + width, q))
+        coefficient = -theta[j : j + width][None]  # (1, w, k)
+        product, error = _two_product(_symmetric_columns(hi, design, panel)[..., None], coefficient)  # (q, w, k)
+        error += _symmetric_columns(lo, design, panel)[..., None] * coefficient
+        product, error = _sum_double_double(product, error)
         total, carry = _two_sum(total, product)
-        low += carry + error - lo[design, column][:, None] * theta[j][None, :]
+        low += carry
+        low += error
     return total + low
 
 
@@ -530,11 +597,13 @@ def solve(stats: SufficientStatistics, fit_intercept: bool = True) -> LeastSquar
     """
     if stats.method == "moments":
         return _solve_by_passes(stats, fit_intercept)
+    if ("fit", fit_intercept) in stats._cache:  # the summary at the end of fit asks again
+        return stats._cache["fit", fit_intercept]
     d, k = stats.n_features, stats.n_targets
     design, targets, rest = _blocks(stats, fit_intercept)
     scale = stats.x_std  # (d,)
     rtol = (d * np.finfo(np.float64).eps) ** (1.0 if stats.method == "qr" else 0.5)  # A'A keeps half the digits
-    u, rank, cond = _min_norm(design / scale, targets, rtol)  # (d, k) in standardized units
+    u, rank, cond = _min_norm(stats, fit_intercept, targets, rtol)  # (d, k) in standardized units
     w = u / scale[:, None]  # (d, k)
     bias = stats.y_mean - w.T @ stats.x_mean if fit_intercept else np.zeros(k)
     if stats.method == "qr" and cond**2 * np.finfo(np.float64).eps < REFINE_BELOW:
@@ -544,7 +613,7 @@ def solve(stats: SufficientStatistics, fit_intercept: bool = True) -> LeastSquar
     rank += fit_intercept
     sse = np.square(targets - design @ w).sum(0) + np.square(rest).sum(0)
     residual_sum = np.zeros(k) if fit_intercept else stats.n * (stats.y_mean - w.T @ stats.x_mean)
-    return LeastSquares(
+    stats._cache["fit", fit_intercept] = LeastSquares(
         weight=w.T,
         bias=bias,
         rank=rank,
@@ -555,6 +624,7 @@ def solve(stats: SufficientStatistics, fit_intercept: bool = True) -> LeastSquar
         _shift=stats.shift[:d],
         _residual_sum=residual_sum,
     )
+    return stats._cache["fit", fit_intercept]
 
 
 def _solve_by_passes(stats: SufficientStatistics, fit_intercept: bool) -> LeastSquares:
@@ -631,21 +701,72 @@ def _blocks(stats: SufficientStatistics, fit_intercept: bool) -> tuple[np.ndarra
     [X, Y] = Q (R without its first column), upper Hessenberg, one QR away from triangular.
     """
     d = stats.n_features
-    r = stats.factor() if fit_intercept else _triangular(_uncentred(stats)[:, 1:])
+    if fit_intercept:
+        r = stats.factor()
+    else:  # a QR of (p, p): kept for the summary, which asks again
+        if "raw factor" not in stats._cache:
+            stats._cache["raw factor"] = _triangular(_uncentred(stats)[:, 1:])
+        r = stats._cache["raw factor"]
     design, rest = slice(int(fit_intercept), int(fit_intercept) + d), slice(int(fit_intercept) + d, None)
     return r[design, design], r[design, rest], r[rest, rest]
 
 
-def _min_norm(a: np.ndarray, b: np.ndarray, rtol: float) -> tuple[np.ndarray, int, float]:
-    """Minimum-norm least-squares solution of a u = b for a square upper-triangular a (q, q), b (q, k); rank; cond.
+def _standardized(stats: SufficientStatistics, fit_intercept: bool) -> np.ndarray:
+    """The design triangle of `_blocks` with each column divided by the feature's std (d, d): a fresh copy, in
+    Fortran order so that LAPACK works on it in place."""
+    design = _blocks(stats, fit_intercept)[0]
+    return np.divide(design, stats.x_std, out=np.empty(design.shape, order="F"))
 
-    Full rank: back substitution, the most accurate for an ill-conditioned triangle. Otherwise the truncated
-    SVD, dropping singular values below rtol times the largest (q * eps is numpy's `matrix_rank` rule).
+
+def _design_svd(stats: SufficientStatistics, fit_intercept: bool, vectors: bool = False) -> tuple:
+    """(left, singular, right) of `_standardized`, singular values descending; the vectors None unless asked for.
+
+    Kept on the statistics, for the solve, the diagnostics and the summary share it. Without vectors an SVD
+    costs about half as much as with them, and a full-rank design with no near-dependency never needs them.
     """
-    left, singular, right = np.linalg.svd(a)
+    from scipy.linalg import svd
+
+    cached = stats._cache.get(("svd", fit_intercept))
+    if cached is None or (vectors and cached[0] is None):
+        a = _standardized(stats, fit_intercept)
+        if vectors:
+            cached = svd(a, overwrite_a=True, check_finite=False)
+        else:
+            cached = None, svd(a, compute_uv=False, overwrite_a=True, check_finite=False), None
+        stats._cache["svd", fit_intercept] = cached
+    return cached
+
+
+def _solve_upper(a: np.ndarray, b: np.ndarray, transpose: bool = False) -> np.ndarray:
+    """a^-1 b, or a'^-1 b, for an upper-triangular a (q, q): back substitution, O(q^2 k)."""
+    from scipy.linalg import solve_triangular
+
+    return solve_triangular(a, b, trans="T" if transpose else "N", check_finite=False)
+
+
+def _inverse_upper(a: np.ndarray) -> np.ndarray:
+    """The inverse of a non-singular upper-triangular a (q, q), computed in a's memory (LAPACK's dtrtri)."""
+    from scipy.linalg import lapack
+
+    inverse, info = lapack.dtrtri(a, lower=0, overwrite_c=1)
+    if info != 0:
+        raise ValueError(f"the triangle is singular: its diagonal entry {info - 1} is 0")
+    return inverse
+
+
+def _min_norm(stats: SufficientStatistics, fit_intercept: bool, b: np.ndarray, rtol: float) -> tuple:
+    """Minimum-norm least-squares u (q, k) of T u = b, T = `_standardized` (q, q) upper triangular, b (q, k); the
+    rank; the condition number.
+
+    The singular values alone judge the rank (below rtol times the largest, q * eps is numpy's `matrix_rank`
+    rule). Full rank: back substitution, the most accurate for an ill-conditioned triangle. Otherwise the
+    truncated SVD, which needs the singular vectors.
+    """
+    singular = _design_svd(stats, fit_intercept)[1]
     rank = int((singular > singular[0] * rtol).sum())
-    if rank == a.shape[0]:
-        return np.linalg.solve(a, b), rank, singular[0] / singular[-1]  # pivoting never swaps rows of a triangle
+    if rank == len(singular):
+        return _solve_upper(_standardized(stats, fit_intercept), b), rank, singular[0] / singular[-1]
+    left, singular, right = _design_svd(stats, fit_intercept, vectors=True)
     return right[:rank].T @ ((left[:, :rank].T @ b) / singular[:rank, None]), rank, np.inf
 
 
@@ -661,14 +782,15 @@ def _refine(stats: SufficientStatistics, fit_intercept: bool, theta: np.ndarray,
     reach the least-squares solution of the float64 data as given. A step that does not shrink is not taken.
     """
     d, k = stats.n_features, stats.n_targets
-    columns, targets = np.arange(0 if fit_intercept else 1, 1 + d), np.arange(1 + d, 1 + d + k)
-    shift, scale = stats.shift[:d], np.concatenate([[1.0], stats.x_std])[-len(columns) :]
+    columns, targets = slice(0 if fit_intercept else 1, 1 + d), slice(1 + d, 1 + d + k)
+    shift, scale = stats.shift[:d], np.concatenate([[1.0], stats.x_std])[columns]
+    r = np.asfortranarray(r)  # one copy, which LAPACK then reads in place at every step
     previous = np.inf
     for _ in range(3):
         gradient = _exact_gradient(stats._exact, columns, targets, theta)
         if fit_intercept:  # to the shifted coordinates of R: [1, X - c] theta_s = [1, X] theta
             gradient[1:] -= shift[:, None] * gradient[0]
-        step = np.linalg.solve(r, np.linalg.solve(r.T, gradient))
+        step = _solve_upper(r, _solve_upper(r, gradient, transpose=True))
         if fit_intercept:
             step[0] -= shift @ step[1:]
         size = np.linalg.norm(step * scale[:, None])
@@ -729,14 +851,17 @@ class Diagnostics:
 def correlation_spectrum(stats: SufficientStatistics) -> tuple[np.ndarray, np.ndarray]:
     """Eigenvalues (d,) ascending and eigenvectors (d, d), as columns, of the correlation matrix C = Z'Z / N of x.
 
-    Taken from the SVD of the standardized centred triangle R_z / sqrt(N) (C = R_z'R_z / N), which resolves a
-    small eigenvalue to eps * sqrt(lambda_max * lambda) rather than eps * lambda_max. A constant column is a
-    zero column of Z and contributes an eigenvalue 0.
+    Taken from the SVD of the standardized centred triangle R_z (C = R_z'R_z / N), which resolves a small
+    eigenvalue to eps * sqrt(lambda_max * lambda) rather than eps * lambda_max. A constant column is a zero
+    column of Z and contributes an eigenvalue 0.
     """
-    d = stats.n_features
-    r_z = stats.factor()[1 : 1 + d, 1 : 1 + d] / stats.x_std / np.sqrt(stats.n)
-    _, singular, right = np.linalg.svd(r_z)
-    return np.square(singular[::-1]), right[::-1].T
+    _, singular, right = _design_svd(stats, True, vectors=True)
+    return np.square(singular[::-1]) / stats.n, right[::-1].T
+
+
+def _correlation_eigenvalues(stats: SufficientStatistics) -> np.ndarray:
+    """The eigenvalues of `correlation_spectrum` alone (d,), ascending: from singular values, with no vectors."""
+    return np.square(_design_svd(stats, True)[1][::-1]) / stats.n
 
 
 def hessian_eigenvalues(stats: SufficientStatistics, k: int, has_bias: bool) -> np.ndarray:
@@ -757,7 +882,7 @@ def hessian_eigenvalues(stats: SufficientStatistics, k: int, has_bias: bool) -> 
 
         eigenvalues = lanczos_eigenvalues(product, stats.n_features)
     else:
-        eigenvalues = correlation_spectrum(stats)[0]
+        eigenvalues = _correlation_eigenvalues(stats)
     if has_bias:
         eigenvalues = np.sort(np.append(eigenvalues, 1.0))
     return 2.0 / k * eigenvalues
@@ -825,6 +950,8 @@ def collinear_groups(
     share a column are merged. A constant column is a dependency on its own (with the intercept).
     """
     names = list(names) if names is not None else [f"x{j}" for j in range(stats.n_features)]
+    if not (_condition_indices(_correlation_eigenvalues(stats)) > threshold).any():  # no vectors needed
+        return []
     eigenvalues, vectors = correlation_spectrum(stats)
     phi = np.square(vectors) / _floored(eigenvalues)  # (columns, components)
     proportions = phi / phi.sum(axis=1, keepdims=True)
@@ -842,9 +969,13 @@ def collinear_groups(
 
 def diagnose(stats: SufficientStatistics, k: int, has_bias: bool, names: Sequence[str] | None = None) -> Diagnostics:
     """All the diagnostics at once, for a model with k outputs, with or without a bias (see `hessian_eigenvalues`)."""
+    correlation = _correlation_eigenvalues(stats)
+    if (_condition_indices(correlation) > COLLINEARITY_INDEX).any():  # a near-dependency: its vectors name it
+        correlation, vectors = correlation_spectrum(stats)
+        vif = (np.square(vectors) / _floored(correlation)).sum(axis=1)
+    else:  # cond(C) <= 900: diag(C^-1) = N diag(T^-1 T^-T) from the triangle's inverse, with no singular vectors
+        vif = stats.n * np.square(_inverse_upper(_standardized(stats, True))).sum(axis=1)
     eigenvalues = hessian_eigenvalues(stats, k, has_bias)
-    correlation, vectors = correlation_spectrum(stats)
-    vif = (np.square(vectors) / _floored(correlation)).sum(axis=1)
     return Diagnostics(
         eigenvalues=eigenvalues,
         condition_number=float(eigenvalues[-1] / eigenvalues[0]) if eigenvalues[0] > 0 else np.inf,
@@ -987,8 +1118,8 @@ def summarize(
 
 def _unit_variances(stats: SufficientStatistics, fit_intercept: bool) -> np.ndarray:
     """diag((X'X)^-1) (q,) of a full-rank design, from the inverse of its column-standardized triangle."""
-    design, scale = _blocks(stats, fit_intercept)[0], stats.x_std
-    inverse = np.linalg.solve(design / scale, np.eye(stats.n_features))  # R_z^-1
+    scale = stats.x_std
+    inverse = _inverse_upper(_standardized(stats, fit_intercept))  # R_z^-1
     slopes = np.square(inverse).sum(1) / np.square(scale)
     if not fit_intercept:
         return slopes
