@@ -7,9 +7,9 @@ A = [X, y], 16,384 x 2,047 by default: R alone, about 0.14 TFLOP, the least that
 
 Each measurement runs in a process of its own, the reference and the QR alternating, and each figure is the
 median of `--repeats` runs; a ratio is the median over the repeats of the ratio between two runs made back to
-back, so a slow spell of a shared machine falls on both. Memory is a process's peak RSS minus its peak just
-before it makes the matrix (numpy, scipy and BLAS loaded and warmed up), over the matrix's bytes: the matrix
-itself counts 1.0x.
+back, so a slow spell of a shared machine falls on both. Memory is a process's peak RSS minus its RSS just
+before it makes the matrix (numpy, scipy and their BLAS loaded, with their work buffers), over the matrix's
+bytes: the matrix itself counts 1.0x.
 
 Usage: `python benchmarks/wide.py --repeats 3` (part of `make bench`); `--rows` and `--features` change the
 size. `--run reference` or `--run qr` is one measurement, which prints a `WIDE {...}` line of JSON.
@@ -39,6 +39,29 @@ def peak_rss() -> int:
     """This process's peak resident memory so far, in bytes."""
     kib = 1 if sys.platform == "darwin" else 1024  # ru_maxrss is in bytes on macOS, KiB on Linux
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * kib
+
+
+def current_rss() -> int:
+    """This process's resident memory now, in bytes (Linux); the peak so far elsewhere."""
+    try:
+        return int(Path("/proc/self/statm").read_text().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except OSError:
+        return peak_rss()
+
+
+def warm_up() -> None:
+    """Loads what the runs use and lets numpy's and scipy's BLAS make their work buffers (tens of MiB that stay
+    resident in any process that multiplies large matrices, whatever the data), then lets their inputs go."""
+    from scipy.linalg import lapack
+
+    from lit_linreg import statistics as lstsq
+
+    warm = make_matrix(64, 8, seed=1)
+    lstsq.summarize(lstsq.SufficientStatistics(8, 1).update(warm[:, :8], warm[:, 8:]))
+    np.linalg.qr(warm, mode="r")
+    a = np.ones((1024, 2048))
+    a.T @ a
+    lapack.dtpqrt(0, 64, np.zeros((2048, 2048), order="F"), np.asfortranarray(a), overwrite_a=1, overwrite_b=1)
 
 
 def make_matrix(rows: int, features: int, seed: int = 0) -> np.ndarray:
@@ -82,13 +105,9 @@ def normal_residual(matrix: np.ndarray, weight: np.ndarray, bias: float) -> floa
 
 
 def measure(what: str, rows: int, features: int) -> dict:
-    """One measurement in this process: warm up, note the peak RSS, make the matrix, run `what` on it."""
-    from lit_linreg import statistics as lstsq
-
-    warm = make_matrix(64, 8, seed=1)  # loads scipy's LAPACK and starts both BLAS thread pools, in little memory
-    lstsq.summarize(lstsq.SufficientStatistics(8, 1).update(warm[:, :8], warm[:, 8:]))
-    np.linalg.qr(warm, mode="r")
-    before = peak_rss()
+    """One measurement in this process: warm up, note the RSS, make the matrix, run `what` on it."""
+    warm_up()
+    before = current_rss()
     matrix = make_matrix(rows, features)
     if what == "qr":
         start = time.perf_counter()

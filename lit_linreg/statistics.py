@@ -118,8 +118,8 @@ class SufficientStatistics:
             self._state = np.zeros((1 + n_targets, n_features + n_targets))
         else:  # Fortran order, as LAPACK updates it in place
             self._state = np.zeros((p, p), order="F")  # R, or A'A in "gram" mode, of [1, A - c]
-        # [1, X, Y]'[1, X, Y] as hi + lo, upper triangle only (see `gram`)
-        self._exact = np.zeros((2, p, p)) if self.method == "qr" else None
+        # [1, X, Y]'[1, X, Y] as hi + lo, its lower triangle row by row: (2, p (p + 1) / 2), half of (2, p, p)
+        self._exact = np.zeros((2, p * (p + 1) // 2)) if self.method == "qr" else None
         self._factor: np.ndarray | None = None
         self._cache: dict = {}  # what the solves and diagnostics derive from the state: spectra, means, fits
 
@@ -243,10 +243,8 @@ class SufficientStatistics:
         header = [self.n_features, self.n_targets, _METHODS.index(self.method), self.n]
         if self.method == "moments":
             return np.concatenate([np.asarray(header, dtype=np.float64), self.shift, self._state.ravel()])
-        upper = np.triu_indices(self.width)
-        matrices = [self._state] if self._exact is None else [self._state, *self._exact]
-        header = [self.n_features, self.n_targets, _METHODS.index(self.method), self.n]
-        return np.concatenate([np.asarray(header, dtype=np.float64), self.shift, *(m[upper] for m in matrices)])
+        parts = [self._state[np.triu_indices(self.width)], *([] if self._exact is None else self._exact)]
+        return np.concatenate([np.asarray(header, dtype=np.float64), self.shift, *parts])
 
     @classmethod
     def from_array(cls, array: np.ndarray) -> SufficientStatistics:
@@ -260,16 +258,16 @@ class SufficientStatistics:
             stats.n, stats.shift = n, array[_HEADER : _HEADER + d + k].copy()
             stats._state = array[_HEADER + d + k :].reshape(stats._state.shape).copy()
             return stats
-        upper, size = np.triu_indices(stats.width), stats.width * (stats.width + 1) // 2
-        matrices = [stats._state] if stats._exact is None else [stats._state, *stats._exact]
-        if array.size != _HEADER + d + k + len(matrices) * size:
+        size = stats.width * (stats.width + 1) // 2
+        if array.size != _HEADER + d + k + size * (1 if stats._exact is None else 3):
             raise ValueError(f"an array of {array.size} values is not the flattened statistics of d={d}, k={k}")
         stats.n, stats.shift = n, array[_HEADER : _HEADER + d + k].copy()
-        for i, matrix in enumerate(matrices):
-            start = _HEADER + d + k + i * size
-            matrix[upper] = array[start : start + size]
-        if stats.method == "gram":  # the exact sums stay upper triangles
+        start = _HEADER + d + k
+        stats._state[np.triu_indices(stats.width)] = array[start : start + size]
+        if stats.method == "gram":
             stats._state += np.triu(stats._state, 1).T
+        else:
+            stats._exact = array[start + size :].reshape(2, size).copy()
         return stats
 
     def factor(self) -> np.ndarray:
@@ -310,7 +308,8 @@ class SufficientStatistics:
             if self.method == "moments":
                 std = np.sqrt(self._state[0] / self.n)
             else:
-                std = np.linalg.norm(self.factor()[1:, 1:], axis=0) / np.sqrt(self.n)
+                r = self.factor()[1:, 1:]
+                std = np.sqrt(np.einsum("ij,ij->j", r, r) / self.n)  # column norms, with no (p, p) temporary
             self._cache["std"] = np.where(std > 0, std, 1.0)
         return self._cache["std"].copy()
 
@@ -332,9 +331,8 @@ class SufficientStatistics:
 
     def gram(self) -> np.ndarray:
         """[1, X, Y]'[1, X, Y] (p, p) in raw units: N, the column sums, X'X, X'Y and Y'Y are its blocks."""
-        if self._exact is not None:  # kept as its upper triangle
-            upper = np.triu(self._exact[0] + self._exact[1])
-            return upper + np.triu(upper, 1).T
+        if self._exact is not None:
+            return _symmetric_block(self._exact[0] + self._exact[1], slice(0, self.width), slice(0, self.width))
         if self.method == "moments":
             raise ValueError(f"{self.width} columns > EXACT_MAX_COLUMNS = {EXACT_MAX_COLUMNS}: no Gram matrix kept")
         return _reshift(self._state, "gram", self.n, -self.shift)
@@ -451,16 +449,16 @@ def _add_double_double(total: np.ndarray, term: np.ndarray) -> None:
 
 
 def _add_exact_products(total: np.ndarray, x: np.ndarray, y: np.ndarray, work: np.ndarray) -> None:
-    """The upper triangle of total (2, p, p) += A'A for the rows A = [1, x, y] (B, p), in `work`'s memory.
+    """total (2, p (p + 1) / 2), the lower triangle of A'A row by row, += that of the rows A = [1, x, y] (B, p).
 
     Each value is split as v = h + l, h its leading `_SLICE_BITS` bits on a grid of 2^-20 of its column's
     largest entry, l the rest, exactly (Ozaki's error-free splitting). A product of two h has at most 40
     significant bits on its pair of columns' grid, so BLAS sums up to `_EXACT_ROWS` of them exactly. The rest,
     H'L + L'H + L'L = M'L + L'M with M = H + L / 2, is of the order of 2^-20 of the whole and summed in float64,
-    within about 2^-73 of it: three (p, p) products a block, in column panels that keep the temporaries
-    (p, `_PANEL`). The exact part is added in double-double; lo also takes the rest.
+    within about 2^-73 of it: three (p, p) products a block, in row panels that keep the temporaries
+    (`_PANEL`, p), in `work`'s memory. The exact part is added in double-double; lo also takes the rest.
     """
-    p, d = total.shape[1], x.shape[1]
+    p, d = 1 + x.shape[1] + y.shape[1], x.shape[1]
     step = min(_EXACT_ROWS, len(work) // (3 * p))
     for start in range(0, len(x), step):
         b = min(step, len(x) - start)
@@ -474,21 +472,28 @@ def _add_exact_products(total: np.ndarray, x: np.ndarray, y: np.ndarray, work: n
         np.subtract(rows, high, out=low)
         np.multiply(low, 0.5, out=rows)
         rows += high  # M = H + L / 2
-        for j in range(0, p, _PANEL):
-            panel, upper = slice(j, min(j + _PANEL, p)), slice(0, min(j + _PANEL, p))  # the columns, rows to their end
-            exact = high[:, upper].T @ high[:, panel]  # (j + w, w)
-            rest = rows[:, upper].T @ low[:, panel]
-            rest += (rows[:, panel].T @ low[:, upper]).T
-            hi, lo = total[0, upper, panel], total[1, upper, panel]
-            hi[...], error = _two_sum(hi, exact)
+        for i in range(0, p, _PANEL):  # each product is used, then let go, before the next is made
+            panel, left = slice(i, min(i + _PANEL, p)), slice(0, min(i + _PANEL, p))  # rows, the columns up to them
+            lower = np.arange(left.stop)[None, :] <= np.arange(panel.start, panel.stop)[:, None]  # (w, i + w)
+            at = slice(_lower_index(panel.start, 0), _lower_index(panel.stop, 0))
+            hi, lo = total[0, at], total[1, at]
+            hi[...], error = _two_sum(hi, (high[:, panel].T @ high[:, left])[lower])
             lo += error
-            lo += rest
+            del error
+            rest = rows[:, panel].T @ low[:, left]
+            rest += (rows[:, left].T @ low[:, panel]).T
+            lo += rest[lower]
 
 
-def _symmetric_columns(upper: np.ndarray, rows: slice, columns: slice) -> np.ndarray:
-    """The block (rows, columns) of the symmetric matrix whose upper triangle `upper` holds."""
-    i, j = np.arange(rows.start, rows.stop)[:, None], np.arange(columns.start, columns.stop)[None, :]
-    return np.where(i <= j, upper[rows, columns], upper[columns, rows].T)
+def _lower_index(i, j):
+    """Where entry (i, j) of a symmetric matrix sits in its lower triangle stored row by row."""
+    row, column = np.maximum(i, j), np.minimum(i, j)
+    return row * (row + 1) // 2 + column
+
+
+def _symmetric_block(packed: np.ndarray, rows: slice, columns: slice) -> np.ndarray:
+    """The block (rows, columns) of the symmetric matrix whose lower triangle `packed` holds row by row."""
+    return packed[_lower_index(np.arange(rows.start, rows.stop)[:, None], np.arange(columns.start, columns.stop))]
 
 
 def _sum_double_double(high: np.ndarray, low: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -510,13 +515,13 @@ def _exact_gradient(exact: np.ndarray, design: slice, targets: slice, theta: np.
     """
     hi, lo = exact[0], exact[1]
     q, k = theta.shape
-    total, low = hi[design, targets].copy(), lo[design, targets].copy()  # A'Y (q, k), above the diagonal
+    total, low = _symmetric_block(hi, design, targets), _symmetric_block(lo, design, targets)  # A'Y (q, k)
     width = max(1, _PANEL_VALUES // (q * k))
     for j in range(0, q, width):
         panel = slice(design.start + j, design.start + min(j + width, q))
         coefficient = -theta[j : j + width][None]  # (1, w, k)
-        product, error = _two_product(_symmetric_columns(hi, design, panel)[..., None], coefficient)  # (q, w, k)
-        error += _symmetric_columns(lo, design, panel)[..., None] * coefficient
+        product, error = _two_product(_symmetric_block(hi, design, panel)[..., None], coefficient)  # (q, w, k)
+        error += _symmetric_block(lo, design, panel)[..., None] * coefficient
         product, error = _sum_double_double(product, error)
         total, carry = _two_sum(total, product)
         low += carry
@@ -974,7 +979,8 @@ def diagnose(stats: SufficientStatistics, k: int, has_bias: bool, names: Sequenc
         correlation, vectors = correlation_spectrum(stats)
         vif = (np.square(vectors) / _floored(correlation)).sum(axis=1)
     else:  # cond(C) <= 900: diag(C^-1) = N diag(T^-1 T^-T) from the triangle's inverse, with no singular vectors
-        vif = stats.n * np.square(_inverse_upper(_standardized(stats, True))).sum(axis=1)
+        inverse = _inverse_upper(_standardized(stats, True))
+        vif = stats.n * np.einsum("ij,ij->i", inverse, inverse)
     eigenvalues = hessian_eigenvalues(stats, k, has_bias)
     return Diagnostics(
         eigenvalues=eigenvalues,
@@ -1120,7 +1126,7 @@ def _unit_variances(stats: SufficientStatistics, fit_intercept: bool) -> np.ndar
     """diag((X'X)^-1) (q,) of a full-rank design, from the inverse of its column-standardized triangle."""
     scale = stats.x_std
     inverse = _inverse_upper(_standardized(stats, fit_intercept))  # R_z^-1
-    slopes = np.square(inverse).sum(1) / np.square(scale)
+    slopes = np.einsum("ij,ij->i", inverse, inverse) / np.square(scale)
     if not fit_intercept:
         return slopes
     intercept = 1.0 / stats.n + np.square(inverse.T @ (stats.x_mean / scale)).sum()  # 1/N + m'(S'S)^-1 m
