@@ -40,8 +40,9 @@ lint: install  ## ruff check and format check
 	$(PY) -m ruff check lit_linreg tests benchmarks
 	$(PY) -m ruff format --check lit_linreg tests benchmarks
 
-bench: install  ## time and measure lit_linreg against plain PyTorch and Lightning (about 15 minutes)
+bench: install  ## time and measure lit_linreg against plain PyTorch and Lightning (about 35 minutes)
 	$(PY) benchmarks/bench.py
+	$(PY) benchmarks/convergence.py
 	$(PY) benchmarks/serve.py  # requests/s and latency of `serve`, batching on and off
 
 SERVE_CONFIG ?= configs/table.yaml
