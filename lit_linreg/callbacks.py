@@ -93,7 +93,10 @@ class LeastSquaresReference(L.Callback):
         scalars["diagnostics/max_stable_lr"] = self.diagnostics.max_stable_lr
         log_epoch_scalars(trainer, scalars)
         if trainer.is_global_zero:
-            print(f"least squares: train MSE {self.loss:.6g}; standardized problem: {self.diagnostics.describe()}")
+            problem = f"standardized problem: {self.diagnostics.describe()}"
+            if getattr(pl_module, "whitened_rank", None) is not None:  # see LinearRegression.set_preconditioner
+                problem += "; the model trains it whitened by R, at condition number 1"
+            print(f"least squares: train MSE {self.loss:.6g}; {problem}")
             if stats.method == "gram":  # normal equations square the condition number
                 digits = max(0.0, 15.9 - 2 * np.log10(max(self.diagnostics.condition_number, 1.0)))
                 print(
