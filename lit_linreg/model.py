@@ -60,10 +60,11 @@ class LinearRegression(L.LightningModule):
             defines `build(in_features, out_features)` gets the data's sizes from the model (see nets.py).
             `bias` and `init` apply to the default linear layer only; l1/l2 penalize every `weight`.
         precondition: "qr" trains the linear layer in the coordinates that the training statistics' R factor
-            whitens (see `set_preconditioner`), where the loss's Hessian is the identity: every table converges
-            in a few epochs, whatever its condition number. "none" trains in standardized units, the notebooks'
-            way. (The diagonal preconditioner is the DataModule's `standardize`.) "qr" falls back to "none", in
-            one line, where it does not apply: a non-linear net, statistics too wide for R, or a penalty.
+            whitens (see `set_preconditioner`), where the loss's Hessian is the identity: a table converges in a
+            few epochs whatever its condition number, up to what float32 rows resolve. "none" trains in
+            standardized units, the notebooks' way. (The diagonal preconditioner is the DataModule's
+            `standardize`.) "qr" falls back to "none", in one line, where it does not apply: a non-linear net,
+            statistics too wide to keep R, or a penalty.
     """
 
     def __init__(
