@@ -453,6 +453,16 @@ class LastCheckpoint(ModelCheckpoint):
         """ModelCheckpoint's key, computed once: its settings never change, and Lightning asks for it at every hook."""
         return self._state_key
 
+    def written(self) -> Path | None:
+        """The last.ckpt this run wrote, if it wrote one yet."""
+        path = Path(self.dirpath or ".", self.filename + self.FILE_EXTENSION)
+        return path if self.dirpath and path.is_file() else None
+
+    def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:
+        # A run stopped by a signal or Ctrl-C ends in one line from the CLI, saying where it can resume from.
+        super().on_exception(trainer, pl_module, exception)
+        exception.stopped_in = trainer.state.fn, self.written()
+
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs, batch, batch_idx) -> None:
         every = self.every_n_train_steps
         last_of_epoch = batch_idx + 1 >= trainer.num_training_batches  # the epoch-end save follows at once

@@ -9,6 +9,7 @@ and a non-zero exit; set LIT_LINREG_DEBUG=1 to see the traceback instead.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import functools
 import importlib
@@ -16,9 +17,12 @@ import inspect
 import logging
 import os
 import re
+import signal
 import sys
 import textwrap
+import threading
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
 from types import MethodType
 from typing import Any
@@ -429,17 +433,24 @@ def main(args: list[str] | None = None) -> int:
         if argv[:1] in (["serve"], ["export"]):  # they use a trained model, not a Trainer: see serve.py, export.py
             importlib.import_module(f"lit_linreg.{argv[0]}").run(argv[1:])
         else:
-            cli_main(args)
+            with _sigterm_raises():
+                _raise_if_signalled(cli_main(args))
     except (ArgumentError, MisconfigurationException) as err:  # a bad flag or config; Trainer options that clash
         return _fail(err, err, code=2)
     except UnicodeDecodeError as err:  # CSV files report their own; this is jsonargparse reading a --config file
         reason = f"a --config file is not UTF-8 text ({err.reason} at byte {err.start}): give a YAML file"
         return _fail(err, reason, code=2)
     except SIGTERMException as err:  # Lightning stops at the next batch or epoch boundary, with SystemExit(0)
-        reason = "stopped by SIGTERM; last.ckpt holds the last completed epoch: resume with --ckpt_path last"
-        return _fail(err, reason, code=128 + 15)
-    except KeyboardInterrupt as err:
-        return _fail(err, "interrupted; last.ckpt holds the last completed epoch", code=128 + 2)
+        return _fail(err, _stopped("stopped by SIGTERM", err), code=128 + signal.SIGTERM)
+    except KeyboardInterrupt as err:  # Ctrl-C before or after the Trainer ran
+        return _fail(err, _stopped("interrupted", err), code=128 + signal.SIGINT)
+    except SystemExit as err:
+        if not isinstance(err.__context__, KeyboardInterrupt):
+            raise
+        # Lightning ends a run that Ctrl-C interrupted with sys.exit(1): a shell must see 130, as for any program.
+        # It also leaves Ctrl-C ignored, for its shutdown: that is over, and a caller of main() gets it back.
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+        return _fail(err, _stopped("interrupted", err.__context__), code=128 + signal.SIGINT)
     except Exception as err:
         user_error = find_user_error(err)
         if user_error is not None:
@@ -452,6 +463,57 @@ def main(args: list[str] | None = None) -> int:
         where = f"{system_error.filename}: " if system_error.filename else ""
         return _fail(err, f"{where}{system_error.strerror}", code=1)
     return 0
+
+
+@contextlib.contextmanager
+def _sigterm_raises() -> Iterator[None]:
+    """Make a SIGTERM outside Lightning's loops raise SIGTERMException, as one inside them ends in one.
+
+    Lightning handles SIGTERM only from the start of its loops to its teardown, before `on_fit_end`: one that came
+    while the data was read, or during the end-of-fit summary, killed the process with no word. Inside the loops
+    Lightning's handler calls this one too (it keeps the handler it found), which then leaves the stop to it: at
+    the next batch or epoch boundary, after last.ckpt is written.
+    """
+
+    def handler(signum: int, frame: Any) -> None:
+        if signal.getsignal(signal.SIGTERM) is handler:  # not within Lightning's loops
+            raise SIGTERMException
+
+    if threading.current_thread() is not threading.main_thread():  # only the main thread may set handlers
+        yield
+        return
+    previous = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _raise_if_signalled(cli: LinearRegressionCLI) -> None:
+    """Raise SIGTERMException for a SIGTERM that came after Lightning's last look for one.
+
+    Lightning looks between batches and epochs only: a SIGTERM received in `on_train_end`, in the last batch of
+    `validate` or `test`, or during `predict`, whose loop never looks, let the run exit 0, and a scheduler took a
+    stopped job for a finished one.
+    """
+    trainer = getattr(cli, "trainer", None)
+    if trainer is not None and trainer.received_sigterm:
+        err = SIGTERMException()
+        last = next((callback for callback in trainer.callbacks if isinstance(callback, LastCheckpoint)), None)
+        err.stopped_in = trainer.state.fn, last.written() if last is not None else None
+        raise err
+
+
+def _stopped(what: str, err: BaseException) -> str:
+    """What a run stopped by a signal left behind, from what `LastCheckpoint.on_exception` noted on `err`."""
+    stage, saved = getattr(err, "stopped_in", (None, None))
+    if stage is None:  # before the Trainer started
+        return what
+    if stage != "fit":
+        return f"{what} during {getattr(stage, 'value', stage)}: its output may be incomplete; run it again"
+    if saved is None:
+        return f"{what} before the first epoch ended: no checkpoint was written"
+    return f"{what}; {saved} holds the last completed epoch: resume with --ckpt_path last"
 
 
 # Lightning's RuntimeErrors that are a mistake in the config, found only once training runs.

@@ -78,6 +78,40 @@ class SigtermAt(L.Callback):
             os.kill(os.getpid(), signal.SIGTERM)
 
 
+class SignalAt(L.Callback):
+    """Send this process signal `signum` (a name: "SIGTERM", "SIGINT", "SIGHUP", ...) at Lightning hook `hook`, once.
+
+    `epoch` picks the training epoch (counted from 0) of the hooks that come every epoch; the others ignore it.
+    """
+
+    HOOKS = (
+        "on_sanity_check_start",
+        "on_train_batch_start",
+        "on_validation_batch_start",
+        "on_train_epoch_end",
+        "on_train_end",
+        "on_fit_end",
+        "on_predict_batch_start",
+    )
+
+    def __init__(self, signum: str = "SIGTERM", hook: str = "on_train_batch_start", epoch: int = 0) -> None:
+        assert hook in self.HOOKS, hook
+        self.signum, self.hook, self.epoch, self.sent = getattr(signal, signum), hook, epoch, False
+        for name in self.HOOKS:
+            setattr(self, name, self._send if name == hook else _nothing)
+
+    def _send(self, trainer, *args, **kwargs) -> None:
+        per_epoch = self.hook in ("on_train_batch_start", "on_validation_batch_start", "on_train_epoch_end")
+        in_sanity_check = trainer.sanity_checking and self.hook != "on_sanity_check_start"
+        if not self.sent and (not per_epoch or trainer.current_epoch == self.epoch) and not in_sanity_check:
+            self.sent = True
+            os.kill(os.getpid(), self.signum)
+
+
+def _nothing(*args, **kwargs) -> None:
+    pass
+
+
 class PoisonBuffer(L.Callback):
     """Fill the model's `y_std` buffer with inf at the end of training epoch `epoch`, before last.ckpt is written."""
 

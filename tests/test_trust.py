@@ -428,8 +428,9 @@ def test_sigterm_stops_fit_with_exit_143_and_its_last_checkpoint_resumes_bit_for
     assert run("fit", *five, "--trainer.callbacks+", "tests.faults.SigtermAt", "--trainer.callbacks.epoch", "3",
                root=tmp_path / "stopped") == 143  # fmt: skip
     err = capsys.readouterr().err
+    last = find_last(tmp_path / "stopped")
     assert err.splitlines() == [
-        "lit-linreg: error: stopped by SIGTERM; last.ckpt holds the last completed epoch: resume with --ckpt_path last"
+        f"lit-linreg: error: stopped by SIGTERM; {last} holds the last completed epoch: resume with --ckpt_path last"
     ]
     record_fault("sigterms")
     # The toy epoch is one batch: Lightning finishes it, writes last.ckpt, then stops; epoch 4 never starts.
@@ -438,6 +439,69 @@ def test_sigterm_stops_fit_with_exit_143_and_its_last_checkpoint_resumes_bit_for
     whole, resumed = weights(find_last(tmp_path / "whole")), weights(find_last(tmp_path / "stopped"))
     record_fault("lost", sum(not torch.equal(whole[k], resumed[k]) for k in whole))
     assert all(torch.equal(whole[k], resumed[k]) for k in whole)
+
+
+RESUME = "{last} holds the last completed epoch: resume with --ckpt_path last"
+# (signal, the hook it arrives in, the training epoch, the exit code, the message, the epoch last.ckpt holds):
+# each moment of a run a signal Lightning handles can arrive in. SIGHUP, SIGUSR1, SIGUSR2 keep their default,
+# ending the process at once, as SIGKILL does (see the test of them below).
+STOPS = [
+    pytest.param("SIGTERM", "on_fit_end", 0, 143, f"stopped by SIGTERM; {RESUME}", 2, id="sigterm-at-fit-end"),
+    pytest.param("SIGINT", "on_train_batch_start", 1, 130, f"interrupted; {RESUME}", 0, id="sigint-mid-epoch"),
+    *(
+        pytest.param(*case, marks=pytest.mark.slow, id=case[0].lower() + "-" + name)
+        for name, case in {
+            "sanity-check": ("SIGTERM", "on_sanity_check_start", 0, 143, f"stopped by SIGTERM; {RESUME}", 0),
+            "first-epoch": (
+                "SIGINT", "on_train_batch_start", 0, 130,
+                "interrupted before the first epoch ended: no checkpoint was written", None,
+            ),
+            "mid-epoch": ("SIGTERM", "on_train_batch_start", 1, 143, f"stopped by SIGTERM; {RESUME}", 1),
+            "validation": ("SIGTERM", "on_validation_batch_start", 1, 143, f"stopped by SIGTERM; {RESUME}", 1),
+            "epoch-end": ("SIGTERM", "on_train_epoch_end", 1, 143, f"stopped by SIGTERM; {RESUME}", 1),
+            "train-end": ("SIGTERM", "on_train_end", 0, 143, f"stopped by SIGTERM; {RESUME}", 2),
+            "fit-end": ("SIGINT", "on_fit_end", 0, 130, f"interrupted; {RESUME}", 2),
+        }.items()
+    ),
+]  # fmt: skip
+
+
+@pytest.fixture
+def sigint_restored():
+    """Ctrl-C's handler as it was: Lightning sets it to ignore while it shuts a run down."""
+    handler = signal.getsignal(signal.SIGINT)
+    yield
+    signal.signal(signal.SIGINT, handler)
+
+
+@pytest.mark.parametrize("signum, hook, epoch, code, message, saved_epoch", STOPS)
+def test_a_signal_during_fit_exits_128_plus_its_number_saying_what_it_left(
+    signum, hook, epoch, code, message, saved_epoch, tmp_path, capsys, sigint_restored
+):
+    fault = ["--trainer.callbacks+", "tests.faults.SignalAt", "--trainer.callbacks.signum", signum]
+    fault += ["--trainer.callbacks.hook", hook, "--trainer.callbacks.epoch", str(epoch)]
+    capsys.readouterr()
+    got = run("fit", *TOY, "--trainer.max_epochs", "3", "--trainer.check_val_every_n_epoch", "1", *fault, root=tmp_path)
+    err = capsys.readouterr().err
+    last = next(tmp_path.rglob("last.ckpt"), None)
+    assert (got, err.splitlines()) == (code, [f"lit-linreg: error: {message.format(last=last)}"])
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # Ctrl-C works again after main()
+    assert (load_checkpoint(last)["epoch"] if last else None) == saved_epoch
+    record_fault("sigterms")
+
+
+@pytest.mark.parametrize(
+    "command, hook", [("validate", "on_validation_batch_start"), ("predict", "on_predict_batch_start")]
+)
+def test_sigterm_during_validate_or_predict_exits_143(command, hook, tmp_path, toy_root, capsys):
+    shutil.copytree(toy_root, tmp_path / "runs")
+    fault = ["--trainer.callbacks+", "tests.faults.SignalAt", "--trainer.callbacks.hook", hook]
+    capsys.readouterr()
+    assert run(command, *TOY, "--ckpt_path", "last", *fault, root=tmp_path / "runs") == 143  # their loops finish
+    assert capsys.readouterr().err.splitlines() == [
+        f"lit-linreg: error: stopped by SIGTERM during {command}: its output may be incomplete; run it again"
+    ]
+    record_fault("sigterms")
 
 
 def test_a_non_finite_buffer_is_never_saved(tmp_path, capsys):
