@@ -95,7 +95,7 @@ CONSTRAINTS: dict[type, dict[str, Interval]] = {
     },
     EarlyStopping: {"patience": SIZE},
     LastCheckpoint: {"every_n_train_steps": Interval(1, null="epoch ends only")},
-    LeastSquaresReference: {"max_table_coefficients": SIZE},
+    LeastSquaresReference: {"max_table_coefficients": SIZE, "stop_when_stalled": Interval(1, null="never stop")},
     CoefficientLogger: {"max_scalars": SIZE},
     FitFigure: {"max_points": COUNT},
     InMemoryDataModule: {"batch_size": Interval(1, null="full batch"), "seed": SEED},
