@@ -99,6 +99,7 @@ def test_the_fused_training_loss_is_the_mean_of_the_per_output_losses_and_an_ove
         ({"momentum": 1.0}, "model.momentum must be in [0, 1)"),
         ({"l2_strength": -0.1}, "model.l2_strength must be >= 0"),
         ({"init": "ones"}, "model.init must be"),
+        ({"precondition": "diagonal"}, "model.precondition must be 'none' or 'qr', got 'diagonal'"),
     ],
 )
 def test_out_of_range_hyperparameters_are_refused(kwargs, message):
