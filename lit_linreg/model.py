@@ -64,7 +64,7 @@ class LinearRegression(L.LightningModule):
             few epochs whatever its condition number, up to what float32 rows resolve. "none" trains in
             standardized units, the notebooks' way. (The diagonal preconditioner is the DataModule's
             `standardize`.) "qr" falls back to "none", in one line, where it does not apply: a non-linear net,
-            statistics too wide to keep R, or a penalty.
+            statistics too wide to keep R, no bias, or a penalty.
     """
 
     def __init__(
@@ -186,6 +186,8 @@ class LinearRegression(L.LightningModule):
             return "this DataModule computes no train_statistics"
         if moments.method == "moments":
             return f"{moments.width} columns of [1, X, Y] are too wide for the statistics to keep R"
+        if self.net.bias is None:
+            return "whitening centres the inputs, which a model without an intercept (bias: false) cannot undo"
         if hp.l1_strength or hp.l2_strength or hp.weight_decay:
             return "a penalty or weight decay would act on the whitened weights, not on W"
         return None

@@ -142,6 +142,7 @@ def test_a_preconditioned_checkpoint_predicts_identically_and_resumes(run_cli, t
     [
         (["--model.net", "lit_linreg.nets.MLP", "--model.lr", "0.1", "--model.momentum", "0"], "not one linear layer"),
         (["--model.l2_strength", "0.1"], "a penalty or weight decay would act on the whitened weights"),
+        (["--model.bias", "false"], "which a model without an intercept (bias: false) cannot undo"),
     ],
 )
 def test_qr_falls_back_in_one_line_where_it_does_not_apply(run_cli, tmp_path, capsys, caplog, args, reason):
