@@ -19,10 +19,10 @@ import torch
 from lightning.pytorch.utilities import rank_zero_info
 from torch import nn
 from torchmetrics import MeanAbsoluteError, MeanSquaredError, MetricCollection
-from torchmetrics.regression import R2Score
 
 from lit_linreg.encoding import TableEncoder, default_schema, design_names, needs_encoder
 from lit_linreg.errors import ConfigError, DivergenceError
+from lit_linreg.metrics import R2, say_if_beyond_float32
 
 WHITEN_MAX_ERROR = 3.0
 """Largest relative error, as `LinearRegression.set_preconditioner` bounds it, that rounding the rows to the
@@ -135,11 +135,12 @@ class LinearRegression(L.LightningModule):
         self.register_load_state_dict_post_hook(lambda module, keys: module._note_scaling())
 
         metrics = MetricCollection(
-            {"loss": MeanSquaredError(), "mae": MeanAbsoluteError(), "r2": R2Score(multioutput="uniform_average")}
+            {"loss": MeanSquaredError(), "mae": MeanAbsoluteError(), "r2": R2()}  # R2: exact at any scale
         )
         # float64 states: squared errors of targets near 1e20 (or 1e-20) overflow (or vanish) in float32.
         self.val_metrics = metrics.clone(prefix="val/").set_dtype(torch.float64)
         self.test_metrics = metrics.clone(prefix="test/").set_dtype(torch.float64)
+        self._said_beyond_float32: set[str] = set()  # metrics TensorBoard cannot hold, said once each
 
     def __setattr__(self, name: str, value: object) -> None:
         # Lightning sets `_current_fx_name` twice for every hook it calls, about fifty times a training step, and
@@ -380,7 +381,10 @@ class LinearRegression(L.LightningModule):
         # Logged in original target units and before this step's update, as the notebooks print it; only on the
         # steps the logger writes (every `log_every_n_steps`), as a `self.log` call costs more than this step.
         if logs:
-            in_units = (per_output * self.y_std.square()).mean() if self._scales else per_output.mean()
+            if self._scales:  # in float64: the square of a y_std near 1e20 overflows float32
+                in_units = (per_output.double() * self.y_std.double().square()).mean()
+            else:
+                in_units = per_output.mean()
             self.log("train/loss", in_units, prog_bar=True, batch_size=len(x))
         return loss
 
@@ -403,7 +407,9 @@ class LinearRegression(L.LightningModule):
         # TensorBoard's HPARAMS tab shows `hp_metric`: make it the latest val/loss rather than Lightning's -1.
         # compute() caches its result, so logging val/loss afterwards does not sync or compute it again.
         # The value is already synced over DDP ranks; sync_dist only marks it as the same on every rank.
-        self.log("hp_metric", self.val_metrics["loss"].compute(), sync_dist=True)
+        val_loss = self.val_metrics["loss"].compute()
+        self.log("hp_metric", val_loss, sync_dist=True)
+        say_if_beyond_float32("val/loss", float(val_loss), self._said_beyond_float32)
 
     def predict_step(self, batch: tuple[torch.Tensor], batch_idx: int) -> torch.Tensor:
         return self(batch[0])

@@ -37,6 +37,7 @@ from lit_linreg.checkpoint import BestCheckpoint, LastCheckpoint, claim_run_dir,
 from lit_linreg.cli import cli_main, main
 from lit_linreg.constraints import constraints_of
 from lit_linreg.datamodules import SyntheticDataModule, TableDataModule
+from lit_linreg.metrics import R2
 from lit_linreg.nets import MLP
 from tests.conftest import QUIET, ROOT, config, record_fault
 from tests.faults import OsFailingAtFsync
@@ -830,3 +831,53 @@ def test_every_config_section_null_runs_with_the_defaults(tmp_path, capsys):
     assert saved["checkpoint"]["monitor"] == "val/loss"  # the CLI's defaults of the callback groups
     assert saved["coefficients"]["max_scalars"] == 64
     assert saved["trainer"]["log_every_n_steps"] is None and saved["optimizer"] is None
+
+
+# --- Targets in another unit: metrics exact in float64 at any scale -------------------------------------------------
+
+SCALES = [1e-20, 1e-10, 1.0, 1e10, 1e20]
+
+
+@pytest.mark.parametrize("offset", [0.0, 1e9], ids=["centred", "far-from-0"])
+def test_r2_is_the_same_at_every_scale_of_the_targets(offset):
+    generator = torch.Generator().manual_seed(0)
+    y = torch.randn(300, 2, generator=generator, dtype=torch.float64)
+    predicted = y + 0.3 * torch.randn(300, 2, generator=generator, dtype=torch.float64)
+    exact = (1 - (y - predicted).square().sum(0) / (y - y.mean(0)).square().sum(0)).mean().item()
+    for scale in SCALES:
+        r2 = R2()
+        for rows in torch.arange(300).split(64):  # batches, merged as validation merges them
+            r2.update(predicted[rows] * scale + offset * scale, y[rows] * scale + offset * scale)
+        assert r2.compute().item() == pytest.approx(exact, rel=1e-6), scale  # torchmetrics gave 1.0 at 1e-20
+
+
+def test_r2_of_a_constant_target_is_1_for_an_exact_fit_and_0_otherwise():
+    for scale in SCALES:
+        ones = torch.full((4, 1), scale, dtype=torch.float64)
+        r2 = R2()
+        r2.update(ones, ones)
+        assert r2.compute().item() == 1.0
+        r2.reset()
+        r2.update(2 * ones, ones)
+        assert r2.compute().item() == 0.0
+
+
+def test_targets_near_1e20_log_a_finite_exact_val_loss_and_say_tensorboard_cannot_hold_it(tmp_path, caplog):
+    generator = torch.Generator().manual_seed(0)
+    x = torch.randn(200, 2, generator=generator, dtype=torch.float64)
+    y = (x @ torch.tensor([2.0, -1.0], dtype=torch.float64) + 0.5 + torch.randn(200, generator=generator)) * 1e20
+    table = tmp_path / "grams.csv"
+    table.write_text(
+        "a,b,y\n" + "".join(f"{a!r},{b!r},{t!r}\n" for (a, b), t in zip(x.tolist(), y.tolist(), strict=True))
+    )
+    args = ["fit", "--data", "TableDataModule", "--data.path", str(table), "--data.targets", "[y]", *FAST]
+    fitted = cli_main([*args, "--trainer.max_epochs", "2", *QUIET, "--trainer.default_root_dir", str(tmp_path)])
+    metrics = fitted.trainer.callback_metrics
+    x_val, y_val = fitted.datamodule.splits["val"][:2]
+    with torch.no_grad():
+        error = fitted.model(x_val).double().flatten() - y_val.double().flatten()
+    assert metrics["val/loss"].item() == pytest.approx(error.square().mean().item(), rel=1e-6)  # about 1e40
+    assert torch.isfinite(metrics["val/loss"]) and metrics["val/loss"].item() > 1e38
+    assert -1 < metrics["val/r2"].item() < 1
+    assert caplog.text.count("val/loss is ") == 1  # one line, once
+    assert "beyond float32 (TensorBoard's scalar type): its TensorBoard chart shows inf" in caplog.text
