@@ -43,6 +43,7 @@ lint: install  ## ruff check and format check
 bench: install  ## time and measure lit_linreg against plain PyTorch and Lightning (about 35 minutes)
 	$(PY) benchmarks/bench.py
 	$(PY) benchmarks/convergence.py
+	$(PY) benchmarks/wide.py  # the exact reference at 16,384 x 2,046 against one numpy.linalg.qr
 	$(PY) benchmarks/serve.py  # requests/s and latency of `serve`, batching on and off
 
 SERVE_CONFIG ?= configs/table.yaml

@@ -457,12 +457,16 @@ def _add_exact_products(total: np.ndarray, x: np.ndarray, y: np.ndarray, work: n
     H'L + L'H + L'L = M'L + L'M with M = H + L / 2, is of the order of 2^-20 of the whole and summed in float64,
     within about 2^-73 of it: three (p, p) products a block, in row panels that keep the temporaries
     (`_PANEL`, p), in `work`'s memory. The exact part is added in double-double; lo also takes the rest.
+    The products go to scipy's BLAS, as dtpqrt does: numpy's is another thread pool, and two pools taking turns
+    spin on the cores each other needs (20 times slower on a busy 2-core machine).
     """
+    from scipy.linalg.blas import dgemm
+
     p, d = 1 + x.shape[1] + y.shape[1], x.shape[1]
     step = min(_EXACT_ROWS, len(work) // (3 * p))
     for start in range(0, len(x), step):
         b = min(step, len(x) - start)
-        rows, high, low = (work[i * b * p : (i + 1) * b * p].reshape(b, p) for i in range(3))  # (b, p) each
+        rows, high, low = (work[i * b * p : (i + 1) * b * p].reshape((b, p), order="F") for i in range(3))
         rows[:, 0] = 1.0
         rows[:, 1 : 1 + d], rows[:, 1 + d :] = x[start : start + b], y[start : start + b]
         exponent = np.frexp(np.maximum(rows.max(0), -rows.min(0)))[1]  # (p,) every |v| < 2^exponent
@@ -477,11 +481,11 @@ def _add_exact_products(total: np.ndarray, x: np.ndarray, y: np.ndarray, work: n
             lower = np.arange(left.stop)[None, :] <= np.arange(panel.start, panel.stop)[:, None]  # (w, i + w)
             at = slice(_lower_index(panel.start, 0), _lower_index(panel.stop, 0))
             hi, lo = total[0, at], total[1, at]
-            hi[...], error = _two_sum(hi, (high[:, panel].T @ high[:, left])[lower])
+            hi[...], error = _two_sum(hi, dgemm(1.0, high[:, panel], high[:, left], trans_a=1)[lower])
             lo += error
             del error
-            rest = rows[:, panel].T @ low[:, left]
-            rest += (rows[:, left].T @ low[:, panel]).T
+            rest = dgemm(1.0, rows[:, panel], low[:, left], trans_a=1)  # M'L, then + L'M = (M'L)'
+            rest = dgemm(1.0, low[:, panel], rows[:, left], 1.0, rest, trans_a=1, overwrite_c=1)
             lo += rest[lower]
 
 

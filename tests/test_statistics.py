@@ -2,6 +2,7 @@
 
 import re
 import warnings
+from fractions import Fraction
 from pathlib import Path
 
 import numpy as np
@@ -331,6 +332,64 @@ def test_collinear_columns_are_named_as_one_group():
     diagnostics = diagnose(stats, k=1, has_bias=True, names=names)
     assert diagnostics.describe().endswith("collinear: {x1, x2, x3}")
     assert (diagnostics.vif[:3] > 10).all() and diagnostics.vif[3] < 1.1
+
+
+# ------------------------------------------------------------------ wide tables the exact path still takes
+
+
+def test_exact_sums_are_within_2_to_the_minus_70_of_the_products_where_float64_loses_digits():
+    rng = np.random.default_rng(9)
+    x = rng.choice([-1.0, 1.0], (1500, 3)) * (1 + rng.uniform(0, 1e-3, (1500, 3))) * [1e8, 1.0, 3e-5]
+    y = x[:, 0] * 1e-8 + x[:, 1] + rng.standard_normal(1500)
+    rows = np.column_stack([np.ones(1500), x, y])  # [1, X, Y], whose exact cross-products are known
+    columns = [[Fraction(v) for v in column] for column in rows.T]
+    exact = np.array([[sum(a * b for a, b in zip(u, v, strict=True)) for v in columns] for u in columns])
+    scale = np.abs(rows).T @ np.abs(rows)  # sums of |products|: what float64 rounding is relative to
+    stats = accumulate(x, y, 700)  # blocks of more rows than one exact chunk holds, and a last short one
+    ours = np.abs(stats.gram() - exact.astype(float)) / scale
+    naive = np.abs(rows.T @ rows - exact.astype(float)) / scale
+    assert ours.max() < 2.0**-70
+    assert naive.max() > 2.0**-60  # the plain float64 sums miss by more: the test tells them apart
+
+
+def test_a_design_wider_than_a_panel_matches_numpy_lstsq_and_statsmodels():
+    # 2,048 x 300 in blocks of 700 rows: several sub-blocks and exact chunks, two column panels of the exact sums
+    rng = np.random.default_rng(10)
+    x = rng.standard_normal((2048, 300)) * rng.uniform(0.5, 2, 300) + rng.uniform(-3, 3, 300)
+    y = x @ rng.standard_normal(300) / 20 + rng.standard_normal(2048)
+    stats = accumulate(x, y, 700)
+    fit = solve(stats)
+    weight, bias = lstsq(x, y[:, None])
+    np.testing.assert_allclose(fit.weight, weight, rtol=1e-10, atol=1e-12)
+    np.testing.assert_allclose(fit.bias, bias, rtol=1e-10)
+    summary = summarize(stats)[0]
+    result = sm.OLS(y, sm.add_constant(x)).fit()
+    np.testing.assert_allclose(summary.std_error, result.bse, rtol=1e-8)
+    np.testing.assert_allclose(summary.p_value, result.pvalues, rtol=1e-6)
+    assert summary.r2 == pytest.approx(result.rsquared, rel=1e-10)
+    diagnostics = diagnose(stats, k=1, has_bias=True)
+    correlation = np.corrcoef(x.T)
+    np.testing.assert_allclose(diagnostics.vif, np.diag(np.linalg.inv(correlation)), rtol=1e-8)
+    np.testing.assert_allclose(diagnostics.correlation_eigenvalues, np.linalg.eigvalsh(correlation), rtol=1e-8)
+    assert diagnostics.collinear == []
+
+
+@pytest.mark.slow
+def test_the_reference_at_16384_rows_by_2046_features_reaches_the_least_squares_solution():
+    # The size of the wide row of `make bench`: the exact path's pass, solve, diagnostics and summary.
+    rng = np.random.default_rng(11)
+    x = rng.standard_normal((16_384, 2046)) + rng.uniform(-3, 3, 2046)
+    y = x @ rng.standard_normal(2046) / 45 + rng.standard_normal(16_384)
+    stats = accumulate(x, y, (1 << 22) // 2047)  # blocks as InMemoryDataModule feeds them
+    fit = solve(stats)
+    assert stats.method == "qr" and fit.rank == 2047
+    residual = y - x @ fit.weight[0] - fit.bias[0]
+    gradient = np.append(residual.sum(), residual @ x)  # [1, X]'r: zero at the least-squares solution
+    size = np.sqrt(len(x) + np.einsum("ij,ij->", x, x)) * np.linalg.norm(residual)
+    assert np.linalg.norm(gradient) / size < 1e-15
+    assert fit.sse[0] == pytest.approx(np.square(residual).sum(), rel=1e-12)
+    assert 1.0 < diagnose(stats, k=1, has_bias=True).condition_number < 10.0  # random columns: about (1.35 / 0.65)^2
+    assert summarize(stats)[0].df_resid == 16_384 - 2047
 
 
 # ------------------------------------------------------------------------ wide tables (above EXACT_MAX_COLUMNS)
