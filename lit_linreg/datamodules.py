@@ -163,7 +163,7 @@ class InMemoryDataModule(L.LightningDataModule):
     def _memory_blocks(self) -> Iterator[Rows]:
         """The training rows held in memory as float64 blocks: never a float64 copy of them all at once."""
         x, y = self._train64 if self._train64 is not None else (t.cpu() for t in self.splits["train"])
-        rows = min(STATISTICS_BLOCK, max(1, STATISTICS_BLOCK_VALUES // (x.shape[1] + y.shape[1])))  # wide: fewer
+        rows = _statistics_block(x.shape[1] + y.shape[1])
         if x.dtype == torch.float64:  # the file's own values: views, no copy
             for start in range(0, len(x), rows):
                 yield x[start : start + rows].numpy(), y[start : start + rows].numpy()
@@ -440,6 +440,7 @@ class TableDataModule(InMemoryDataModule):
         self._open_files: dict = {}  # streaming: each Parquet file's footer, parsed once (see `read_groups`)
         self._train_streams: list[RowGroupStream] = []  # streaming: closed at teardown (see `_close_streams`)
         self._group_splits: dict = {}  # streaming: the split code of each row of each row group read, (n,) uint8
+        self._reread: Table | None = None  # in memory: the table the statistics pass reads its float64 rows from
         _check_fraction("val_fraction", val_fraction)
         _check_fraction("test_fraction", test_fraction)
         if val_fraction + test_fraction >= 1:
@@ -528,7 +529,10 @@ class TableDataModule(InMemoryDataModule):
 
     def setup(self, stage: str) -> None:
         if not self._streams(stage):
-            return super().setup(stage)
+            super().setup(stage)
+            if self.train_statistics is not None:  # the pass is done: later passes take the float32 rows
+                self._reread = None
+            return
         rank, world_size = self._rank()
         if self._groups is None:
             table = self._table(self.path)
@@ -669,13 +673,23 @@ class TableDataModule(InMemoryDataModule):
         `keep_all_rows` (predict), a missing feature that nothing fills is refused instead of dropped, so every
         row gets its prediction.
         """
-        path = table.path
+        columns = table.read(*self._columns_to_read(table, with_targets))
+        return self._rows(table, columns, with_targets, keep_all_rows, report)
+
+    def _columns_to_read(self, table: Table, with_targets: bool) -> tuple[list[str], list[str]]:
+        """The numeric and the categorical columns to read, refusing a table that lacks one."""
         categories = self._schema["categories"]
         needed = self.feature_names + (self.target_names if with_targets else [])
         absent = [name for name in needed if name not in table.kinds]
         if absent:
-            raise DataError(f"{path}: no column {absent[0]!r}; the columns are {', '.join(table.columns)}")
-        columns = table.read([name for name in needed if name not in categories], list(categories))
+            raise DataError(f"{table.path}: no column {absent[0]!r}; the columns are {', '.join(table.columns)}")
+        return [name for name in needed if name not in categories], list(categories)
+
+    def _rows(self, table: Table, columns: dict, with_targets: bool, keep_all_rows: bool = False, report: bool = True):
+        """`_read` of columns read already (`table` is the table as seen from their first row)."""
+        path = table.path
+        categories = self._schema["categories"]
+        needed = self.feature_names + (self.target_names if with_targets else [])
         cells = {name: _missing_cells(columns[name]) for name in needed}  # name -> (N,) bool
         # Which missing cells refuse the table, which drop their row, and which `missing: mean` fills later.
         fills = {n for n in self.feature_names if n not in categories} if self.missing == "mean" else set()
@@ -741,36 +755,123 @@ class TableDataModule(InMemoryDataModule):
             x, y, _ = self._read(self._table(Path(self.test_path)), with_targets=True)
             return _every_nth({"test": (torch.from_numpy(x).float(), torch.from_numpy(y).float())}, rank, world_size)
         table = self._table(self.path)
-        parquet = table.format == "parquet"
-        if parquet and world_size > 1:
-            table = table.share(rank, world_size)
-        x, y, rows = self._read(table, with_targets=True)
-        if parquet:
-            codes = split_of(self.seed, rows, self.val_fraction, self.test_fraction)
-            parts = {
-                name: np.flatnonzero(codes == code) for name, code in (("train", TRAIN), ("val", VAL), ("test", TEST))
-            }
-            if world_size == 1:
-                _check_split_sizes(len(x), *(len(parts[n]) for n in ("train", "val", "test")), self)
+        if table.format == "parquet":
+            splits = self._load_parquet(table.share(rank, world_size) if world_size > 1 else table, world_size)
         else:
-            n_train, n_val, _ = _split_sizes(len(x), self.val_fraction, self.test_fraction)
-            perm = torch.randperm(len(x), generator=torch.Generator().manual_seed(self.seed)).numpy()
-            parts = {"train": perm[:n_train], "val": perm[n_train : n_train + n_val], "test": perm[n_train + n_val :]}
-            if world_size > 1:
-                parts = {name: rows[rank::world_size] for name, rows in parts.items()}
-        x32, y32 = torch.from_numpy(x).float(), torch.from_numpy(y).float()
-        splits = {}
-        for name, index in parts.items():
-            index = torch.from_numpy(index)
-            splits[name] = (x32[index], y32[index])
+            splits = self._load_csv(table, rank, world_size)
         if self.val_fraction == 0:
             splits["val"] = splits["train"]
         if self.test_fraction == 0:
             splits["test"] = splits["val"]
         splits["predict"] = (splits["val"][0],)
+        return splits
+
+    def _load_csv(self, table: Table, rank: int, world_size: int) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+        """A CSV file's splits, read whole: a seeded permutation of its rows, every world_size-th row kept."""
+        x, y, _ = self._read(table, with_targets=True)
+        n_train, n_val, _ = _split_sizes(len(x), self.val_fraction, self.test_fraction)
+        perm = torch.randperm(len(x), generator=torch.Generator().manual_seed(self.seed)).numpy()
+        parts = {"train": perm[:n_train], "val": perm[n_train : n_train + n_val], "test": perm[n_train + n_val :]}
+        if world_size > 1:
+            parts = {name: rows[rank::world_size] for name, rows in parts.items()}
+        x32, y32 = torch.from_numpy(x).float(), torch.from_numpy(y).float()
+        splits = {name: (x32[torch.from_numpy(index)], y32[torch.from_numpy(index)]) for name, index in parts.items()}
         train_rows = torch.from_numpy(parts["train"])
         self._train64 = (torch.from_numpy(x)[train_rows], torch.from_numpy(y)[train_rows])
         return splits
+
+    def _load_parquet(self, table: Table, world_size: int) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+        """A Parquet table's splits (this rank's row groups), read a block at a time into their float32 tensors.
+
+        A row's split is a hash of its number (see parquet.py), so each split's size is known from the footers
+        before any row is read, less the rows dropped for a missing value: the tensors are made at that size
+        and filled block after block. What the rows take is then their float32 bytes, and a block's: never a
+        float64 copy of the table (a dropped row leaves its unused place at the end of its split's tensors).
+
+        The statistics pass takes the training rows' float64 values from the float32 tensors when every value
+        is a float32 number (float32 columns, small integers, category codes), and otherwise from the file
+        again, a block at a time (see `_memory_blocks`).
+        """
+        codes = [split_of(self.seed, np.arange(g.first_row, g.first_row + g.n_rows), self.val_fraction,
+                          self.test_fraction) for g in table.groups or table.row_groups()]  # fmt: skip
+        capacity = np.bincount(np.concatenate(codes), minlength=3) if codes else np.zeros(3, dtype=np.int64)
+        del codes
+        xs = [torch.empty(int(n), self.in_features) for n in capacity]  # by split code: TRAIN, VAL, TEST
+        ys = [torch.empty(int(n), self.out_features) for n in capacity]
+        filled, n_rows, exact = np.zeros(3, dtype=np.int64), 0, True
+        try:
+            for part, columns in table.blocks(*self._columns_to_read(table, with_targets=True)):
+                x, y, rows = self._rows(part, columns, with_targets=True, report=False)
+                n_rows += len(next(iter(columns.values())))
+                exact = exact and all(np.array_equal(v.astype(np.float32), v, equal_nan=True) for v in (x, y))
+                block_codes = split_of(self.seed, rows, self.val_fraction, self.test_fraction)
+                for code in (TRAIN, VAL, TEST):
+                    chosen = block_codes == code
+                    start, stop = filled[code], filled[code] + int(chosen.sum())
+                    xs[code][start:stop] = torch.from_numpy(x[chosen])  # float64 to float32, as `.float()` rounds
+                    ys[code][start:stop] = torch.from_numpy(y[chosen])
+                    filled[code] = stop
+        except DataError:
+            # A block names its own first bad cell; the table read whole names the first one of the table, as
+            # a CSV file's read does (the first column with an infinite number, say): the same table, the same
+            # message, whatever the blocks. The error path alone reads the table whole.
+            self._read(table, with_targets=True, report=False)
+            raise
+        pa.default_memory_pool().release_unused()  # what pyarrow's allocator kept of the blocks (see parquet.py)
+        dropped = n_rows - int(filled.sum())
+        if dropped:
+            where = "" if world_size == 1 else " of this rank's share"
+            rank_zero_info(
+                f"{table.path}: dropped {dropped} of {n_rows} rows{where} with a missing value in a used column"
+                " (--data.missing)"
+            )
+        if world_size == 1:
+            _check_split_sizes(int(filled.sum()), *(int(n) for n in filled), self)
+        self._train64 = None
+        self._reread = None if exact else table
+        names = {"train": TRAIN, "val": VAL, "test": TEST}
+        return {name: (xs[code][: filled[code]], ys[code][: filled[code]]) for name, code in names.items()}
+
+    def _memory_blocks(self) -> Iterator[Rows]:
+        """The training rows as float64 blocks: from the float32 tensors when they hold the file's values exactly,
+        else read from the file again, a block at a time, and cut into the blocks the tensors would give."""
+        if self._reread is None:
+            yield from super()._memory_blocks()
+            return
+        table = self._reread
+        blocks = (
+            (x[train], y[train])
+            for part, columns in table.blocks(*self._columns_to_read(table, with_targets=True))
+            for x, y, rows in [self._rows(part, columns, with_targets=True, report=False)]
+            for train in [split_of(self.seed, rows, self.val_fraction, self.test_fraction) == TRAIN]
+        )
+        yield from _reblocked(blocks, self.in_features, self.out_features)
+
+
+def _statistics_block(width: int) -> int:
+    """Rows per block of the statistics pass for rows of `width` values: fewer for a wide table."""
+    return min(STATISTICS_BLOCK, max(1, STATISTICS_BLOCK_VALUES // width))
+
+
+def _reblocked(blocks: Iterable[Rows], in_features: int, out_features: int) -> Iterator[Rows]:
+    """`blocks` of any size cut into the statistics pass's blocks (`_statistics_block` rows, the last fewer).
+
+    They are two float64 buffers refilled block after block, each used before the next is asked for: the sums,
+    which depend on where blocks start, come out as the same rows held in memory give them.
+    """
+    rows = _statistics_block(in_features + out_features)
+    buffers, n = (np.empty((rows, in_features)), np.empty((rows, out_features))), 0
+    for x, y in blocks:
+        start = 0
+        while start < len(x):
+            take = min(rows - n, len(x) - start)
+            buffers[0][n : n + take], buffers[1][n : n + take] = x[start : start + take], y[start : start + take]
+            n, start = n + take, start + take
+            if n == rows:
+                yield buffers
+                n = 0
+    if n:
+        yield buffers[0][:n], buffers[1][:n]
 
 
 def _every_nth(splits: dict[str, tuple[torch.Tensor, ...]], rank: int, world_size: int) -> dict:

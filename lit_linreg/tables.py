@@ -18,6 +18,7 @@ import functools
 import os
 import re
 import stat
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Literal
 
@@ -32,6 +33,7 @@ Format = Literal["csv", "tsv", "parquet"]
 FORMATS = ("csv", "tsv", "parquet")
 DELIMITERS = ",;\t|"  # what sniffing chooses among; --data.delimiter takes any one character
 SAMPLE_BYTES = 1 << 20  # the first MiB decides the delimiter and which columns are text
+BLOCK_ROWS = 16384  # rows of a Parquet table read at a time (`Table.blocks`): 4 MiB of float64 for 33 columns
 
 # A number as a person writes one in a table: what the text/number vote counts (pyarrow does the parsing).
 _NUMBER = r"^\s*[+-]?(\d+\.?\d*([eE][+-]?\d+)?|\.\d+([eE][+-]?\d+)?|inf|infinity|nan)\s*$"
@@ -195,7 +197,28 @@ class Table:
 
         Raises DataError naming the row and column of a cell that is not a number, or is infinite.
         """
-        table = self._read_arrow(numeric, text)
+        return self._columns(self._read_arrow(numeric, text), numeric, text)
+
+    def blocks(self, numeric: list[str], text: list[str] = (), rows: int = BLOCK_ROWS) -> Iterator[tuple[Table, dict]]:
+        """The named columns as `read` gives them, at most `rows` rows at a time: `(part, columns)` pairs.
+
+        `part` is this table as seen from the block's first row, so `part._where(row, name)` names the block's
+        row `row` as the whole table counts it. A Parquet table is read block by block (a row group decoded a
+        piece at a time), so what a block costs is freed before the next is read; a CSV file is one block.
+        """
+        if self.format != "parquet":
+            yield self, self.read(numeric, text)
+            return
+        from lit_linreg.parquet import read_blocks
+
+        columns = list(dict.fromkeys([*numeric, *text]))
+        for first_row, table in read_blocks(self.groups or self.row_groups(), columns, rows):
+            part = copy.copy(self)
+            part.first_row = first_row
+            yield part, part._columns(part._parquet_types(table, numeric, text), numeric, text)
+
+    def _columns(self, table: pa.Table, numeric: list[str], text: list[str]) -> dict[str, np.ndarray]:
+        """`read`'s arrays of an arrow table of float64 and string columns, refusing an infinite number."""
         out: dict[str, np.ndarray] = {}
         for name in numeric:
             values = table.column(name).to_numpy(zero_copy_only=False).astype(np.float64, copy=False)
@@ -222,17 +245,7 @@ class Table:
         columns = list(dict.fromkeys([*numeric, *text]))
         if self.format == "parquet":
             table = _read_parquet(self.path, columns, self.groups)
-            if as_written:
-                return table
-            for name in numeric:
-                if self.kinds[name] == "text":
-                    table = table.set_column(
-                        table.schema.get_field_index(name), name, self._to_float(table.column(name), name)
-                    )
-            # Unchecked: an integer beyond 2**53 becomes the nearest float64, as numpy's `astype` gives it.
-            return table.cast(
-                pa.schema([(n, pa.float64() if n in numeric else pa.string()) for n in columns]), safe=False
-            )
+            return table if as_written else self._parquet_types(table, numeric, text)
         as_text: set[str] = set()  # numeric columns pyarrow refused to convert: read as text, converted below
         while True:
             types = {n: pa.string() if n in as_text or n in text else pa.float64() for n in columns}
@@ -257,6 +270,15 @@ class Table:
         for name in as_text:  # a cell of spaces is missing; anything else that is not a number is refused
             table = table.set_column(table.schema.get_field_index(name), name, self._to_float(table.column(name), name))
         return table
+
+    def _parquet_types(self, table: pa.Table, numeric: list[str], text: list[str]) -> pa.Table:
+        """Parquet columns as `_read_arrow` returns them: `numeric` as float64 (text parsed), `text` as strings."""
+        for name in numeric:
+            if self.kinds[name] == "text":
+                table = table.set_column(table.schema.get_field_index(name), name, self._to_float(table[name], name))
+        columns = list(dict.fromkeys([*numeric, *text]))
+        # Unchecked: an integer beyond 2**53 becomes the nearest float64, as numpy's `astype` gives it.
+        return table.cast(pa.schema([(n, pa.float64() if n in numeric else pa.string()) for n in columns]), safe=False)
 
     def _refuse_invalid_utf8(self, name: str) -> None:
         """Raise a DataError naming the first cell of column `name` that is not UTF-8 text (error path only)."""
