@@ -337,3 +337,36 @@ def test_the_example_table_is_the_shipped_one():
         "distance_km": "number",
         "price_k": "number",
     }
+
+
+# --- Memory --------------------------------------------------------------------------------------------------------
+def test_a_parquet_table_is_read_into_memory_with_no_float64_copy_of_it(tmp_path):
+    # pyarrow's defaults, as a user writes a table: nullable columns, dictionary encoding. torch's tensors and
+    # pyarrow's buffers are not traced: numpy's arrays are, and a float64 copy of the table would be 2x its bytes.
+    import tracemalloc
+
+    n, d = 200_000, 8
+    rng = np.random.default_rng(0)
+    columns = {f"x{j}": rng.normal(size=n).astype(np.float32) for j in range(d)} | {"y": rng.normal(size=n)}
+    pq.write_table(pa.table(columns).cast(pa.schema([(c, pa.float32()) for c in columns])), tmp_path / "t.parquet")
+    dm = TableDataModule(str(tmp_path / "t.parquet"), targets=["y"])
+    tracemalloc.start()
+    try:
+        splits = dm.load("fit")
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    data_bytes = n * (d + 1) * 4
+    assert peak < 1.0 * data_bytes, f"numpy's peak was {peak / data_bytes:.2f}x the table's float32 bytes"
+    assert len(splits["train"][0]) + len(splits["val"][0]) == n
+
+
+def test_statistics_see_a_parquet_tables_float64_values_read_again_a_block_at_a_time(tmp_path):
+    # 1e8 + small steps in a float64 column: the float32 training rows cannot hold them, so the pass reads the file.
+    big = [1e8 + 0.25 * i for i in range(40_000)]
+    pq.write_table(pa.table({"big": big, "y": [float(i % 7) for i in range(40_000)]}), tmp_path / "big.parquet")
+    dm = TableDataModule(str(tmp_path / "big.parquet"), targets=["y"], val_fraction=0)
+    dm.setup("fit")
+    assert dm.statistics["x_mean"].item() == pytest.approx(np.mean(big), abs=1e-6)
+    assert dm.statistics["x_std"].item() == pytest.approx(np.std(big), rel=1e-9)
+    assert dm._reread is None  # the pass is done: nothing of the file is kept
