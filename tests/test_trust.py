@@ -448,7 +448,6 @@ RESUME = "{last} holds the last completed epoch: resume with --ckpt_path last"
 # ending the process at once, as SIGKILL does (see the test of them below).
 STOPS = [
     pytest.param("SIGTERM", "on_fit_end", 0, 143, f"stopped by SIGTERM; {RESUME}", 2, id="sigterm-at-fit-end"),
-    pytest.param("SIGINT", "on_train_batch_start", 1, 130, f"interrupted; {RESUME}", 0, id="sigint-mid-epoch"),
     *(
         pytest.param(*case, marks=pytest.mark.slow, id=case[0].lower() + "-" + name)
         for name, case in {
@@ -458,6 +457,7 @@ STOPS = [
                 "interrupted before the first epoch ended: no checkpoint was written", None,
             ),
             "mid-epoch": ("SIGTERM", "on_train_batch_start", 1, 143, f"stopped by SIGTERM; {RESUME}", 1),
+            "ctrl-c-mid-epoch": ("SIGINT", "on_train_batch_start", 1, 130, f"interrupted; {RESUME}", 0),
             "validation": ("SIGTERM", "on_validation_batch_start", 1, 143, f"stopped by SIGTERM; {RESUME}", 1),
             "epoch-end": ("SIGTERM", "on_train_epoch_end", 1, 143, f"stopped by SIGTERM; {RESUME}", 1),
             "train-end": ("SIGTERM", "on_train_end", 0, 143, f"stopped by SIGTERM; {RESUME}", 2),
@@ -491,6 +491,7 @@ def test_a_signal_during_fit_exits_128_plus_its_number_saying_what_it_left(
     record_fault("sigterms")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "command, hook", [("validate", "on_validation_batch_start"), ("predict", "on_predict_batch_start")]
 )
@@ -503,6 +504,18 @@ def test_sigterm_during_validate_or_predict_exits_143(command, hook, tmp_path, t
         f"lit-linreg: error: stopped by SIGTERM during {command}: its output may be incomplete; run it again"
     ]
     record_fault("sigterms")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("signum", ["SIGHUP", "SIGUSR1", "SIGUSR2"])
+def test_signals_lightning_leaves_alone_end_the_process_by_that_signal_with_last_ckpt_intact(signum, run_process):
+    # Their default ends the process at once, as SIGKILL does: a shell sees 128 + the signal, and the atomic
+    # writes leave last.ckpt at the last completed epoch.
+    fault = ["--trainer.callbacks+", "tests.faults.SignalAt", "--trainer.callbacks.signum", signum]
+    result = run_process("fit", *TOY, "--trainer.max_epochs", "3", *fault, "--trainer.callbacks.epoch", "1")
+    assert result.returncode == -getattr(signal, signum), result.stderr[-2000:]
+    assert load_checkpoint(next(Path(result.args[-1]).rglob("last.ckpt")))["epoch"] == 0
+    record_fault("kills")
 
 
 def test_a_non_finite_buffer_is_never_saved(tmp_path, capsys):
