@@ -27,6 +27,7 @@ from pathlib import Path
 from types import MethodType
 from typing import Any
 
+import torch
 import yaml
 from jsonargparse import ArgumentError, Namespace, get_loader, set_loader, set_parsing_settings
 from lightning.fabric.plugins.environments import LightningEnvironment
@@ -424,8 +425,9 @@ def _quiet_litlogger_tip(record: logging.LogRecord) -> bool:
 def main(args: list[str] | None = None) -> int:
     """Console entry point: run the CLI, reporting user errors as one line and a non-zero exit code.
 
-    Exit 2 for a mistake in a flag, config, data file or checkpoint; 1 when training diverged or a file
-    could not be written (full disk, no permission); 143 when SIGTERM stopped the run; 130 on Ctrl-C.
+    Exit 2 for a mistake in a flag, config, data file or checkpoint; 1 when training diverged, memory ran out
+    or a file could not be written (full disk, no permission); 128 + the signal when one stopped the run (143
+    for SIGTERM, 130 for Ctrl-C).
     Any other exception is a bug and keeps its traceback.
     """
     argv = sys.argv[1:] if args is None else list(args)
@@ -457,6 +459,9 @@ def main(args: list[str] | None = None) -> int:
             return _fail(err, user_error, code=1 if isinstance(user_error, DivergenceError) else 2)
         if isinstance(err, RuntimeError) and str(err).startswith(_LIGHTNING_CONFIG_ERRORS):
             return _fail(err, err, code=2)
+        if wanted := _memory_wanted(err):
+            reason = f"out of memory ({wanted}): lower the sizes the config asks for (data.n_samples, ...)"
+            return _fail(err, reason, code=1)
         system_error = _find_os_error(err)
         if system_error is None:
             raise
@@ -514,6 +519,17 @@ def _stopped(what: str, err: BaseException) -> str:
     if saved is None:
         return f"{what} before the first epoch ended: no checkpoint was written"
     return f"{what}; {saved} holds the last completed epoch: resume with --ckpt_path last"
+
+
+def _memory_wanted(err: BaseException) -> str | None:
+    """What an allocation that failed asked for ("670.6 GiB asked for"), or None if none failed.
+
+    Sizes within int64 but past the machine (`--data.n_samples 100000000000`) fail inside torch or numpy.
+    """
+    if isinstance(err, MemoryError | torch.OutOfMemoryError) or "can't allocate memory" in str(err):
+        asked = re.search(r"allocate (\d+) bytes", str(err))
+        return f"{int(asked[1]) / 2**30:.1f} GiB asked for" if asked else type(err).__name__
+    return None
 
 
 # Lightning's RuntimeErrors that are a mistake in the config, found only once training runs.

@@ -159,6 +159,13 @@ REFUSALS = [
         id="early-stopping-on-no-metric",
     ),
     pytest.param(nothing, ["fit", *TOY, "--ckpt_path", ""], ["--ckpt_path is empty"], 2, id="ckpt-path-empty"),
+    pytest.param(
+        nothing,
+        ["fit", "--config", config("synthetic.yaml"), *FAST, "--data.n_samples", str(10**13)],  # within int64
+        ["out of memory (", " GiB asked for): lower the sizes the config asks for (data.n_samples, ...)"],
+        1,
+        id="rows-past-the-memory",
+    ),
     # --- questions that need trained weights -------------------------------------------------------------------
     *(
         pytest.param(nothing, [cmd, *TOY], [f"{cmd} needs --ckpt_path"], 2, id=f"{cmd}-without-ckpt")
