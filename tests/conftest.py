@@ -66,7 +66,8 @@ def scalars(run_dir: Path) -> dict[str, list[tuple[int, float]]]:
 FAULTS = {
     "bad_inputs": "bad inputs (files, columns, flags, configs, checkpoints), each refused with one line",
     "random_csvs": "random CSV texts (hypothesis): loaded exactly or refused with one line",
-    "kills": "SIGKILLs of training runs (mid-epoch, mid-checkpoint-write, at random times), each resumed",
+    "kills": "SIGKILLs (mid-epoch, mid-checkpoint-write, at random times) and SIGHUP, SIGUSR1, SIGUSR2 of"
+    " training runs, each resumed",
     "failed_writes": "checkpoint writes failed before the rename",
     "divergences": "runs stopped at a non-finite loss or state (nothing non-finite is saved)",
     "refusals": "unsafe configs, values the Trainer rejects, checkpoints with NaN, other tensors or of another"
@@ -74,7 +75,8 @@ FAULTS = {
     "hangs": "inputs that used to hang or crash (YAML aliases, 50,000 nested brackets, num_nodes without a launcher),"
     " refused within seconds",
     "disk_faults": "full disks (ENOSPC) and unwritable run directories: one line, nothing half-written",
-    "sigterms": "SIGTERMs of training runs: exit 143, last.ckpt intact, resumed bit for bit",
+    "sigterms": "SIGTERMs and Ctrl-Cs at each moment of a run: exit 143 or 130 in one line naming the last.ckpt"
+    " left, which resumes bit for bit",
     "races": "runs started together into one directory, each given its own",
     "lost": "saved files changed or weights that differ after a resume (must be 0)",
 }
