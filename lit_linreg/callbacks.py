@@ -48,7 +48,10 @@ class LeastSquaresReference(L.Callback):
             them are in coefficients.csv.
         stop_at_relative_gap: Stop training once `optimum/relative_gap` is at or below this; None never stops.
         stop_when_stalled: Stop training once `optimum/relative_gap` has not fallen 1 % below its best in this
-            many epochs (float32 rounding or mini-batch noise is its floor); None never stops for that.
+            many epochs (float32 rounding or mini-batch noise is its floor), or in sqrt(condition number) epochs
+            where that is longer: heavy ball's gap can stay flat about that long and still converge (a model
+            trained whitened has condition number 1). Tables too wide for the diagnostics are never stopped for
+            it; None stops none.
     """
 
     def __init__(
@@ -72,6 +75,7 @@ class LeastSquaresReference(L.Callback):
             return
         stats = getattr(trainer.datamodule, "train_statistics", None) or statistics_from_loader(trainer, pl_module)
         self.stats, self.has_bias, self.gaps = stats, _has_bias(pl_module), []
+        self.stall_epochs: int | None = None  # see `stop_when_stalled`; set with the diagnostics
         self.log_dir = Path(trainer.log_dir or trainer.default_root_dir)  # a collective: every rank asks here
         if stats.method != "moments":
             self.fit = statistics.solve(stats, self.has_bias)
@@ -92,9 +96,13 @@ class LeastSquaresReference(L.Callback):
         scalars["diagnostics/condition_number"] = self.diagnostics.condition_number
         scalars["diagnostics/max_stable_lr"] = self.diagnostics.max_stable_lr
         log_epoch_scalars(trainer, scalars)
+        whitened = getattr(pl_module, "whitened_rank", None) is not None  # see LinearRegression.set_preconditioner
+        if self.stop_when_stalled:
+            trained = 1.0 if whitened else self.diagnostics.condition_number
+            self.stall_epochs = max(self.stop_when_stalled, int(min(np.sqrt(trained), 1e12)))
         if trainer.is_global_zero:
             problem = f"standardized problem: {self.diagnostics.describe()}"
-            if getattr(pl_module, "whitened_rank", None) is not None:  # see LinearRegression.set_preconditioner
+            if whitened:
                 problem += "; the model trains it whitened by R, at condition number 1"
             print(f"least squares: train MSE {self.loss:.6g}; {problem}")
             if stats.method == "gram":  # normal equations square the condition number
@@ -163,9 +171,9 @@ class LeastSquaresReference(L.Callback):
         )
         if self.stop_at_relative_gap is not None and relative <= self.stop_at_relative_gap:
             trainer.should_stop = True
-        if self.stop_when_stalled and len(self.gaps) > self.stop_when_stalled:
-            before = min(self.gaps[: -self.stop_when_stalled])  # the best gap until `stop_when_stalled` epochs ago
-            trainer.should_stop |= min(self.gaps[-self.stop_when_stalled :]) > 0.99 * before
+        if self.stall_epochs is not None and len(self.gaps) > self.stall_epochs:
+            before = min(self.gaps[: -self.stall_epochs])  # the best gap until `stall_epochs` epochs ago
+            trainer.should_stop |= min(self.gaps[-self.stall_epochs :]) > 0.99 * before
 
     @rank_zero_only
     def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
