@@ -94,6 +94,7 @@ def cell(runs: list[dict]) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=3, help="runs of each command; figures are their medians")
+    parser.add_argument("--only", nargs="*", default=[], help="the tables whose name contains one of these words")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as scratch:
         scratch = Path(scratch)
@@ -102,6 +103,8 @@ def main() -> None:
         print(" target | met |")
         print("|---|---|---|---|---|---|")
         for name, path, target in tables(scratch):
+            if args.only and not any(word.lower() in name.lower() for word in args.only):
+                continue
             runs = {"qr": [], "none": []}
             for _ in range(args.repeats):
                 runs["qr"].append(fit(path, target, scratch, []))
