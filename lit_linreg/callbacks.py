@@ -162,8 +162,8 @@ class LeastSquaresReference(L.Callback):
         weight, bias = (t.cpu().numpy() for t in coefficients)
         loss_gap = max(self.fit.gap(weight, bias if self.has_bias else None), 0.0)
         self.model_loss = self.loss + loss_gap
-        self.gaps.append(loss_gap / self.scale)
         relative = loss_gap / self.scale
+        self.gaps.append(relative)
         weight_gap = np.sqrt(np.square(weight - self.fit.weight).sum() + np.square(bias - self.fit.bias).sum())
         log_epoch_scalars(
             trainer,
@@ -218,9 +218,10 @@ class LeastSquaresReference(L.Callback):
     def _faster(self, pl_module: L.LightningModule) -> str | None:
         """The flag that trains this fit at condition number 1, when it did not use it and it applies."""
         hparams = getattr(pl_module, "hparams", {})
-        if hparams.get("precondition") == "none" and getattr(pl_module, "is_linear", False):
-            return None if self.stats.method == "moments" else "--model.precondition qr"
-        return None
+        penalized = any(hparams.get(name) for name in ("l1_strength", "l2_strength", "weight_decay"))
+        if hparams.get("precondition") != "none" or not getattr(pl_module, "is_linear", False) or penalized:
+            return None  # see LinearRegression._why_not_qr
+        return None if self.stats.method == "moments" or not self.has_bias else "--model.precondition qr"
 
 
 def shortfall(gaps: list[float], goal: float | None, epochs: int, faster: str | None = None) -> str | None:
