@@ -119,10 +119,12 @@ def measure(what: str, rows: int, features: int) -> dict:
     return {"seconds": seconds, "memory": memory, "residual": residual}
 
 
-def run(what: str, rows: int, features: int) -> dict:
+def run(what: str, rows: int, features: int, threads: int | None) -> dict:
     """`measure` in a fresh process: its figures."""
     command = [sys.executable, __file__, "--run", what, "--rows", str(rows), "--features", str(features)]
     env = os.environ | {"PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
+    if threads:  # numpy's and scipy's OpenBLAS read the first; other BLAS builds the second
+        env |= {"OPENBLAS_NUM_THREADS": str(threads), "OMP_NUM_THREADS": str(threads)}
     out = subprocess.run(command, env=env, capture_output=True, text=True)
     if out.returncode != 0:
         sys.exit(f"exit {out.returncode}: {' '.join(command)}\n{out.stderr[-3000:]}")
@@ -156,6 +158,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3, help="runs of each; figures are their medians")
     parser.add_argument("--rows", type=int, default=16_384)
     parser.add_argument("--features", type=int, default=2_046)
+    parser.add_argument("--threads", type=int, help="BLAS threads of every run (default: BLAS's choice)")
     parser.add_argument("--run", choices=["reference", "qr"], help="make one measurement in this process")
     args = parser.parse_args()
     if args.run:
@@ -163,7 +166,7 @@ def main() -> None:
         return
     runs = []
     for i in range(args.repeats):
-        runs.append((run("reference", args.rows, args.features), run("qr", args.rows, args.features)))
+        runs.append(tuple(run(what, args.rows, args.features, args.threads) for what in ("reference", "qr")))
         ours, qr = runs[-1]
         print(
             f"repeat {i + 1}/{args.repeats}: reference {ours['seconds']:.2f} s (memory"
@@ -173,7 +176,8 @@ def main() -> None:
             flush=True,
         )
     print(f"\nMachine: {platform.platform()}, {os.cpu_count()} CPUs, Python {platform.python_version()},", end=" ")
-    print(f"numpy {np.__version__}. Figures: medians of {args.repeats} alternating runs.\n")
+    print(f"numpy {np.__version__}, BLAS threads: {args.threads or 'default'}. Figures: medians of", end=" ")
+    print(f"{args.repeats} alternating runs.\n")
     print(table(runs, args.rows, args.features))
 
 
