@@ -7,15 +7,16 @@ first row seen:
   cross-product, but solving from R keeps the condition number of the problem instead of squaring it as the
   normal equations do. Shifting by a row of the data keeps the columns small when mean >> std, and makes a
   constant column exactly zero.
-- The raw cross-products [1, X, Y]'[1, X, Y] in double-double precision, their upper triangle: the products of
+- The raw cross-products [1, X, Y]'[1, X, Y] in double-double precision, their lower triangle: the products of
   each value's leading 20 bits summed exactly, the rest to about 2^-73 of the largest. A float64 QR is backward
   stable, which still costs digits on a problem whose residual dwarfs its fit (NIST's Wampler5 keeps 6 of 15); a
   step or two of iterative refinement against these sums recovers them.
 
 Everything below is computed from those in O(p^3) at most, with no second pass over the data. The pass costs
-about three QRs' worth of matrix products and one QR (LAPACK's dtpqrt, which keeps R's zeros out of the work);
-after it, one SVD without vectors gives the rank, the conditioning and the diagnostics, and triangular solves
-the rest. Singular vectors (one more SVD) are computed only for a rank-deficient or collinear design.
+one QR of the rows (LAPACK's dtpqrt, which keeps R's zeros out of the work) and, for the exact sums, matrix
+products worth about 1.5 more; after it, one SVD without vectors gives the rank, the conditioning and the
+diagnostics, and triangular solves the rest. Singular vectors (one more SVD) are computed only for a
+rank-deficient or collinear design.
 
 Above `EXACT_MAX_COLUMNS` no p x p matrix is formed: the pass keeps O(p) moments (`method="moments"`) and a
 `RowPasses`, a way back to the rows, through which the least-squares answer (conjugate gradient) and the
@@ -88,8 +89,8 @@ class SufficientStatistics:
     `SufficientStatistics.combine([SufficientStatistics.from_array(a) for a in gathered])`: a stack of the ranks'
     R factors and one more QR. (QR factors do not add, so `all_reduce` does not apply.)
 
-    `update` costs a QR of the (p + B, p) stack of R over the block, plus five products of the block's
-    column slices for the exact sums: a few times the cost of X'X, O(B p^2).
+    `update` costs a QR of the (p + B, p) stack of R over the block, with R's zeros left out (LAPACK's dtpqrt),
+    plus three (p, p) products of the block's rows for the exact sums: about 2.5 QRs of the block, O(B p^2).
 
     Args:
         n_features: d, the columns of x.
