@@ -30,6 +30,11 @@ of the ratio between two runs made back to back.
    against 1x.
 7. DDP memory: the largest per-rank peak RSS of the synthetic fit on 2 CPU processes against the same on
    1,024 rows, over the data's bytes (each rank makes only its share).
+8. A user's own Parquet table (`table` group): the same rows written by `pyarrow.parquet.write_table` with its
+   defaults (nullable columns, dictionary encoding), by pandas' `to_parquet`, and by `lit_linreg.convert`, in 8
+   files of 262,144 rows and row groups of 65,536, trained by `fit --config configs/table.yaml --trainer.max_epochs
+   1` (full batch): peak RSS in memory against the same on 8,192 rows, over the data's bytes; the largest per-rank
+   peak under DDP on 2 CPU processes; and the peak streaming (batch 8192) the table against a quarter of it.
 
 Usage: `make bench`, or `python benchmarks/bench.py --repeats 5`.
 """
@@ -98,7 +103,15 @@ def peak_rss(output: str) -> int:
     return max(int(b) for b in found)
 
 
-GROUPS = ("epoch", "floor", "startup", "read", "stream", "ddp")  # --only picks among these
+GROUPS = ("epoch", "floor", "startup", "read", "stream", "ddp", "table")  # --only picks among these
+TABLE_SMALL = 8192  # rows of the baseline of a user's Parquet table read into memory
+TABLES = {  # the `table` group's Parquet directories: name -> (rows, write_parquet.py options)
+    "pyarrow": (N, ["--writer", "pyarrow", "--rows-per-file", "262144"]),
+    "pyarrow_small": (TABLE_SMALL, ["--writer", "pyarrow", "--rows-per-group", "1024"]),  # a group for each rank
+    "pyarrow_quarter": (N // 4, ["--writer", "pyarrow", "--rows-per-file", "262144"]),
+    "pandas": (N, ["--writer", "pandas", "--rows-per-file", "262144"]),
+    "convert": (N, ["--writer", "convert", "--rows-per-file", "262144"]),
+}
 
 
 def repeat(env: dict[str, str], table_csv: str, parquet: dict[str, str], groups: set[str]) -> dict[str, float]:
@@ -144,6 +157,24 @@ def repeat(env: dict[str, str], table_csv: str, parquet: dict[str, str], groups:
             figures["ddp_rss_big"] = peak_rss(run([*fit, f"{scratch}/ddp", *synthetic, *ddp], env)[2])
             small = f"--data.n_samples={N_SMALL}"
             figures["ddp_rss_small"] = peak_rss(run([*fit, f"{scratch}/ddp_small", *synthetic, *ddp, small], env)[2])
+        if "table" in groups:  # a user's own Parquet table, as the issue's user trains it: configs/table.yaml
+            table = ["--config", "configs/table.yaml", "--data.targets", "[y]", "--trainer.max_epochs", "1"]
+            table += ["--trainer.callbacks+=epoch_timer.PeakMemory", "--trainer.enable_progress_bar", "false"]
+            ddp = ["--trainer.strategy", "ddp", "--trainer.devices", "2", "--trainer.accelerator", "cpu"]
+            streamed = ["--data.in_memory", "false", "--data.batch_size", "8192", "--model.lr", "0.1"]
+            streamed += ["--model.momentum", "0", "--reference.stop_at_relative_gap", "null"]
+            for name, rows, options in (
+                ("table_small", "pyarrow_small", []),
+                ("table_pyarrow", "pyarrow", []),
+                ("table_pandas", "pandas", []),
+                ("table_convert", "convert", []),
+                ("table_ddp_small", "pyarrow_small", ddp),
+                ("table_ddp", "pyarrow", ddp),
+                ("table_stream_small", "pyarrow_quarter", streamed),
+                ("table_stream", "pyarrow", streamed),
+            ):
+                out = run([*fit, f"{scratch}/{name}", *table, "--data.path", parquet[rows], *options], env)[2]
+                figures[f"{name}_rss"] = peak_rss(out)
         if "startup" in groups:
             figures["toy_wall"] = run([*fit, f"{scratch}/toy", "--config", "configs/toy.yaml"], env)[0]
             figures["minimal_wall"] = run([str(HERE / "minimal_lightning.py")], env, cwd=Path(scratch))[0]
@@ -220,6 +251,22 @@ def table(runs: list[dict[str, float]]) -> str:
         ddp = f"largest per-rank peak RSS MiB, DDP on 2 CPU processes; baseline: {N_SMALL:,} rows; ratio: extra/data"
         rows.append(row(ddp, median("ddp_rss_big") / MIB, median("ddp_rss_small") / MIB,
                         ratio("ddp_rss_big", "ddp_rss_small", "bytes"), 0.75, digits=0))  # fmt: skip
+    if "table_pyarrow_rss" in runs[0]:
+        small = f"baseline: {TABLE_SMALL:,} rows; ratio: extra RSS / data bytes"
+        for name, who in (
+            ("pyarrow", "`pyarrow.parquet.write_table`'s defaults (nullable, dictionary-encoded)"),
+            ("pandas", "`DataFrame.to_parquet`'s defaults"),
+            ("convert", "`lit_linreg.convert`"),
+        ):
+            measure = f"peak RSS MiB, `fit --config configs/table.yaml` in memory, a table written by {who}; {small}"
+            rows.append(row(measure, median(f"table_{name}_rss") / MIB, median("table_small_rss") / MIB,
+                            ratio(f"table_{name}_rss", "table_small_rss", "bytes"), 1.5, digits=0))  # fmt: skip
+        ddp = f"largest per-rank peak RSS MiB, the same (pyarrow's defaults), DDP on 2 CPU processes; {small}"
+        rows.append(row(ddp, median("table_ddp_rss") / MIB, median("table_ddp_small_rss") / MIB,
+                        ratio("table_ddp_rss", "table_ddp_small_rss", "bytes"), 0.75, digits=0))  # fmt: skip
+        flat = f"peak RSS MiB streaming it (pyarrow's defaults, batch 8192) at 4x the rows; baseline: 1x ({N // 4:,})"
+        rows.append(row(flat, median("table_stream_rss") / MIB, median("table_stream_small_rss") / MIB,
+                        ratio("table_stream_rss", "table_stream_small_rss"), 1.15, digits=0))  # fmt: skip
     lines = ["| measure | lit_linreg | baseline | ratio | target | met |", "|---|---|---|---|---|---|"]
     lines += [f"| {' | '.join(row[:-1])} | {'yes' if row[-1] else 'no'} |" for row in rows]
     return "\n".join(lines)
@@ -251,11 +298,14 @@ def main() -> None:
         table_csv = f"{scratch}/table.csv"
         if "read" in groups:
             run([str(HERE / "read_table.py"), table_csv, "--write"], env)
-        parquet = {rows: f"{scratch}/{rows}_parquet" for rows in ("big", "small", "nullable")}
+        parquet = {rows: f"{scratch}/{rows}_parquet" for rows in ("big", "small", "nullable", *TABLES)}
         if "stream" in groups:
             run([str(HERE / "write_parquet.py"), parquet["big"], "--n-samples", str(N)], env)
             run([str(HERE / "write_parquet.py"), parquet["small"], "--n-samples", str(N // 4)], env)
             run([str(HERE / "write_parquet.py"), parquet["nullable"], "--n-samples", str(N), "--nullable"], env)
+        if "table" in groups:
+            for name, (rows, options) in TABLES.items():
+                run([str(HERE / "write_parquet.py"), parquet[name], "--n-samples", str(rows), *options], env)
         for i in range(args.repeats):
             runs.append(repeat(env, table_csv, parquet, groups))
             figures = ", ".join(f"{key} {value:.4g}" for key, value in runs[-1].items())

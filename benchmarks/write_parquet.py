@@ -1,7 +1,8 @@
 """Write `SyntheticDataModule`'s rows as a Parquet directory, for the streaming and memory benchmarks.
 
 `python benchmarks/write_parquet.py DIR --n-samples N` writes N x 32 float32 features and one target,
-the same rows as `configs/synthetic.yaml` makes, as files of `--rows-per-file` rows in row groups of 65,536.
+the same rows as `configs/synthetic.yaml` makes, as files of `--rows-per-file` rows in row groups of
+`--rows-per-group` (65,536).
 `--writer` chooses who writes them:
 - `convert` (the default): as `python -m lit_linreg.convert` writes them (required columns, no dictionary for
   the float columns); `--nullable` declares every column nullable, as most writers do;
@@ -18,13 +19,12 @@ import pyarrow.parquet as pq
 from lit_linreg import SyntheticDataModule
 from lit_linreg.convert import stream_schema, writer_options
 
-ROWS_PER_GROUP = 65536
-
 parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
 parser.add_argument("directory")
 parser.add_argument("--n-samples", type=int, default=2_097_152)
 parser.add_argument("--n-features", type=int, default=32)
 parser.add_argument("--rows-per-file", type=int, default=1 << 20)
+parser.add_argument("--rows-per-group", type=int, default=65536)
 parser.add_argument("--writer", choices=["convert", "pyarrow", "pandas"], default="convert")
 parser.add_argument("--nullable", action="store_true", help="convert: declare every column nullable")
 args = parser.parse_args()
@@ -39,12 +39,12 @@ for i, start in enumerate(range(0, args.n_samples, args.rows_per_file)):
     if args.writer == "pandas":
         import pandas as pd
 
-        pd.DataFrame(columns).to_parquet(path, row_group_size=ROWS_PER_GROUP)
+        pd.DataFrame(columns).to_parquet(path, row_group_size=args.rows_per_group)
         continue
     table = pa.table(columns)
     if args.writer == "pyarrow":
-        pq.write_table(table, path, row_group_size=ROWS_PER_GROUP)
+        pq.write_table(table, path, row_group_size=args.rows_per_group)
         continue
     nullable = set(table.column_names) if args.nullable else {n for n in table.column_names if table[n].null_count}
     table = table.cast(stream_schema(table.schema, nullable))
-    pq.write_table(table, path, row_group_size=ROWS_PER_GROUP, **writer_options(table.schema))
+    pq.write_table(table, path, row_group_size=args.rows_per_group, **writer_options(table.schema))

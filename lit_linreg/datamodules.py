@@ -406,7 +406,9 @@ class TableDataModule(InMemoryDataModule):
     """
 
     MEMORY_SHARE = 0.5  # of the memory available: more than this streams (in_memory: null)
-    BYTES_PER_VALUE = 20  # the float64 values read, their float32 training copy and the float64 training rows
+    # What a value costs a full-batch fit in memory, measured (`make bench`, the `table` group): its float32 tensor
+    # (4), the blocks being read, and the training step's standardized copies of the rows: 2.7x the float32 bytes.
+    BYTES_PER_VALUE = 12
 
     def __init__(
         self,
