@@ -68,7 +68,7 @@ _HEADER = 4  # to_array: d, k, method, N; then the shift, then the upper triangl
 _PASS_VALUES = 1 << 22  # values of [X, Y] per sub-block of a row pass: 32 MB of float64 temporaries
 _SLICE_BITS = 20  # leading bits of each value whose products are summed exactly
 _EXACT_ROWS = 1 << (53 - 2 * _SLICE_BITS)  # rows per exact product: 2^(2 * 20) * 8192 <= 2^53 keeps every sum exact
-_PANEL = 256  # columns of the exact sums updated at once: the temporaries stay (p, 256), never (p, p)
+_PANEL = 128  # rows of the exact sums updated at once: the temporaries stay (128, p), never (p, p)
 _PANEL_VALUES = 1 << 18  # values of a (q, w, k) temporary of the double-double gradient
 _QR_BLOCK = 64  # columns per Householder block of dtpqrt
 _LARGEST = 2.0**480  # larger values could overflow a sum of squares of 2^64 rows
