@@ -12,6 +12,8 @@ integer option of the Trainer or of lit_linreg that has no rule here.
 from __future__ import annotations
 
 import importlib
+import math
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -43,18 +45,18 @@ class Interval:
     """
 
     low: int
-    high: int = INT64_MAX
+    high: float = INT64_MAX
     special: Mapping[int, str] = field(default_factory=dict)
     null: str | None = None
 
-    def allows(self, value: int) -> bool:
+    def allows(self, value: float) -> bool:
         return self.low <= value <= self.high or value in self.special
 
-    def describe(self, value: int) -> str:
+    def describe(self, value: float) -> str:
         """The rule `value` breaks, as the end of "must be ...": its upper bound only if `value` is past it."""
         if value > self.high:
             return "at most 2**63 - 1 (int64)" if self.high == INT64_MAX else f"at most {self.high}"
-        rule = f"at least {self.low}" if self.high == INT64_MAX else f"in [{self.low}, {self.high}]"
+        rule = f"at least {self.low}" if self.high >= INT64_MAX else f"in [{self.low}, {self.high}]"
         rule += "".join(f", or {value} for {meaning}" for value, meaning in self.special.items())
         return rule + (f" (or null for {self.null})" if self.null else "")
 
@@ -64,7 +66,8 @@ SIZE = Interval(0)  # how many at most, 0 meaning none
 SEED = Interval(0)  # numpy and torch refuse negative seeds
 
 # What each integer option allows, by the class whose __init__ takes it. An option that may be null is
-# checked only when it is not; floats (`limit_train_batches: 0.5`) are the class's own to check.
+# checked only when it is not; a float (`limit_train_batches: 0.5`) against the same bounds, the rest of its
+# rule (a fraction in [0, 1]) being the class's own to check.
 CONSTRAINTS: dict[type, dict[str, Interval]] = {
     Trainer: {
         "num_nodes": COUNT,
@@ -85,7 +88,7 @@ CONSTRAINTS: dict[type, dict[str, Interval]] = {
         "num_sanity_val_steps": Interval(0, special={-1: "every batch"}),
         "log_every_n_steps": Interval(0, null="50; 0 logs no step"),
         "accumulate_grad_batches": COUNT,
-        "gradient_clip_val": SIZE,
+        "gradient_clip_val": Interval(0, high=math.inf),
         "reload_dataloaders_every_n_epochs": SIZE,
     },
     ModelCheckpoint: {
@@ -131,18 +134,23 @@ def check_arguments(cls: type, arguments: Mapping[str, Any], prefix: str) -> Non
     for name, rule in constraints_of(cls).items():
         value = arguments.get(name)
         for item in _integers(value):
-            if isinstance(item, int) and not isinstance(item, bool) and not rule.allows(item):
-                each = "" if item is value else "each of "
-                raise ConfigError(f"{each}{prefix}.{name} must be {rule.describe(item)}, got {value}")
+            if isinstance(item, int | float) and not isinstance(item, bool) and not rule.allows(item):
+                each = "" if item is value or isinstance(value, str) else "each of "
+                shown = int(value) if isinstance(value, float) and value.is_integer() else value  # `-1`, as written
+                raise ConfigError(f"{each}{prefix}.{name} must be {rule.describe(item)}, got {shown}")
 
 
 def _integers(value: Any) -> list[Any]:
-    """An option's values to check: itself, each item of a list (`hidden`), each value of a mapping (`max_time`)."""
+    """An option's values to check: itself, each item of a list (`hidden`), each value of a mapping (`max_time`).
+
+    An integer written where a string is also allowed (`--trainer.devices 0`, `--trainer.max_time -1`) arrives
+    as a string: it is checked as the integer it is.
+    """
     if isinstance(value, Namespace):
-        return list(vars(value).values())
-    if isinstance(value, Mapping):
-        return list(value.values())
-    return list(value) if isinstance(value, list | tuple) else [value]
+        value = vars(value)
+    items = list(value.values()) if isinstance(value, Mapping) else value
+    items = list(items) if isinstance(items, list | tuple) else [items]
+    return [int(item) if isinstance(item, str) and re.fullmatch(r"\s*-?\d+\s*", item) else item for item in items]
 
 
 def check_config(config: Namespace, groups: Mapping[str, type]) -> None:
