@@ -333,7 +333,10 @@ BAD_INPUTS = [
         id="config-not-text",
     ),
     pytest.param(  # Lightning's MisconfigurationException used to escape with a traceback
-        nothing, ["fit", *TOY, "--trainer.devices", "0"], ["Trainer(devices='0')"], id="trainer-devices-zero"
+        nothing,
+        ["fit", *TOY, "--trainer.devices", "0"],
+        ["trainer.devices must be at least 1, or -1 for every device, got 0"],
+        id="trainer-devices-zero",
     ),
     # --- checkpoints -----------------------------------------------------------------------------------------------
     pytest.param(
