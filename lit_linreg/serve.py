@@ -141,9 +141,18 @@ class RegressionAPI(ls.LitAPI):
         self.args, self.unknown_category, self.max_rows = list(args), unknown_category, max_rows
 
     def setup(self, device: str) -> None:
-        for name in ("lightning.pytorch.utilities.rank_zero", "lightning.fabric.utilities.seed"):
-            logging.getLogger(name).setLevel(logging.WARNING)  # the parent process said it all once
-        self.model = run_command(_RebuildCLI, self.args).model.to(device)
+        loggers = [
+            logging.getLogger(name)
+            for name in ("lightning.pytorch.utilities.rank_zero", "lightning.fabric.utilities.seed")
+        ]
+        levels = [logger.level for logger in loggers]
+        for logger in loggers:
+            logger.setLevel(logging.WARNING)  # the parent process said it all once
+        try:
+            self.model = run_command(_RebuildCLI, self.args).model.to(device)
+        finally:
+            for logger, level in zip(loggers, levels, strict=True):
+                logger.setLevel(level)
         self.schema, self.names = self.model.schema, prediction_names(self.model.schema)
 
     def decode_request(self, request: PredictRequest) -> np.ndarray | RequestError:
