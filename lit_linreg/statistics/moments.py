@@ -32,36 +32,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-QR_MAX_ROWS = 262_144
-"""Most training rows accumulated as a QR factor by `choose_method`; taller tables keep the Gram matrix.
-
-The QR update with its exact sums costs about 25 times X'X (1.6 s per million rows of 33 columns on one core),
-several training epochs of a tall table; the float64 Gram matrix costs about 5 times X'X, under one epoch.
-Ill-conditioned real tables are mostly short; `LeastSquaresReference` says how many digits a Gram solve keeps.
-"""
-EXACT_MAX_COLUMNS = 2048
-"""Widest [1, X, Y] (1 + d + k columns) whose p x p statistics are accumulated under `method="auto"`.
-
-The exact reference costs O(N p^2) for the pass and O(p^3) for the solve, diagnostics, summary and `lr: auto`
-(a handful of SVDs and inverses), against O(N d) for an epoch. Measured on 2 cores, 16,384 rows: 2.3 s and
-0.4 GB at 512 features, 69 s and 1.6 GB at 2,048 (47 s of it O(p^3), whatever N); at 4,094 features, even on
-4,096 rows, 520 s and 1.9 GB. Wider tables keep O(p) moments instead ("moments") and pass over the rows (see
-`RowPasses`): at 4,094 features and 16,384 rows, 35 CG passes and 32 Lanczos passes took about 20 s each, in
-the rows' own memory plus 0.1 GB. Neither a summary nor collinearity diagnostics there: both need (X'X)^-1
-or its eigenvectors.
-"""
-ITERATIVE_MAX_PASSES = 500
-"""Most conjugate-gradient steps (one pass over the rows each) `solve` takes above `EXACT_MAX_COLUMNS`."""
-ITERATIVE_TOLERANCE = 1e-10
-"""CG stops at this relative residual ||Z'(T - Z U)|| / ||Z'T|| of the standardized normal equations."""
-LANCZOS_STEPS = 32
-"""Lanczos steps (one pass over the rows each) behind the Hessian's eigenvalues above `EXACT_MAX_COLUMNS`."""
-COLLINEARITY_INDEX = 30.0
-"""Belsley, Kuh & Welsch (1980): a condition index sqrt(lambda_max / lambda_i) above 30 marks a near-dependency."""
-VARIANCE_PROPORTION = 0.5
-"""A column belongs to a near-dependency when more than this share of its coefficient's variance comes from it."""
-REFINE_BELOW = 0.01
-"""Refine a solution when cond^2 * eps, the contraction of a refinement step, is below this (cond < 7e6)."""
+from lit_linreg import statistics  # the limits, read through the package at call time (see its docstring)
 
 _METHODS = ("qr", "gram", "moments")
 _HEADER = 4  # to_array: d, k, method, N; then the shift, then the upper triangles of the state and exact sums
@@ -76,9 +47,9 @@ _LARGEST = 2.0**480  # larger values could overflow a sum of squares of 2^64 row
 
 def choose_method(n_rows: int, n_columns: int) -> str:
     """ "moments" above `EXACT_MAX_COLUMNS` columns of [1, X, Y]; else "qr" up to `QR_MAX_ROWS` rows, "gram" above."""
-    if n_columns > EXACT_MAX_COLUMNS:
+    if n_columns > statistics.EXACT_MAX_COLUMNS:
         return "moments"
-    return "qr" if n_rows <= QR_MAX_ROWS else "gram"
+    return "qr" if n_rows <= statistics.QR_MAX_ROWS else "gram"
 
 
 class SufficientStatistics:
@@ -111,7 +82,7 @@ class SufficientStatistics:
             raise ValueError(f"need n_features >= 1 and n_targets >= 1, got {n_features} and {n_targets}")
         self.n_features, self.n_targets = n_features, n_targets
         p = 1 + n_features + n_targets
-        self.method = ("moments" if p > EXACT_MAX_COLUMNS else "qr") if method == "auto" else method
+        self.method = ("moments" if p > statistics.EXACT_MAX_COLUMNS else "qr") if method == "auto" else method
         self.n = 0
         self.shift = np.zeros(n_features + n_targets)  # (d + k,) c, the first row seen; the mean in "moments" mode
         self.rows: RowPasses | None = None
@@ -276,7 +247,9 @@ class SufficientStatistics:
         if self.n == 0:
             raise ValueError("no rows accumulated yet")
         if self.method == "moments":
-            raise ValueError(f"{self.width} columns > EXACT_MAX_COLUMNS = {EXACT_MAX_COLUMNS}: no p x p factor kept")
+            raise ValueError(
+                f"{self.width} columns > EXACT_MAX_COLUMNS = {statistics.EXACT_MAX_COLUMNS}: no p x p factor kept"
+            )
         if self._factor is None:
             if self.method == "qr":
                 self._factor = self._state
@@ -335,7 +308,9 @@ class SufficientStatistics:
         if self._exact is not None:
             return _symmetric_block(self._exact[0] + self._exact[1], slice(0, self.width), slice(0, self.width))
         if self.method == "moments":
-            raise ValueError(f"{self.width} columns > EXACT_MAX_COLUMNS = {EXACT_MAX_COLUMNS}: no Gram matrix kept")
+            raise ValueError(
+                f"{self.width} columns > EXACT_MAX_COLUMNS = {statistics.EXACT_MAX_COLUMNS}: no Gram matrix kept"
+            )
         return _reshift(self._state, "gram", self.n, -self.shift)
 
 
@@ -616,7 +591,7 @@ def solve(stats: SufficientStatistics, fit_intercept: bool = True) -> LeastSquar
     u, rank, cond = _min_norm(stats, fit_intercept, targets, rtol)  # (d, k) in standardized units
     w = u / scale[:, None]  # (d, k)
     bias = stats.y_mean - w.T @ stats.x_mean if fit_intercept else np.zeros(k)
-    if stats.method == "qr" and cond**2 * np.finfo(np.float64).eps < REFINE_BELOW:
+    if stats.method == "qr" and cond**2 * np.finfo(np.float64).eps < statistics.REFINE_BELOW:
         triangle = stats.factor()[: 1 + d, : 1 + d] if fit_intercept else design
         theta = _refine(stats, fit_intercept, np.vstack([bias, w]) if fit_intercept else w, triangle)
         w, bias = (theta[1:], theta[0]) if fit_intercept else (theta, bias)
@@ -648,7 +623,9 @@ def _solve_by_passes(stats: SufficientStatistics, fit_intercept: bool) -> LeastS
     """
     rows = stats.rows
     if rows is None:
-        raise ValueError(f"{stats.width} columns > EXACT_MAX_COLUMNS = {EXACT_MAX_COLUMNS} and no rows to pass over")
+        raise ValueError(
+            f"{stats.width} columns > EXACT_MAX_COLUMNS = {statistics.EXACT_MAX_COLUMNS} and no rows to pass over"
+        )
     d, k, n = stats.n_features, stats.n_targets, stats.n
     mean_x, mean_y, scale = stats.x_mean, stats.y_mean, stats.x_std[:, None]
 
@@ -673,7 +650,7 @@ def _solve_by_passes(stats: SufficientStatistics, fit_intercept: bool) -> LeastS
     direction, squares = residual.copy(), np.square(residual).sum(0)
     start = np.sqrt(squares)
     steps = 0
-    while steps < ITERATIVE_MAX_PASSES and (np.sqrt(squares) > ITERATIVE_TOLERANCE * start).any():
+    while steps < statistics.ITERATIVE_MAX_PASSES and (np.sqrt(squares) > statistics.ITERATIVE_TOLERANCE * start).any():
         product = normal(direction)
         curvature = (direction * product).sum(0)
         alpha = np.divide(squares, curvature, out=np.zeros(k), where=curvature > 0)
@@ -697,7 +674,7 @@ def _solve_by_passes(stats: SufficientStatistics, fit_intercept: bool) -> LeastS
         _residual_sum=residual_sum,
         passes=steps + 2,
         residual=float(reached.max()),
-        converged=bool(reached.max() <= 100 * ITERATIVE_TOLERANCE),
+        converged=bool(reached.max() <= 100 * statistics.ITERATIVE_TOLERANCE),
         _rows=rows,
         _xc_residual=xc_residual,
     )
@@ -923,7 +900,7 @@ def lanczos_eigenvalues(product: Callable[[np.ndarray], np.ndarray], dim: int, s
     it approximates, which is what a largest stable learning rate needs; the smallest is at least the smallest
     eigenvalue (a heavy ball tuned to it is slower, never unstable).
     """
-    steps = min(steps or LANCZOS_STEPS, dim)
+    steps = min(steps or statistics.LANCZOS_STEPS, dim)
     basis = np.zeros((steps, dim))
     q = np.random.default_rng(0).standard_normal(dim)
     q /= np.linalg.norm(q)
@@ -950,16 +927,18 @@ def max_stable_lr(eigenvalues: np.ndarray) -> float:
 
 
 def collinear_groups(
-    stats: SufficientStatistics, names: Sequence[str] | None = None, threshold: float = COLLINEARITY_INDEX
+    stats: SufficientStatistics, names: Sequence[str] | None = None, threshold: float | None = None
 ) -> list[tuple[str, ...]]:
     """Feature names caught in near-dependencies, by Belsley's rule on the correlation matrix.
 
-    Each eigenvector whose condition index sqrt(lambda_max / lambda_i) exceeds `threshold` is a near-dependency;
-    its members are the columns that owe more than `VARIANCE_PROPORTION` of their coefficient's variance to
-    it (variance-decomposition proportions: v_ji^2 / lambda_i over sum_i v_ji^2 / lambda_i). Dependencies that
-    share a column are merged. A constant column is a dependency on its own (with the intercept).
+    Each eigenvector whose condition index sqrt(lambda_max / lambda_i) exceeds `threshold` (`COLLINEARITY_INDEX`
+    by default) is a near-dependency; its members are the columns that owe more than `VARIANCE_PROPORTION` of
+    their coefficient's variance to it (variance-decomposition proportions: v_ji^2 / lambda_i over
+    sum_i v_ji^2 / lambda_i). Dependencies that share a column are merged. A constant column is a dependency on
+    its own (with the intercept).
     """
     names = list(names) if names is not None else [f"x{j}" for j in range(stats.n_features)]
+    threshold = statistics.COLLINEARITY_INDEX if threshold is None else threshold
     if not (_condition_indices(_correlation_eigenvalues(stats)) > threshold).any():  # no vectors needed
         return []
     eigenvalues, vectors = correlation_spectrum(stats)
@@ -967,7 +946,7 @@ def collinear_groups(
     proportions = phi / phi.sum(axis=1, keepdims=True)
     groups: list[set[int]] = []
     for component, index in enumerate(_condition_indices(eigenvalues)):
-        group = set(np.flatnonzero(proportions[:, component] > VARIANCE_PROPORTION).tolist())
+        group = set(np.flatnonzero(proportions[:, component] > statistics.VARIANCE_PROPORTION).tolist())
         if index <= threshold or not group:
             continue
         for other in [g for g in groups if g & group]:
@@ -980,7 +959,9 @@ def collinear_groups(
 def diagnose(stats: SufficientStatistics, k: int, has_bias: bool, names: Sequence[str] | None = None) -> Diagnostics:
     """All the diagnostics at once, for a model with k outputs, with or without a bias (see `hessian_eigenvalues`)."""
     correlation = _correlation_eigenvalues(stats)
-    if (_condition_indices(correlation) > COLLINEARITY_INDEX).any():  # a near-dependency: its vectors name it
+    if (
+        _condition_indices(correlation) > statistics.COLLINEARITY_INDEX
+    ).any():  # a near-dependency: its vectors name it
         correlation, vectors = correlation_spectrum(stats)
         vif = (np.square(vectors) / _floored(correlation)).sum(axis=1)
     else:  # cond(C) <= 900: diag(C^-1) = N diag(T^-1 T^-T) from the triangle's inverse, with no singular vectors
