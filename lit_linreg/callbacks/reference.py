@@ -1,0 +1,330 @@
+"""The exact least-squares reference: the optimum of the training split, how far SGD still is from it, and why.
+
+It makes one extra pass over the training data at the start of fit (none where the DataModule has its own
+statistics), compares each epoch's coefficients with the optimum, and prints the fit beside it at the end.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from types import SimpleNamespace
+
+import lightning as L
+import numpy as np
+import torch
+from lightning.pytorch.utilities import rank_zero_only
+
+from lit_linreg import statistics
+from lit_linreg.callbacks.coefficients import (
+    _by_term,
+    _has_bias,
+    coefficient_records,
+    format_summary,
+    write_coefficients,
+)
+from lit_linreg.callbacks.scalars import log_epoch_scalars
+
+
+class LeastSquaresReference(L.Callback):
+    """The exact least-squares answer of the training split, how far SGD still is from it, and why.
+
+    At the start of fit it takes the DataModule's one pass of sufficient statistics (`train_statistics`, see
+    `lit_linreg.statistics`; a DataModule without one gets a pass over its train loader here) and from them alone:
+
+    - solves the least-squares problem exactly (QR, refined), logging `optimum/loss`, its train MSE;
+    - scores that answer on the validation rows, `optimum/val_loss`: a baseline for any model;
+    - prints and logs the diagnostics: the Hessian's condition number, the largest stable learning rate,
+      the nearly collinear columns (`diagnostics/condition_number`, `diagnostics/max_stable_lr`).
+
+    Each epoch it logs, for a model that offers `coefficients()` (W and b in original units):
+    `optimum/loss_gap` (the model's train MSE minus the optimum's, >= 0), `optimum/relative_gap` (that over
+    the optimum's MSE, or over the targets' variance where the optimum fits almost exactly, R² > 0.999),
+    and `optimum/weight_gap`. With `stop_at_relative_gap` set, training stops once the relative gap is
+    below it. At the end of fit it prints the fit beside the optimum and a statistician's summary (as R's
+    `summary(lm)`), and writes every coefficient to `coefficients.csv` in the run's log directory.
+
+    Above `statistics.EXACT_MAX_COLUMNS` columns the optimum comes from conjugate gradient over the training
+    rows, said in one line (passes, residual reached); each `optimum/loss_gap` then costs one more pass. The
+    diagnostics and the summary's inference need O(d^3) and are skipped, with one line; an unconverged solve
+    logs no `optimum/*` tag at all.
+
+    Args:
+        enabled: Compute and log the reference.
+        max_table_coefficients: Coefficients printed at most at the end of fit (largest |t| first); all of
+            them are in coefficients.csv.
+        stop_at_relative_gap: Stop training once `optimum/relative_gap` is at or below this; None never stops.
+        stop_when_stalled: Stop training once `optimum/relative_gap` has not fallen 1 % below its best in this
+            many epochs (float32 rounding or mini-batch noise is its floor), or in sqrt(condition number) epochs
+            where that is longer: heavy ball's gap can stay flat about that long and still converge (a model
+            trained whitened has condition number 1). Tables too wide for the diagnostics are never stopped for
+            it; None stops none.
+    """
+
+    def __init__(
+        self,
+        enabled: bool = True,
+        max_table_coefficients: int = 16,
+        stop_at_relative_gap: float | None = None,
+        stop_when_stalled: int | None = None,
+    ) -> None:
+        self.enabled = enabled
+        self.max_table_coefficients = max_table_coefficients
+        self.stop_at_relative_gap = stop_at_relative_gap
+        self.stop_when_stalled = stop_when_stalled
+        self.fit: statistics.LeastSquares | None = None
+        self.loss: float | None = None
+        self.model_loss: float | None = None
+        self.gaps: list[float] = []  # optimum/relative_gap of each epoch of this fit, for `shortfall`
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if not self.enabled:
+            return
+        stats = getattr(trainer.datamodule, "train_statistics", None) or statistics_from_loader(trainer, pl_module)
+        self.stats, self.has_bias, self.gaps = stats, _has_bias(pl_module), []
+        self.stall_epochs: int | None = None  # see `stop_when_stalled`; set with the diagnostics
+        self.log_dir = Path(trainer.log_dir or trainer.default_root_dir)  # a collective: every rank asks here
+        if stats.method != "moments":
+            self.fit = statistics.solve(stats, self.has_bias)
+        elif not self._solve_by_passes(trainer, stats):
+            return
+        self.loss = self.fit.mse
+        variance = float(np.square(stats.y_std).mean())  # the MSE of predicting each target's mean
+        self.scale = self.loss if self.loss > 1e-3 * variance else variance  # what the gap is relative to
+        self.val_loss = _val_loss(self.fit, trainer, pl_module)
+        scalars = {"optimum/loss": self.loss}
+        if self.val_loss is not None:
+            scalars["optimum/val_loss"] = self.val_loss
+        if stats.method == "moments":
+            log_epoch_scalars(trainer, scalars)
+            return
+        names = getattr(pl_module, "design_names", None)
+        self.diagnostics = statistics.diagnose(stats, stats.n_targets, self.has_bias, names)
+        scalars["diagnostics/condition_number"] = self.diagnostics.condition_number
+        scalars["diagnostics/max_stable_lr"] = self.diagnostics.max_stable_lr
+        log_epoch_scalars(trainer, scalars)
+        whitened = getattr(pl_module, "whitened_rank", None) is not None  # see LinearRegression.set_preconditioner
+        if self.stop_when_stalled:
+            trained = 1.0 if whitened else self.diagnostics.condition_number
+            self.stall_epochs = max(self.stop_when_stalled, int(min(np.sqrt(trained), 1e12)))
+        if trainer.is_global_zero:
+            problem = f"standardized problem: {self.diagnostics.describe()}"
+            if whitened:
+                problem += "; the model trains it whitened by R, at condition number 1"
+            print(f"least squares: train MSE {self.loss:.6g}; {problem}")
+            if stats.method == "gram":  # normal equations square the condition number
+                digits = max(0.0, 15.9 - 2 * np.log10(max(self.diagnostics.condition_number, 1.0)))
+                print(
+                    f"least squares from the normal equations ({stats.n} rows > {statistics.QR_MAX_ROWS}, or wide):"
+                    f" about {digits:.0f} significant digits"
+                )
+
+    def _solve_by_passes(self, trainer: L.Trainer, stats: statistics.SufficientStatistics) -> bool:
+        """The optimum of a table too wide for p x p statistics, by passes over the rows; False if none is trusted."""
+        width = f"{stats.width} columns of [1, X, Y] > statistics.EXACT_MAX_COLUMNS = {statistics.EXACT_MAX_COLUMNS}"
+        self.fit = None
+        if stats.rows is None:
+            line = f"least squares: reference off: {width}, and these statistics hold no way back to the rows"
+        else:
+            self.fit = statistics.solve(stats, self.has_bias)
+            how = f"{self.fit.passes} passes over the training rows, relative residual {self.fit.residual:.2g}"
+            if self.fit.converged:
+                line = (
+                    f"least squares: train MSE {self.fit.mse:.6g} by conjugate gradient ({width}): {how};"
+                    " no collinearity diagnostics or standard errors at this width (they need (X'X)^-1, O(d^3))"
+                )
+            else:
+                line = (
+                    f"least squares: reference off: conjugate gradient ({width}) stopped after {how}, short of"
+                    f" statistics.ITERATIVE_TOLERANCE = {statistics.ITERATIVE_TOLERANCE:g}: no optimum/* tags"
+                )
+                self.fit = None
+        if trainer.is_global_zero:
+            print(line)
+        return self.fit is not None
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        coefficients = pl_module.coefficients() if self.fit is not None and hasattr(pl_module, "coefficients") else None
+        if coefficients is None:  # no model to compare, or a network without coefficients: the baseline stands
+            return
+        weight, bias = (t.cpu().numpy() for t in coefficients)
+        loss_gap = max(self.fit.gap(weight, bias if self.has_bias else None), 0.0)
+        self.model_loss = self.loss + loss_gap
+        relative = loss_gap / self.scale
+        self.gaps.append(relative)
+        weight_gap = np.sqrt(np.square(weight - self.fit.weight).sum() + np.square(bias - self.fit.bias).sum())
+        log_epoch_scalars(
+            trainer,
+            {"optimum/loss_gap": loss_gap, "optimum/relative_gap": relative, "optimum/weight_gap": float(weight_gap)},
+        )
+        if self.stop_at_relative_gap is not None and relative <= self.stop_at_relative_gap:
+            trainer.should_stop = True
+        if self.stall_epochs is not None and len(self.gaps) > self.stall_epochs:
+            before = min(self.gaps[: -self.stall_epochs])  # the best gap until `stall_epochs` epochs ago
+            trainer.should_stop |= min(self.gaps[-self.stall_epochs :]) > 0.99 * before
+
+    @rank_zero_only
+    def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if self.fit is None or trainer.sanity_checking:
+            return
+        metrics = trainer.callback_metrics
+        optimizer = trainer.optimizers[0].__class__.__name__ if trainer.optimizers else "none"
+        rows = [
+            ("train MSE", self.model_loss, self.loss),
+            ("val MSE", _item(metrics.get("val/loss")), self.val_loss),
+            ("val R2", _item(metrics.get("val/r2")), None),
+        ]
+        names = getattr(pl_module, "design_names", None)
+        wide = self.stats.method == "moments"  # estimates only: inference needs (X'X)^-1
+        summaries = _estimates(self.fit, names) if wide else statistics.summarize(self.stats, self.has_bias, names)
+        linear = hasattr(pl_module, "coefficients") and pl_module.coefficients() is not None
+        fitted = _by_term(pl_module) if linear else {}
+        records = coefficient_records(
+            pl_module.schema["targets"] if hasattr(pl_module, "schema") else None, summaries, fitted
+        )
+        print(f"optimizer: {optimizer}")
+        if self.model_loss is not None:
+            print(
+                f"relative gap {(self.model_loss - self.loss) / self.scale:.3g} after {trainer.current_epoch} epochs,"
+                f" {self.stats.n} training rows x {self.stats.n_features} columns"
+            )
+            faster = _faster(pl_module, self.stats, self.has_bias)
+            short = shortfall(self.gaps, self.stop_at_relative_gap, trainer.current_epoch, faster)
+            if short:
+                print(short)
+        print(format_table(rows))
+        shown = sorted(records, key=lambda r: -abs(r["t"]) if np.isfinite(r["t"]) else 0.0)
+        shown = shown[: self.max_table_coefficients]
+        targets = list(dict.fromkeys(r["target"] for r in records))
+        print(format_summary(shown, [] if wide else summaries, [] if wide else targets))
+        path = self.log_dir / "coefficients.csv"
+        write_coefficients(path, records)
+        if len(shown) < len(records):
+            print(f"({len(records) - len(shown)} more coefficients in {path}, the largest |t| shown first)")
+        if not linear:
+            print("(coefficients, the inference table and optimum/loss_gap apply to a linear model only)")
+
+
+def _val_loss(fit: statistics.LeastSquares, trainer: L.Trainer, pl_module: L.LightningModule) -> float | None:
+    """The least-squares answer's MSE on the validation rows (one pass, float64), or None without them."""
+    loader = trainer.datamodule.val_dataloader() if trainer.datamodule is not None else None
+    if loader is None:
+        return None
+    encode = getattr(pl_module, "encoder", None)
+    weight, bias = torch.from_numpy(fit.weight), torch.from_numpy(fit.bias)
+    sse, count = 0.0, 0
+    with torch.no_grad():
+        for x, y in loader:
+            x, y = x.cpu().double(), y.cpu().double()
+            x = encode.double()(x) if encode is not None else x
+            sse += (x @ weight.T + bias - y).square().sum().item()
+            count += y.numel()
+    if encode is not None:
+        encode.float()
+    total = trainer.strategy.reduce(torch.tensor([sse, count], dtype=torch.float64), reduce_op="sum")
+    return float(total[0] / total[1]) if total[1] > 0 else None
+
+
+def shortfall(gaps: list[float], goal: float | None, epochs: int, faster: str | None = None) -> str | None:
+    """One line for a fit that ended above the relative gap it was asked for; None when it reached it.
+
+    It gives the gap reached, the epochs the goal would take at the rate of the later half of the run (heavy
+    ball's gap oscillates, so a rate over a single epoch says little), and the flag that would get there:
+    `faster` where given, else more epochs.
+
+    Args:
+        gaps: `optimum/relative_gap` of each epoch, in order.
+        goal: The relative gap asked for (`stop_at_relative_gap`); None asks for none.
+        epochs: The epochs the fit ran.
+        faster: A flag that converges much faster, e.g. "--model.precondition qr".
+    """
+    if goal is None or not gaps or gaps[-1] <= goal:
+        return None
+    later = [max(gap, 1e-300) for gap in gaps[len(gaps) // 2 :]]
+    rate = (np.log(later[-1]) - np.log(later[0])) / (len(later) - 1) if len(later) > 1 else 0.0  # per epoch
+    more = int(min(np.ceil(np.log(goal / gaps[-1]) / rate), 1e18)) if rate < 0 else None
+    if more is not None and more <= 1000 * epochs:  # else a crawl at a floor, not a rate to extrapolate
+        pace = f"at this rate it needs about {more} more epochs"
+        flags = [faster, f"--trainer.max_epochs {epochs + more}"]
+    else:  # mini-batch noise, or float32 rows that hold the answer no closer (the summary's least squares does)
+        pace = "the gap has stopped falling"
+        flags = [faster, "a larger --data.batch_size or a lower --model.lr, unless float32 rounding is the floor"]
+    advice = " or ".join(flag for flag in flags if flag)
+    return (
+        f"did not converge: relative gap {gaps[-1]:.3g} after {epochs} epochs, above the {goal:g} asked"
+        f" (--reference.stop_at_relative_gap); {pace}: {advice}"
+    )
+
+
+def _faster(pl_module: L.LightningModule, stats: statistics.SufficientStatistics, has_bias: bool) -> str | None:
+    """The flag that trains this fit at condition number 1, when it did not use it and it applies."""
+    hparams = getattr(pl_module, "hparams", {})
+    penalized = any(hparams.get(name) for name in ("l1_strength", "l2_strength", "weight_decay"))
+    if hparams.get("precondition") != "none" or not getattr(pl_module, "is_linear", False) or penalized:
+        return None  # see LinearRegression._why_not_qr
+    return None if stats.method == "moments" or not has_bias else "--model.precondition qr"
+
+
+def format_table(rows: list[tuple[str, float | None, float | None]]) -> str:
+    """The end-of-fit table: one row per quantity, the SGD fit beside the exact optimum."""
+
+    def cell(v: float | None) -> str:
+        return f"{v:>14.6g}" if v is not None else f"{'':>14}"
+
+    width = max(12, *(len(name) + 2 for name, _, _ in rows))
+    lines = [f"{'':<{width}}{'SGD fit':>14}{'least squares':>14}"]
+    lines += [f"{name:<{width}}{cell(fit)}{cell(best)}" for name, fit, best in rows]
+    return "\n".join(lines)
+
+
+def _item(value: torch.Tensor | None) -> float | None:
+    return None if value is None else float(value)
+
+
+def _estimates(fit: statistics.LeastSquares, names: list[str] | None) -> list[SimpleNamespace]:
+    """Per target, the least-squares estimates as `coefficient_records` reads a summary, the inference NaN."""
+    names = names or [f"x{j}" for j in range(fit.weight.shape[1])]
+    out = []
+    for weight, bias in zip(fit.weight, fit.bias, strict=True):
+        estimate = np.concatenate([[bias], weight]) if fit.fit_intercept else weight
+        nan = np.full(len(estimate), np.nan)
+        labels = (["(intercept)"] if fit.fit_intercept else []) + list(names)
+        out.append(SimpleNamespace(names=labels, estimate=estimate, std_error=nan, t_value=nan, p_value=nan))
+        out[-1].conf_low = out[-1].conf_high = nan
+    return out
+
+
+def statistics_from_loader(trainer: L.Trainer, pl_module: L.LightningModule) -> statistics.SufficientStatistics:
+    """One pass over this rank's training batches, gathered over the ranks: for a DataModule without its own.
+
+    Statistics too wide for p x p matrices ("moments") get a `statistics.RowPasses` over the same loader.
+    """
+    stats = None
+    for x, y in _loader_blocks(trainer, pl_module):
+        stats = stats or statistics.SufficientStatistics(x.shape[1], y.shape[1])
+        stats.update(x, y)
+    if trainer.world_size > 1:
+        gathered = trainer.strategy.all_gather(torch.from_numpy(stats.to_array()))
+        stats = statistics.SufficientStatistics.combine(
+            [statistics.SufficientStatistics.from_array(a) for a in gathered.cpu().numpy()]
+        )
+    if stats.method == "moments":
+
+        def reduce(values: np.ndarray) -> np.ndarray:
+            tensor = torch.from_numpy(values).to(trainer.strategy.root_device)
+            return trainer.strategy.reduce(tensor, reduce_op="sum").cpu().numpy()
+
+        stats.rows = statistics.RowPasses(lambda: _loader_blocks(trainer, pl_module), stats.mean, reduce)
+    return stats
+
+
+def _loader_blocks(trainer: L.Trainer, pl_module: L.LightningModule):
+    """This rank's training batches as float64 numpy (x, y), encoded as the model encodes them."""
+    encode = getattr(pl_module, "encoder", None)
+    try:
+        for x, y in trainer.train_dataloader:
+            x, y = x.cpu().double(), y.cpu().double()
+            x = encode.double()(x) if encode is not None else x
+            yield x.numpy(), y.numpy()
+    finally:
+        if encode is not None:
+            encode.float()
