@@ -1,17 +1,34 @@
 """What the project needs from one pass over the training rows: moments, the exact fit, diagnostics, inference.
 
-The limits below choose between the exact path and the passes over the rows. The modules read them through this
-package when they run (`statistics.EXACT_MAX_COLUMNS`), never as a copy of their own, so that setting one here,
-as a test does to make a small table "wide", reaches every use.
+One pass accumulates `SufficientStatistics` of A = [1, X - c_x, Y - c_y] (N, p), p = 1 + d + k, c the first row
+seen: R, the triangular factor of A's QR decomposition, and the raw cross-products [1, X, Y]'[1, X, Y] in
+double-double precision. Everything else is computed from those in O(p^3) at most, with no second pass over the
+data. The pass costs one QR of the rows (LAPACK's dtpqrt, which keeps R's zeros out of the work) and, for the
+exact sums, matrix products worth about 1.5 more; after it, one SVD without vectors gives the rank, the
+conditioning and the diagnostics, and triangular solves the rest. Singular vectors (one more SVD) are computed
+only for a rank-deficient or collinear design.
+
+Above `EXACT_MAX_COLUMNS` no p x p matrix is formed: the pass keeps O(p) moments (`method="moments"`) and a
+`RowPasses`, a way back to the rows, through which the least-squares answer (conjugate gradient) and the
+Hessian's eigenvalues (Lanczos) come from matrix-vector passes over them.
+
+One idea a module:
+
+- `moments`: the one pass, `SufficientStatistics` (update, merge, to and from an array for DDP) and `choose_method`;
+- `exact`: the double-double arithmetic behind the exact sums and the refined gradient;
+- `passes`: `RowPasses`, matrix-vector products over the rows for statistics too wide for p x p matrices;
+- `solve`: `LeastSquares`, `solve` (QR with refinement, or conjugate gradient) and `train_mse`;
+- `diagnostics`: `Diagnostics`, `diagnose`, the Hessian's and the correlation matrix's spectra, collinear groups;
+- `inference`: `Summary`, `summarize`, as R's summary(lm) and statsmodels' OLS report a fit.
+
+The limits below choose between the paths. The modules read them through this package when they run
+(`statistics.EXACT_MAX_COLUMNS`), never as a copy of their own, so that setting one here, as a test does to make
+a small table "wide", reaches every use. Importing the package imports numpy only; scipy's LAPACK and
+distributions are imported where they are used, so that it stays fast.
 """
 
-from lit_linreg.statistics.moments import (
+from lit_linreg.statistics.diagnostics import (
     Diagnostics,
-    LeastSquares,
-    RowPasses,
-    SufficientStatistics,
-    Summary,
-    choose_method,
     collinear_groups,
     correlation_spectrum,
     diagnose,
@@ -19,10 +36,11 @@ from lit_linreg.statistics.moments import (
     lanczos_eigenvalues,
     max_stable_lr,
     raw_hessian_eigenvalues,
-    solve,
-    summarize,
-    train_mse,
 )
+from lit_linreg.statistics.inference import Summary, summarize
+from lit_linreg.statistics.moments import SufficientStatistics, choose_method
+from lit_linreg.statistics.passes import RowPasses
+from lit_linreg.statistics.solve import LeastSquares, solve, train_mse
 
 QR_MAX_ROWS = 262_144
 """Most training rows accumulated as a QR factor by `choose_method`; taller tables keep the Gram matrix.
