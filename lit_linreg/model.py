@@ -1,39 +1,41 @@
 """The LightningModule: one `nn.Linear` trained with MSE and SGD.
 
 The notebooks' loop, step by step, and where each step lives now:
-    forward      y_pred = w * x          -> `forward` / `_errors` (nn.Linear)
+    forward      y_pred = w * x          -> `forward` / `loss_per_output` (nn.Linear)
     loss         ((y_pred - y)**2).mean() -> `training_step`
     gradient     l.backward()             -> Lightning, on the loss `training_step` returns
-    update       w -= lr * w.grad         -> `configure_optimizers` (torch.optim.SGD), stepped by Lightning
+    update       w -= lr * w.grad         -> `configure_optimizers` (SGD: optim.py), stepped by Lightning
     zero-grad    w.grad.zero_()           -> Lightning, before each step
 """
 
 from __future__ import annotations
 
-import math
 from typing import Literal
 
 import lightning as L
-import numpy as np
 import torch
 from lightning.pytorch.utilities import rank_zero_info
 from torch import nn
 from torchmetrics import MeanAbsoluteError, MeanSquaredError, MetricCollection
 
+from lit_linreg import optim, standardize
 from lit_linreg.encoding import TableEncoder, default_schema, design_names, needs_encoder
 from lit_linreg.errors import ConfigError, DivergenceError
 from lit_linreg.metrics import R2, say_if_beyond_float32
+from lit_linreg.nets import sized_net
+from lit_linreg.precondition import whitening, why_not_qr
 
-WHITEN_MAX_ERROR = 3.0
-"""Largest relative error, as `LinearRegression.set_preconditioner` bounds it, that rounding the rows to the
-training precision may put in a whitened direction; finer directions are left out of `precondition: qr`.
-
-The bound is a worst case (rounding errors do not all line up with the weakest direction). Measured in float32
-on synthetic tables of 5 features and 160 training rows, every direction kept, by the correlation matrix's
-condition number (the bound): 1.2e12 (1.6) reaches a relative gap of 3e-4 in 2 epochs, 3.7e12 (2.8) 1e-3 in 2,
-1.2e13 (5) stalls at 2e-3, 3.7e13 (9) diverges. On NIST's Filip (1.2e19) 3 keeps 8 of the 10 directions and
-ends at a relative gap of 0.41, near the 0.37 of the exact answer of its float32-rounded rows; 2 keeps 7 (1.9).
-"""
+# What each argument allows, checked in this order; a value outside says "model.<name> must be <rule>, got <value>".
+RANGES = {
+    "in_features": (lambda v: v >= 1, "at least 1"),
+    "out_features": (lambda v: v >= 1, "at least 1"),
+    "lr": (lambda v: v == "auto" or v > 0, "> 0 or auto"),
+    "momentum": (lambda v: v == "auto" or 0 <= v < 1, "in [0, 1) or auto"),
+    "weight_decay": (lambda v: v >= 0, ">= 0"),
+    "l1_strength": (lambda v: v >= 0, ">= 0"),
+    "l2_strength": (lambda v: v >= 0, ">= 0"),
+}
+CHOICES = {"init": ("default", "zeros"), "precondition": ("none", "qr")}
 
 
 class LinearRegression(L.LightningModule):
@@ -41,16 +43,20 @@ class LinearRegression(L.LightningModule):
 
     Inputs and outputs are always in original units. When the DataModule standardizes, the model
     stores the training statistics as buffers (`x_mean`, `x_std`, `y_mean`, `y_std`) and learns in
-    standardized units inside; a checkpoint alone therefore predicts from raw inputs. A table with
-    categorical columns or filled-in missing values is encoded first, inside the model (see encoding.py),
-    and its `schema` (names, categories) is a hyperparameter, so it travels in every checkpoint.
+    standardized units inside (see standardize.py); a checkpoint alone therefore predicts from raw inputs. A
+    table with categorical columns or filled-in missing values is encoded first, inside the model (see
+    encoding.py), and its `schema` (names, categories) is a hyperparameter, so it travels in every checkpoint.
+
+    Long because: Lightning calls its hooks on this one class, and the statistics stay its own buffers (their
+    state_dict keys are every checkpoint's), so the few lines that use them stay beside them. The ideas themselves
+    live in standardize.py, precondition.py, optim.py and nets.py; what remains reads top to bottom as one fit.
 
     Args:
         in_features: Input columns; the CLI links it from the DataModule.
         out_features: Output columns; the CLI links it from the DataModule.
         bias: Learn an intercept b.
         init: "default" is PyTorch's uniform init; "zeros" starts from W = 0, b = 0 as the notebooks do.
-        lr: SGD learning rate, > 0; "auto" takes it from the training data's curvature (see `tune_sgd`).
+        lr: SGD learning rate, > 0; "auto" takes it from the training data's curvature (see optim.py).
         momentum: SGD momentum, in [0, 1); "auto" too (heavy-ball momentum for full-batch training).
         weight_decay: SGD weight decay (applies to W and b), >= 0.
         l1_strength: L1 penalty l1 * sum|W| added to the loss (W only, not b), >= 0.
@@ -60,11 +66,10 @@ class LinearRegression(L.LightningModule):
             defines `build(in_features, out_features)` gets the data's sizes from the model (see nets.py).
             `bias` and `init` apply to the default linear layer only; l1/l2 penalize every `weight`.
         precondition: "qr" trains the linear layer in the coordinates that the training statistics' R factor
-            whitens (see `set_preconditioner`), where the loss's Hessian is the identity: a table converges in a
-            few epochs whatever its condition number, up to what float32 rows resolve. "none" trains in
-            standardized units, the notebooks' way. (The diagonal preconditioner is the DataModule's
-            `standardize`.) "qr" falls back to "none", in one line, where it does not apply: a non-linear net,
-            statistics too wide to keep R, no bias, or a penalty.
+            whitens, where the loss's Hessian is the identity: a few epochs whatever the condition number (see
+            precondition.py). "none" trains in standardized units, the notebooks' way. "qr" falls back to "none",
+            in one line, where it does not apply: a non-linear net, statistics too wide to keep R, no bias, or a
+            penalty.
     """
 
     def __init__(
@@ -83,60 +88,26 @@ class LinearRegression(L.LightningModule):
         precondition: Literal["none", "qr"] = "none",
     ) -> None:
         super().__init__()
-        _check("model.in_features", in_features, in_features >= 1, "at least 1")
-        _check("model.out_features", out_features, out_features >= 1, "at least 1")
-        if lr != "auto":
-            _check("model.lr", lr, lr > 0, "> 0 or auto")
-        if momentum != "auto":
-            _check("model.momentum", momentum, 0 <= momentum < 1, "in [0, 1) or auto")
+        _check_arguments(locals())  # here, the arguments as given and nothing else
         self.lr, self.momentum = lr, momentum  # numbers once `tune_sgd` has resolved "auto"
         self.max_stable_lr: float | None = None  # full-batch gradient descent diverges at or above it
-        self.lr_was_auto = False  # whether `lr auto` chose the learning rate (see `_lr_advice`)
-        for name, value in (("weight_decay", weight_decay), ("l1_strength", l1_strength), ("l2_strength", l2_strength)):
-            _check(f"model.{name}", value, value >= 0, ">= 0")
-        if init not in ("default", "zeros"):
-            raise ConfigError(f"model.init must be 'default' or 'zeros', got {init!r}")
-        if precondition not in ("none", "qr"):
-            raise ConfigError(f"model.precondition must be 'none' or 'qr', got {precondition!r}")
+        self.lr_was_auto = lr == "auto"  # whether `lr auto` chooses the learning rate (see `optim.lr_advice`)
         # Primitives only, so checkpoints load with weights_only=True: a custom net is rebuilt from the config.
         self.save_hyperparameters(ignore=["net"])
-        self.schema = schema or default_schema(
-            [f"x{i}" for i in range(in_features)], [f"y{i}" for i in range(out_features)]
-        )
-        if (len(self.schema["features"]), len(self.schema["targets"])) != (in_features, out_features):
-            raise ConfigError(
-                f"model.schema names {len(self.schema['features'])} features and {len(self.schema['targets'])}"
-                f" targets, but in_features is {in_features} and out_features {out_features}"
-            )
+        self.schema = _checked_schema(schema, in_features, out_features)
         self.encoder = TableEncoder(self.schema) if needs_encoder(self.schema) else None
         self.design_names = design_names(self.schema)  # the columns the network sees, in order
         width = len(self.design_names)
-
-        if net is None:
-            net = nn.Linear(width, out_features, bias=bias)
-            if init == "zeros":
-                nn.init.zeros_(net.weight)
-                if bias:
-                    nn.init.zeros_(net.bias)
-        elif callable(getattr(net, "build", None)):
-            net.build(width, out_features)
-        self.net = net
-        # Identity until a standardizing DataModule provides statistics (see `setup`).
-        self.register_buffer("x_mean", torch.zeros(width))
-        self.register_buffer("x_std", torch.ones(width))
-        self.register_buffer("y_mean", torch.zeros(out_features))
-        self.register_buffer("y_std", torch.ones(out_features))
+        self.net = sized_net(net, width, out_features, bias, init)
+        standardize.add_buffers(self, width, out_features, whiten=precondition == "qr")  # identity until `setup`
         self._scales = False  # whether the statistics are other than identity: else every step skips them
-        if precondition == "qr":  # only then: checkpoints of "none" models keep the state_dict they always had
-            self.register_buffer("whiten", torch.eye(width))  # (width, width) M: the net sees z @ M
         self._whitens = False  # whether `whiten` is other than the identity (see `set_preconditioner`)
         self.whitened_rank: int | None = None  # the rank of the standardized design, once whitened
         self.condition_before: float | None = None  # the Hessian's condition number that whitening took to 1
-        self.register_load_state_dict_post_hook(lambda module, keys: module._note_scaling())
+        self.register_load_state_dict_post_hook(_note_scaling_after_load)
 
-        metrics = MetricCollection(
-            {"loss": MeanSquaredError(), "mae": MeanAbsoluteError(), "r2": R2()}  # R2: exact at any scale
-        )
+        # R2: exact at any scale.
+        metrics = MetricCollection({"loss": MeanSquaredError(), "mae": MeanAbsoluteError(), "r2": R2()})
         # float64 states: squared errors of targets near 1e20 (or 1e-20) overflow (or vanish) in float32.
         self.val_metrics = metrics.clone(prefix="val/").set_dtype(torch.float64)
         self.test_metrics = metrics.clone(prefix="test/").set_dtype(torch.float64)
@@ -162,14 +133,7 @@ class LinearRegression(L.LightningModule):
             self.set_standardization(**stats)
         moments = getattr(datamodule, "train_statistics", None)
         if self.hparams.precondition == "qr":
-            reason = self._why_not_qr(moments)
-            if reason is None:
-                stats = stats or self._standardize_from(moments)
-                reason = self.set_preconditioner(moments)  # None, or which directions it leaves out
-            else:
-                reason = f"precondition qr does not apply: {reason}; training without it"
-            if reason:
-                rank_zero_info(reason)
+            stats = self._precondition(moments, stats)
         if "auto" in (self.lr, self.momentum) and not self.is_linear:
             raise ConfigError("model.lr and model.momentum 'auto' apply to a linear model only: give numbers")
         if moments is not None and self.is_linear:
@@ -178,122 +142,43 @@ class LinearRegression(L.LightningModule):
         elif "auto" in (self.lr, self.momentum):
             raise ConfigError("model.lr and model.momentum 'auto' need a DataModule with train_statistics")
 
-    def _why_not_qr(self, moments) -> str | None:
-        """Why the statistics' R cannot precondition this fit, or None when it can."""
+    def _precondition(self, moments, stats: dict | None) -> dict | None:
+        """`precondition: qr` where it applies, saying in one line where it does not; returns the statistics used."""
         hp = self.hparams
-        if not self.is_linear:
-            return "the network is not one linear layer, and whitening the inputs makes its loss no simpler"
-        if moments is None:
-            return "this DataModule computes no train_statistics"
-        if moments.method == "moments":
-            return f"{moments.width} columns of [1, X, Y] are too wide for the statistics to keep R"
-        if self.net.bias is None:
-            return "whitening centres the inputs, which a model without an intercept (bias: false) cannot undo"
-        if hp.l1_strength or hp.l2_strength or hp.weight_decay:
-            return "a penalty or weight decay would act on the whitened weights, not on W"
-        return None
-
-    def _standardize_from(self, moments) -> dict[str, torch.Tensor]:
-        """Standardize with the training statistics even when the DataModule does not: whitening centres too."""
-        values = {"x_mean": moments.x_mean, "x_std": moments.x_std, "y_mean": moments.y_mean, "y_std": moments.y_std}
-        values = {name: torch.from_numpy(v) for name, v in values.items()}
-        self.set_standardization(**values)
-        return values
+        penalized = bool(hp.l1_strength or hp.l2_strength or hp.weight_decay)
+        reason = why_not_qr(moments, self.is_linear, getattr(self.net, "bias", None) is not None, penalized)
+        if reason is None:
+            if not stats:  # whitening centres, so it standardizes even where the DataModule does not
+                stats = standardize.from_moments(moments)
+                self.set_standardization(**stats)
+            reason = self.set_preconditioner(moments)  # None, or which directions it leaves out
+        else:
+            reason = f"precondition qr does not apply: {reason}; training without it"
+        if reason:
+            rank_zero_info(reason)
+        return stats
 
     @torch.no_grad()
     def set_preconditioner(self, moments) -> str | None:
-        """Whiten the standardized design with the R factor of the statistics pass, so its Hessian is the identity.
-
-        With Z the standardized centred design (N, d), the correlation matrix is C = Z'Z / N = P'P for the
-        triangle P = R_x / (s sqrt(N)) that the statistics already hold (rows and columns 1 : 1 + d of R; their
-        first row, the intercept, decouples since Z is centred). With P's SVD U S V', the network is fed
-        z M, M = V S^-1 V' = C^(-1/2), whose columns have Z_w'Z_w / N = I: the loss in the layer's weights has
-        the Hessian (2 / k) I, so gradient descent converges at one rate in every direction. Directions with
-        S below d * eps * S_max (constant or duplicated columns) get 0: the minimum-norm answer, as `solve` gives.
-        Predictions, coefficients and checkpoints stay in original units (see `coefficients`).
-
-        The training rows are rounded to the training precision (float32): a relative error eps in a column whose
-        mean is m and std s moves z by eps (1 + |m| / s), and z M by S_max / S_i times that in direction i. The
-        directions where that exceeds `WHITEN_MAX_ERROR` are finer than the rows resolve: they are left out too
-        (a truncated SVD, regularized at the rows' precision), and the line returned says so; None when every
-        direction is kept.
-        """
-        d = moments.n_features
-        triangle = moments.factor()[1 : 1 + d, 1 : 1 + d] / moments.x_std / math.sqrt(moments.n)  # (d, d) P
-        _, singular, right = np.linalg.svd(triangle)  # P = U diag(S) V', right = V'
-        exact = singular > singular[0] * d * np.finfo(np.float64).eps  # else a constant or duplicated column
-        rounding = torch.finfo(self.whiten.dtype).eps * float(np.max(1 + np.abs(moments.x_mean) / moments.x_std))
-        keep = exact & (singular * WHITEN_MAX_ERROR >= singular[0] * rounding)
-        inverse = np.divide(1.0, singular, out=np.zeros_like(singular), where=keep)
-        self.whiten.copy_(torch.from_numpy((right.T * inverse) @ right))  # (d, d) V S^-1 V'
-        self.whitened_rank = int(keep.sum())
-        self.condition_before = float(singular[0] / singular[exact][-1]) ** 2  # the Hessian's: P's squared
+        """Whiten the standardized design by the statistics' R (see `precondition.whitening`); its line, or None."""
+        found = whitening(moments, self.whiten.dtype)
+        self.whiten.copy_(found.matrix)
+        self.whitened_rank, self.condition_before = found.rank, found.condition_before
         self._note_scaling()
-        if keep.sum() == exact.sum():
-            return None
-        precision = str(self.whiten.dtype).removeprefix("torch.")
-        return (
-            f"precondition qr whitens {keep.sum()} of the {exact.sum()} directions of the standardized design: the"
-            f" others (condition number {self.condition_before:.3g} in all) are finer than {precision} rows resolve,"
-            " so training leaves them out and stops short of the exact answer, which the end-of-fit summary gives"
-        )
+        return found.note()
 
     def tune_sgd(self, moments, standardized: bool, full_batch: bool) -> None:
-        """Resolve `lr: auto` and `momentum: auto` from the eigenvalues of the training loss's Hessian.
-
-        With L and mu its largest and smallest (non-zero) eigenvalues, full-batch gradient descent diverges at
-        lr >= 2 / L. Full batch, "auto" is Polyak's heavy ball, the fastest fixed lr and momentum for a
-        quadratic: lr = 0.9 * 4 / (sqrt(L) + sqrt(mu))^2, momentum = ((sqrt(k) - 1) / (sqrt(k) + 1))^2 with k = L / mu;
-        with a fixed momentum 0, lr = 2 / (L + mu). Mini-batches add noise: lr = 1 / L, momentum 0.
-
-        Above `statistics.EXACT_MAX_COLUMNS` the eigenvalues are Lanczos estimates, a pass over the rows each
-        (an upper bound on L, mu at least the true one: slower, never unstable), taken only for "auto".
-        """
-        from lit_linreg import statistics
-
-        k, has_bias = moments.n_targets, self.net.bias is not None
-        wide, how = moments.method == "moments", ""
-        if wide and "auto" not in (self.lr, self.momentum):
+        """Resolve `lr: auto` and `momentum: auto` from the loss's Hessian (see optim.py); note the lr it allows."""
+        auto = "auto" in (self.lr, self.momentum)
+        if moments.method == "moments" and not auto:
             return  # the passes would only serve the divergence advice
-        if wide and moments.rows is None:
-            raise ConfigError(
-                f"model.lr and model.momentum 'auto' need the training rows above {statistics.EXACT_MAX_COLUMNS}"
-                " columns, and this DataModule's statistics have none: give numbers"
-            )
-        if self._whitens:  # (2 / k) I on the whitened weights and the bias; 0 on the directions dropped
-            eigenvalues = np.full(self.whitened_rank + has_bias, 2.0 / k)
-            how = f"whitened by the statistics' R, correlation condition number {self.condition_before:.3g} before; "
-        elif wide:
-            estimate = statistics.hessian_eigenvalues if standardized else statistics.raw_hessian_eigenvalues
-            before = moments.rows.count
-            eigenvalues = estimate(moments, k, has_bias)
-            how = f"Lanczos estimates from {moments.rows.count - before} passes over the rows: "
-        elif standardized:
-            eigenvalues = statistics.hessian_eigenvalues(moments, k, has_bias)
-        else:  # the raw design: H = 2 / (N k) [X 1]'[X 1] for each output
-            columns = [*range(1, 1 + moments.n_features), *([0] if has_bias else [])]
-            gram = moments.gram()[np.ix_(columns, columns)]
-            eigenvalues = np.linalg.eigvalsh(2 * gram / (moments.n * k))
-        largest = float(eigenvalues.max())
-        smallest = float(eigenvalues[eigenvalues > largest * 1e-12].min())
-        self.max_stable_lr = 2 / largest
-        if "auto" not in (self.lr, self.momentum):
-            return
-        self.lr_was_auto = self.lr == "auto"
-        if full_batch and self.momentum in ("auto", 0.0):
-            if self.momentum == "auto":
-                ratio = (math.sqrt(largest / smallest) - 1) / (math.sqrt(largest / smallest) + 1)
-                # 0.9: a margin for the float32 training copy, whose curvature differs from the float64 one's.
-                self.lr, self.momentum = 0.9 * 4 / (math.sqrt(largest) + math.sqrt(smallest)) ** 2, ratio**2
-            else:
-                self.lr = 2 / (largest + smallest)
-        else:
-            self.lr = 1 / largest if self.lr == "auto" else self.lr
-            self.momentum = 0.0 if self.momentum == "auto" else self.momentum
-        rank_zero_info(
-            f"lr auto: {self.lr:.4g}, momentum {self.momentum:.4g} ({how}Hessian eigenvalues {smallest:.3g} to"
-            f" {largest:.3g}, condition number {largest / smallest:.3g}; full batch: {full_batch})"
-        )
+        whitened = (self.whitened_rank, self.condition_before) if self._whitens else None
+        has_bias = self.net.bias is not None
+        eigenvalues, how = optim.hessian_eigenvalues(moments, has_bias, standardized, whitened)
+        self.max_stable_lr = optim.max_stable_lr(eigenvalues)
+        if auto:
+            self.lr, self.momentum, line = optim.auto_sgd(self.lr, self.momentum, eigenvalues, full_batch, how)
+            rank_zero_info(line)
 
     def set_standardization(
         self,
@@ -304,7 +189,7 @@ class LinearRegression(L.LightningModule):
         fill: torch.Tensor | None = None,
     ) -> None:
         """Store the training statistics the model standardizes with (and the missing-value fills of the inputs)."""
-        for name, value in (("x_mean", x_mean), ("x_std", x_std), ("y_mean", y_mean), ("y_std", y_std)):
+        for name, value in zip(standardize.STATISTICS, (x_mean, x_std, y_mean, y_std), strict=True):
             getattr(self, name).copy_(value)
         if fill is not None and self.encoder is not None:
             self.encoder.fill.copy_(fill)
@@ -312,19 +197,20 @@ class LinearRegression(L.LightningModule):
 
     def _note_scaling(self) -> None:
         """Decide once, when the statistics change or load, whether the per-step arithmetic is needed at all."""
-        means, stds = torch.cat([self.x_mean, self.y_mean]), torch.cat([self.x_std, self.y_std])
-        self._scales = bool(means.any() or (stds != 1).any())
-        whiten = getattr(self, "whiten", None)
-        self._whitens = whiten is not None and not torch.equal(whiten, torch.eye(len(whiten), device=whiten.device))
+        self._scales = standardize.scales(self.x_mean, self.x_std, self.y_mean, self.y_std)
+        self._whitens = standardize.whitens(getattr(self, "whiten", None))
         if self._whitens and self.whitened_rank is None:  # loaded from a checkpoint
-            self.whitened_rank = int(torch.linalg.matrix_rank(whiten.double()))
+            self.whitened_rank = int(torch.linalg.matrix_rank(self.whiten.double()))
 
     def _standardized(self, x: torch.Tensor) -> torch.Tensor:
         """Raw inputs (N, in_features) -> the standardized design (N, len(design_names)), whitened if preconditioned."""
         if self.encoder is not None:
             x = self.encoder(x)
-        z = (x - self.x_mean) / self.x_std if self._scales else x
+        z = standardize.forward(x, self.x_mean, self.x_std) if self._scales else x
         return z @ self.whiten if self._whitens else z
+
+    def _standardized_target(self, y: torch.Tensor) -> torch.Tensor:
+        return standardize.forward(y, self.y_mean, self.y_std) if self._scales else y  # (B, out_features)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Predict from raw inputs (N, in_features); returns (N, out_features) in original units.
@@ -332,23 +218,33 @@ class LinearRegression(L.LightningModule):
         A categorical input column holds codes: the position of each value in `schema["categories"][column]`.
         """
         y = self.net(self._standardized(x))
-        return y * self.y_std + self.y_mean if self._scales else y
+        return standardize.inverse(y, self.y_mean, self.y_std) if self._scales else y
 
-    def loss_per_output(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        """The training loss of each output, (out_features,): the mean squared error in standardized units.
+    @torch.no_grad()
+    def coefficients(self) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """W (out_features, design columns) and b (out_features,) in original units, as float64; None unless linear.
 
-        Override this in a subclass for another loss (see the README, "Your own model"): `training_step`
-        averages it over the outputs, adds the penalty and checks it is finite.
+        Callbacks that need coefficients call this and stand aside on None.
         """
-        return (self.net(self._standardized(x)) - self._standardized_target(y)).pow(2).mean(dim=0)
-
-    def _standardized_target(self, y: torch.Tensor) -> torch.Tensor:
-        return (y - self.y_mean) / self.y_std if self._scales else y  # (B, out_features)
+        if not self.is_linear:
+            return None
+        whiten = self.whiten if self._whitens else None
+        return standardize.coefficients(
+            self.net.weight, self.net.bias, self.x_mean, self.x_std, self.y_mean, self.y_std, whiten
+        )
 
     @property
     def is_linear(self) -> bool:
         """Whether the network is one linear layer: then coefficients, inference and the loss gap mean something."""
         return isinstance(self.net, nn.Linear)
+
+    def loss_per_output(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """The training loss of each output, (out_features,): the mean squared error in standardized units.
+
+        Override this in a subclass for another loss (see docs/model.md, "Your own model"): `training_step`
+        averages it over the outputs, adds the penalty and checks it is finite.
+        """
+        return (self.net(self._standardized(x)) - self._standardized_target(y)).pow(2).mean(dim=0)
 
     def penalty(self) -> torch.Tensor | float:
         """The L1 and L2 penalties on every `weight` (W of the linear model, never b); 0.0 when both are 0."""
@@ -376,7 +272,7 @@ class LinearRegression(L.LightningModule):
         if not torch.isfinite(loss):
             raise DivergenceError(
                 f"the training loss became {loss.item()} at epoch {self.current_epoch}, step {self.global_step}:"
-                f" training stopped; {self._lr_advice()}"
+                f" training stopped; {optim.lr_advice(self.lr, self.max_stable_lr, self.lr_was_auto)}"
             )
         # Logged in original target units and before this step's update, as the notebooks print it; only on the
         # steps the logger writes (every `log_every_n_steps`), as a `self.log` call costs more than this step.
@@ -415,40 +311,11 @@ class LinearRegression(L.LightningModule):
         return self(batch[0])
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
-        hp = self.hparams
-        if "auto" in (self.lr, self.momentum):
-            raise ConfigError("model.lr or model.momentum is 'auto' but no training data tuned it")
-        return torch.optim.SGD(self.parameters(), lr=self.lr, momentum=self.momentum, weight_decay=hp.weight_decay)
+        return optim.sgd(self.parameters(), self.lr, self.momentum, self.hparams.weight_decay)
 
-    @torch.no_grad()
-    def coefficients(self) -> tuple[torch.Tensor, torch.Tensor] | None:
-        """W (out_features, design columns) and b (out_features,) in original units, as float64; None unless linear.
-
-        Undoes the standardization: y = t * (W_s (x - m) / s + b_s) + u, with W_s = V M' for the whitened layer's
-        weights V when preconditioned (the net sees z M). Callbacks that need coefficients call this and stand
-        aside on None.
-        """
-        if not self.is_linear:
-            return None
-        w_s = self.net.weight.double()
-        if self._whitens:
-            w_s = w_s @ self.whiten.double().T
-        b_s = self.net.bias.double() if self.net.bias is not None else torch.zeros(len(w_s), dtype=w_s.dtype)
-        s, m, t, u = (getattr(self, n).double() for n in ("x_std", "x_mean", "y_std", "y_mean"))
-        b_s = b_s.to(w_s.device)
-        weight = t[:, None] * w_s / s[None, :]
-        bias = t * (b_s - w_s @ (m / s)) + u
-        return weight, bias
-
-    def _lr_advice(self) -> str:
-        """What to change after a divergence: the learning rate the data allows, when the statistics are known."""
-        if self.max_stable_lr is None:
-            return "lower --model.lr or standardize the data"
-        if self.lr_was_auto:  # stable for the full batch: small batches' gradients are noisier
-            return (
-                f"lr auto chose {self.lr:.4g} for the full batch: give a lower --model.lr or a larger --data.batch_size"
-            )
-        return f"the data allows lr < {self.max_stable_lr:.4g} (full batch): lower --model.lr, or use --model.lr auto"
+    def optimizer_name(self) -> str:
+        """The class name of the optimizer training this model: `SGD` unless `--optimizer` chose another."""
+        return type(self.trainer.optimizers[0]).__name__
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         # Never let a diverged state reach disk: the last finite checkpoint stays the newest one. Every tensor
@@ -462,11 +329,28 @@ class LinearRegression(L.LightningModule):
                 " lower --model.lr or standardize the data"
             )
 
-    def optimizer_name(self) -> str:
-        """The class name of the optimizer training this model: `SGD` unless `--optimizer` chose another."""
-        return type(self.trainer.optimizers[0]).__name__
+
+def _checked_schema(schema: dict | None, in_features: int, out_features: int) -> dict:
+    """`schema`, or columns x0, x1, ... and y0, ... when None; a ConfigError when it disagrees with the sizes."""
+    schema = schema or default_schema([f"x{i}" for i in range(in_features)], [f"y{i}" for i in range(out_features)])
+    if (len(schema["features"]), len(schema["targets"])) != (in_features, out_features):
+        raise ConfigError(
+            f"model.schema names {len(schema['features'])} features and {len(schema['targets'])}"
+            f" targets, but in_features is {in_features} and out_features {out_features}"
+        )
+    return schema
 
 
-def _check(name: str, value: float, ok: bool, rule: str) -> None:  # noqa: D103
-    if not ok:
-        raise ConfigError(f"{name} must be {rule}, got {value}")
+def _check_arguments(values: dict) -> None:
+    """Refuse the first argument outside `RANGES` or `CHOICES`, in one line naming it and what it allows."""
+    for name, (ok, rule) in RANGES.items():
+        if not ok(values[name]):
+            raise ConfigError(f"model.{name} must be {rule}, got {values[name]}")
+    for name, choices in CHOICES.items():
+        if values[name] not in choices:
+            raise ConfigError(f"model.{name} must be {' or '.join(map(repr, choices))}, got {values[name]!r}")
+
+
+def _note_scaling_after_load(module: LinearRegression, incompatible_keys: object) -> None:
+    """After `load_state_dict`: the statistics changed. A function, not a lambda, so the model pickles."""
+    module._note_scaling()

@@ -1,7 +1,7 @@
-"""Networks the model can carry instead of its default `nn.Linear`: pass one as `--model.net`.
+"""The networks the model carries: its default `nn.Linear`, or one passed as `--model.net`.
 
 The model hands a network the sizes the data decides, in standardized units: a network that needs them
-defines `build(in_features, out_features)`, which the model calls once (`in_features` counts the design's
+defines `build(in_features, out_features)`, which `sized_net` calls once (`in_features` counts the design's
 columns, one-hot columns included). A network that takes no sizes is used as it is.
 """
 
@@ -10,6 +10,29 @@ from __future__ import annotations
 from torch import nn
 
 ACTIVATIONS = {"relu": nn.ReLU, "tanh": nn.Tanh, "gelu": nn.GELU, "silu": nn.SiLU}
+
+
+def sized_net(
+    net: nn.Module | None, in_features: int, out_features: int, bias: bool = True, init: str = "default"
+) -> nn.Module:
+    """`net` built for the data's sizes when it defines `build`, or, for None, the default linear layer.
+
+    Args:
+        net: The network from standardized inputs to standardized outputs, or None for one `nn.Linear`.
+        in_features: The design's columns.
+        out_features: The outputs.
+        bias: Whether the default layer has an intercept.
+        init: "default" is PyTorch's uniform init; "zeros" starts the default layer from W = 0, b = 0.
+    """
+    if net is None:
+        net = nn.Linear(in_features, out_features, bias=bias)
+        if init == "zeros":
+            nn.init.zeros_(net.weight)
+            if bias:
+                nn.init.zeros_(net.bias)
+    elif callable(getattr(net, "build", None)):
+        net.build(in_features, out_features)
+    return net
 
 
 class MLP(nn.Module):
