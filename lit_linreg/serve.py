@@ -15,17 +15,23 @@ one is answered alone while the good ones of its batch are predicted.
 
 # No `from __future__ import annotations`: LitServe reads `decode_request`'s annotation, PredictRequest, as a
 # class, to have FastAPI check the body.
+import contextlib
 import json
 import logging
 import math
+import multiprocessing
+import os
+import signal
 import socket
 import sys
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import torch
 from lightning.pytorch.cli import LightningArgumentParser
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 from pydantic import BaseModel, ConfigDict
 
 from lit_linreg.errors import ConfigError
@@ -141,6 +147,8 @@ class RegressionAPI(ls.LitAPI):
         self.args, self.unknown_category, self.max_rows = list(args), unknown_category, max_rows
 
     def setup(self, device: str) -> None:
+        if multiprocessing.parent_process() is not None:
+            _end_quietly_on_signals()
         loggers = [
             logging.getLogger(name)
             for name in ("lightning.pytorch.utilities.rank_zero", "lightning.fabric.utilities.seed")
@@ -242,7 +250,38 @@ class ServeCLI(TrainedModelCLI):
         server = ls.LitServer(api, accelerator="cpu", max_payload_size=body_limit)
         server.app.add_exception_handler(RequestValidationError, _invalid_body)
         print(f"serving {ckpt_path} on http://{host}:{port}/predict (GET /health: ok once loaded)", file=sys.stderr)
-        server.run(host=host, port=port, generate_client_file=False, log_level="warning", access_log=False)
+        with _stop_gracefully() as stopped_by:
+            server.run(host=host, port=port, generate_client_file=False, log_level="warning", access_log=False)
+        if stopped_by == [signal.SIGTERM]:
+            raise SIGTERMException  # exit 143, as any run a signal stopped
+        if stopped_by:
+            raise KeyboardInterrupt  # exit 130
+
+
+@contextlib.contextmanager
+def _stop_gracefully() -> Iterator[list[int]]:
+    """Let SIGTERM, as Ctrl-C, run LitServe's shutdown, which ends its workers; yields the signal that came.
+
+    Left to its default, SIGTERM (what a scheduler or `docker stop` sends) ended this process at once and left
+    the inference and HTTP workers serving the port as orphans.
+    """
+    stopped_by: list[int] = []
+    server_pid = os.getpid()
+
+    def stop(signum: int, frame: object) -> None:
+        if os.getpid() != server_pid:  # an HTTP worker LitServe forked, inheriting this handler: end as by default
+            signal.signal(signum, signal.SIG_DFL)
+            os.kill(os.getpid(), signum)
+        elif not stopped_by:
+            stopped_by.append(signum)
+            raise KeyboardInterrupt  # LitServe's run catches it and shuts its workers down
+
+    previous = {signum: signal.signal(signum, stop) for signum in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield stopped_by
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
 
 
 def _check_port_free(host: str, port: int) -> None:
@@ -266,3 +305,17 @@ class _RebuildCLI(ServeCLI):
 def run(args: list[str]) -> None:
     """`python -m lit_linreg serve ARGS`: serve until stopped (Ctrl-C)."""
     run_command(ServeCLI, args)
+
+
+def _end_quietly_on_signals() -> None:
+    """In a worker process: Ctrl-C or SIGTERM ends it at once, without the traceback of a queue torn down under it.
+
+    Ctrl-C reaches every process of the terminal's group, and the server's shutdown closes the request queue's
+    manager while the worker may still be waiting on it; either way the worker has nothing left to finish.
+    """
+
+    def end(signum: int, frame: object) -> None:
+        os._exit(0)
+
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, end)

@@ -170,7 +170,8 @@ def server(trained):
             pytest.fail("the server did not answer /health within 180 s")
         yield port, process
     finally:
-        os.killpg(process.pid, signal.SIGINT)  # LitServe stops its workers on Ctrl-C
+        if process.poll() is None:  # the last test stops it itself
+            os.killpg(process.pid, signal.SIGINT)  # Ctrl-C: LitServe stops its workers
         try:
             process.wait(timeout=30)
         except subprocess.TimeoutExpired:
@@ -229,3 +230,25 @@ def test_serve_refuses_a_port_or_host_it_cannot_listen_on_in_one_line(trained, c
     capsys.readouterr()
     assert main(["serve", *args, "--ckpt_path", "last", *flags]) == 2
     assert capsys.readouterr().err == f"lit-linreg: error: {message}\n"
+
+
+@pytest.mark.slow
+def test_sigterm_ends_the_server_and_every_worker_with_exit_143_and_one_line(server):
+    # Last of the server's tests: it stops the module's server. SIGTERM goes to the server process alone, as a
+    # scheduler or `docker stop` sends it; left to its default it orphaned the HTTP and inference workers.
+    port, process = server
+    process.send_signal(signal.SIGTERM)
+    assert process.wait(timeout=60) == 128 + signal.SIGTERM
+    assert process.stderr.read().splitlines()[-1:] == ["lit-linreg: error: stopped by SIGTERM"]
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        try:
+            os.killpg(process.pid, 0)  # a worker of the group still running
+        except ProcessLookupError:
+            break
+        time.sleep(0.5)
+    else:
+        pytest.fail("a worker of the server outlived it")
+    with socket.socket() as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as a server binds: TIME_WAIT is no hold
+        probe.bind(("127.0.0.1", port))  # no worker listens on the port any more
