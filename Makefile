@@ -19,10 +19,15 @@ $(STAMP): pyproject.toml constraints.txt
 
 install: $(STAMP)  ## create .venv and install the package with pinned versions (idempotent)
 
-train: install  ## train the toy config and print the prediction for x = 5, as the notebooks do
+train: install  ## train the toy config (f(5), as the notebooks) and the table config, printing a prediction of each
 	$(PY) -m lit_linreg fit --config configs/toy.yaml --trainer.enable_progress_bar false
 	$(PY) -m lit_linreg predict --config configs/toy.yaml --ckpt_path last --trainer.enable_progress_bar false
 	@awk -F, 'NR == 2 {printf "Prediction after training: f(%g) = %.3f\n", $$1, $$2}' \
+		"$$(ls -td runs/lightning_logs/version_*/ | head -1)predictions.csv"
+	$(PY) -m lit_linreg fit --config configs/table.yaml --trainer.enable_progress_bar false
+	$(PY) -m lit_linreg predict --config configs/table.yaml --ckpt_path best --trainer.enable_progress_bar false \
+		--data.predict_path data/new_houses.csv
+	@awk -F, 'NR == 2 {printf "Predicted price_k of house N0001 (120 m2, 4 rooms, 20 years, 8.5 km): %.4f\n", $$NF}' \
 		"$$(ls -td runs/lightning_logs/version_*/ | head -1)predictions.csv"
 
 test: install  ## run the test suite (slow tests excluded), printing the 10 slowest tests
@@ -40,7 +45,7 @@ lint: install  ## ruff check and format check
 	$(PY) -m ruff check lit_linreg tests benchmarks
 	$(PY) -m ruff format --check lit_linreg tests benchmarks
 
-bench: install  ## time and measure lit_linreg against plain PyTorch and Lightning (about 35 minutes)
+bench: install  ## time and measure lit_linreg against plain PyTorch and Lightning (long: run it on a quiet machine)
 	$(PY) benchmarks/bench.py
 	$(PY) benchmarks/convergence.py
 	$(PY) benchmarks/wide.py  # the exact reference at 16,384 x 2,046 against one numpy.linalg.qr
