@@ -16,6 +16,7 @@ design has full rank. A code of -1 gives all zeros: the reference level.
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -36,6 +37,13 @@ def design_names(schema: dict) -> list[str]:
 
 def needs_encoder(schema: dict) -> bool:
     return bool(schema["categories"]) or schema["missing"] == "mean"
+
+
+def category_codes(levels: list[str], values: np.ndarray) -> np.ndarray:
+    """The codes of a categorical column's cells, (N,) float64: each level's position in `levels`, -1 for a
+    level not among them, and 0 for a missing cell (None), whose row is dropped or refused before it is used."""
+    index = {level: code for code, level in enumerate(levels)}
+    return np.array([index.get(v, -1) if v is not None else 0 for v in values], dtype=np.float64)
 
 
 class TableEncoder(nn.Module):

@@ -1,32 +1,25 @@
-"""A Parquet table as row groups: each rank's share, and which rows train, validate and test.
+"""A Parquet table: its files, their schema and row groups, each rank's share, and reading them.
 
-Under DDP every rank reads only its share of a Parquet file or directory: whole row groups, contiguous in
-the table's order (files sorted by name, row groups in file order), as equal in rows as whole row groups
-allow. The shares cover every row group exactly once, whatever the world size. Only the files' footers are
-read to decide it, on every rank alike, so the ranks agree without talking.
-
-Which split a row belongs to is decided by a hash of the seed and its row number in the table (counted from
-0, before rows with missing values are dropped): a row validates when its hash, a uniform number in [0, 1),
-is below `val_fraction`, and tests when it is in [val_fraction, val_fraction + test_fraction). A rank, or a
-stream reading one row group at a time, decides any row alone and in O(1) memory, and the splits are the
-same whatever the world size or whether the table is streamed. The counts are `val_fraction` of the rows on
-average (binomial), not exactly.
+A table is a Parquet file or a directory of them (recursively, sorted by name; hidden and `_` files skipped),
+whose files must agree on their columns. Under DDP every rank reads only its share: whole row groups,
+contiguous in the table's order (files sorted by name, row groups in file order), as equal in rows as whole row
+groups allow. The shares cover every row group exactly once, whatever the world size. Only the files' footers
+are read to decide it, on every rank alike, so the ranks agree without talking. Which split a row belongs to is
+a hash of its row number (see splits.py), so a rank or a stream decides its rows alone.
 """
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from dataclasses import dataclass
 from itertools import groupby
 from pathlib import Path
 
-import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
 from lit_linreg.errors import DataError
-
-TRAIN, VAL, TEST = 0, 1, 2  # split codes
 
 
 @dataclass(frozen=True)
@@ -37,6 +30,52 @@ class RowGroup:
     index: int
     first_row: int
     n_rows: int
+
+
+def parquet_files(path: Path) -> list[Path]:
+    """The Parquet files of a file or directory (recursively, sorted, hidden and `_` files skipped)."""
+    if path.is_file():
+        return [path]
+    visible = [p for p in path.rglob("*") if not any(part.startswith((".", "_")) for part in p.relative_to(path).parts)]
+    for p in visible:
+        if p.is_symlink() and not p.exists():  # a file of the table that is gone: its rows would be missed silently
+            raise DataError(f"{p}: a link to {os.readlink(p)}, which does not exist")
+    files = sorted(p for p in visible if p.is_file())
+    if not files:
+        raise DataError(f"{path}: the directory holds no Parquet files")
+    return files
+
+
+def read_schema(path: Path) -> pa.Schema:
+    """The columns of a Parquet file or directory, refusing files whose columns differ."""
+    files = parquet_files(path)
+    schema = None
+    for file in files:
+        try:
+            read = pq.read_schema(file)
+        except (pa.ArrowInvalid, OSError) as err:
+            raise DataError(f"{file}: not a readable Parquet file ({str(err).strip().splitlines()[0]})") from None
+        if schema is None:
+            schema = read
+        elif [(f.name, f.type) for f in read] != [(f.name, f.type) for f in schema]:  # nullable or not: alike
+            raise DataError(f"{file}: its columns differ from those of {files[0]}")
+        elif read != schema:  # a file with a missing value where another has none (see convert.py)
+            schema = pa.schema(
+                [f.with_nullable(f.nullable or g.nullable) for f, g in zip(schema, read, strict=True)],
+                metadata=schema.metadata,
+            )
+    return schema
+
+
+def read_table(path: Path, columns: list[str], groups: list[RowGroup] | None = None) -> pa.Table:
+    """The named columns of the whole table, or of `groups` alone."""
+    if groups is not None:
+        return read_groups(groups, columns)
+    try:
+        parts = [pq.read_table(file, columns=columns) for file in parquet_files(path)]
+        return pa.concat_tables(parts, promote_options="default")  # a column required in one file, nullable in another
+    except (pa.ArrowInvalid, OSError) as err:
+        raise DataError(f"{path}: not a readable Parquet file ({str(err).strip().splitlines()[0]})") from None
 
 
 def row_groups(files: list[Path]) -> list[RowGroup]:
@@ -68,22 +107,6 @@ def rank_share(groups: list[RowGroup], rank: int, world_size: int) -> list[RowGr
             " (python -m lit_linreg.convert TABLE DIR --rows-per-group N)"
         )
     return share
-
-
-def row_uniforms(seed: int, rows: np.ndarray) -> np.ndarray:
-    """A uniform number in [0, 1) for each row number, from the seed: SplitMix64's finalizer, vectorized."""
-    with np.errstate(over="ignore"):
-        z = rows.astype(np.uint64) + np.uint64((seed * 0x9E3779B97F4A7C15) % 2**64)
-        z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
-        z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
-        z = z ^ (z >> np.uint64(31))
-    return (z >> np.uint64(11)).astype(np.float64) * 2.0**-53
-
-
-def split_of(seed: int, rows: np.ndarray, val_fraction: float, test_fraction: float) -> np.ndarray:
-    """TRAIN, VAL or TEST for each of the table's row numbers `rows` (counted from 0), (len(rows),) uint8."""
-    u = row_uniforms(seed, rows)
-    return np.where(u < val_fraction, VAL, np.where(u < val_fraction + test_fraction, TEST, TRAIN)).astype(np.uint8)
 
 
 def read_groups(
