@@ -53,8 +53,11 @@ def whitens(whiten: torch.Tensor | None) -> bool:
 
 
 def forward(x: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
-    """Original units (N, d) -> standardized ones, (x - mean) / std; the model whitens after, z @ whiten."""
-    return (x - mean) / std
+    """Original units (N, d) -> standardized ones, (x - mean) / std; the model whitens after, z @ whiten.
+
+    Divided in place: a full batch holds one standardized copy of its rows, not two.
+    """
+    return (x - mean).div_(std)
 
 
 def inverse(z: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
