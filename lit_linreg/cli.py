@@ -5,37 +5,30 @@ callbacks as config groups (`checkpoint`, `reference`, `coefficients`, `figure`,
 sizes into the model, resolves `--ckpt_path last` and `best` within the experiment, gives each run a directory of
 its own and writes every file there atomically. `main` turns every mistake a user can make into one line on stderr
 and a non-zero exit; set LIT_LINREG_DEBUG=1 to see the traceback instead.
+
+What a config may not do is checked in config_guards.py, a stop by a signal is reported by signals.py, and
+error_report.py words each failure as its one line.
 """
 
 from __future__ import annotations
 
-import contextlib
-import errno
 import functools
 import importlib
-import inspect
 import logging
 import os
-import re
 import signal
 import sys
-import textwrap
-import threading
 import warnings
-from collections.abc import Iterator
 from pathlib import Path
 from types import MethodType
 from typing import Any
 
-import torch
 import yaml
-from jsonargparse import ArgumentError, Namespace, get_loader, set_loader, set_parsing_settings
-from lightning.fabric.plugins.environments import LightningEnvironment
+from jsonargparse import ArgumentError, Namespace, set_loader, set_parsing_settings
 from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.fabric.utilities.rank_zero import rank_zero_only
 from lightning.pytorch import LightningDataModule, Trainer
-from lightning.pytorch.accelerators import CPUAccelerator
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback, instantiate_class
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 from lightning.pytorch.utilities.exceptions import SIGTERMException
@@ -55,25 +48,20 @@ from lit_linreg.checkpoint import (
     find_checkpoint,
     load_checkpoint,
 )
+from lit_linreg.config_guards import (
+    _SECTIONS,
+    IMPORT_DENYLIST,
+    bounded_yaml_load,
+    check_seed,
+    refuse_functions,
+    refuse_launches_that_hang,
+)
 from lit_linreg.constraints import check_config
 from lit_linreg.dashboard import TensorBoardLayout
+from lit_linreg.error_report import LIGHTNING_CONFIG_ERRORS, fail, find_os_error, memory_wanted, name_the_model_option
 from lit_linreg.errors import ConfigError, DivergenceError, find_user_error
 from lit_linreg.model import LinearRegression
-
-# A config names classes by import path, and naming one runs its code. jsonargparse refuses these paths (shell,
-# files, network: its default denylist) once a list is set; added here: modules that run code on import or take
-# code as arguments. What a config may still name is listed in the README ("A config is code").
-IMPORT_DENYLIST = [
-    "lightning.pytorch.callbacks.LambdaCallback",
-    "lightning.pytorch.callbacks.lambda_function",
-    "pytorch_lightning.callbacks.LambdaCallback",
-    "pytorch_lightning.callbacks.lambda_function",
-    "builtins",
-    *("this", "code", "codeop", "pdb", "runpy", "importlib", "ctypes", "pickle", "marshal", "shutil", "pty"),
-    *("sys", "signal", "tempfile", "threading", "_thread"),
-]
-MAX_CONFIG_NODES = 100_000  # values in one YAML document, aliases counted each time they are used
-MAX_CONFIG_DEPTH = 64  # lists and mappings within each other
+from lit_linreg.signals import raise_if_signalled, sigterm_raises, stopped
 
 
 class AtomicSaveConfig(SaveConfigCallback):
@@ -264,97 +252,6 @@ def group_classes(parser: LightningArgumentParser) -> dict[str, type]:
     return {key: cls for key, cls in groups.items() if isinstance(cls, type)}
 
 
-def refuse_functions(config: Namespace, prefix: str = "") -> None:
-    """Refuse a config that names a function as a value (`--trainer.callbacks.on_fit_start os.system`).
-
-    A function named in a config runs whenever the class it is given to calls it; classes (`class_path`)
-    are the way to plug code in.
-    """
-    items = config.items() if isinstance(config, Namespace | dict) else enumerate(config)
-    for key, value in items:
-        name = f"{prefix}.{key}" if prefix else str(key)
-        if inspect.isroutine(value) or isinstance(value, functools.partial):
-            raise ConfigError(
-                f"{name}: a config may not name a function ({getattr(value, '__name__', value)}): it would run as"
-                " code; write a Callback or DataModule class instead"
-            )
-        if isinstance(value, Namespace | dict | list | tuple):
-            refuse_functions(value, name)
-
-
-def check_seed(seed: Any) -> None:
-    """Refuse a seed numpy cannot take (it raised a ValueError inside Lightning)."""
-    if isinstance(seed, int) and not isinstance(seed, bool) and not 0 <= seed < 2**32:
-        raise ConfigError(f"seed_everything must be in [0, 2**32 - 1], got {seed}")
-
-
-def refuse_launches_that_hang(trainer: Trainer) -> None:
-    """Refuse process layouts that would wait forever or swamp the machine.
-
-    `--trainer.num_nodes N > 1` with no launcher to start the other nodes: rank 0 would wait for them
-    forever. Lightning detects torchrun, SLURM, LSF, Kubeflow and MPI; by hand, set NODE_RANK (and
-    MASTER_ADDR) on each node. More CPU processes than cores (`--trainer.devices 1000`): they never
-    all start.
-    """
-    environment = getattr(trainer.strategy, "cluster_environment", None)
-    if trainer.num_nodes > 1 and isinstance(environment, LightningEnvironment) and "NODE_RANK" not in os.environ:
-        raise ConfigError(
-            f"--trainer.num_nodes {trainer.num_nodes} needs a launcher that starts every node: run under torchrun"
-            " or srun, or set MASTER_ADDR, MASTER_PORT and NODE_RANK on each node"
-        )
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-    if isinstance(trainer.accelerator, CPUAccelerator) and trainer.num_devices > cores:
-        raise ConfigError(
-            f"--trainer.devices {trainer.num_devices} asks for more CPU processes than this machine's {cores} cores"
-        )
-
-
-def _bounded_yaml_load(stream: str) -> Any:
-    """jsonargparse's YAML loader, refusing documents that would hang or crash the parser.
-
-    YAML aliases share one object, so a few lines of nested aliases ("billion laughs") load at once but
-    expand to billions of values when jsonargparse copies or walks them: the walk below counts each use,
-    up to MAX_CONFIG_NODES, and the depth, up to MAX_CONFIG_DEPTH (thousands of nested brackets exhaust
-    Python's recursion limit).
-    """
-    depth = 0  # brackets first: PyYAML recurses once per level, and tens of thousands overflow the C stack
-    for bracket in re.finditer(r"[\[\]{}]", stream):
-        depth += 1 if bracket[0] in "[{" else -1
-        if depth > MAX_CONFIG_DEPTH:
-            raise ConfigError(f"a config nests deeper than {MAX_CONFIG_DEPTH} levels")
-    value = _yaml_load(stream)
-    pending, seen = [(value, 0)], 0
-    while pending:
-        item, depth = pending.pop()
-        seen += 1
-        if seen > MAX_CONFIG_NODES:
-            raise ConfigError(f"a config expands to more than {MAX_CONFIG_NODES:,} values (nested YAML aliases?)")
-        if depth > MAX_CONFIG_DEPTH:
-            raise ConfigError(f"a config nests deeper than {MAX_CONFIG_DEPTH} levels")
-        if isinstance(item, dict | list):
-            pending.extend((child, depth + 1) for child in (item.values() if isinstance(item, dict) else item))
-    return _without_null_sections(value)
-
-
-_yaml_load = get_loader("yaml")
-_SECTIONS: set[str] = set()  # the config's sections (`model`, `trainer`, `figure`, ...), from the CLI's parsers
-
-
-def _without_null_sections(value: Any) -> Any:
-    """A config document with its null sections left out: `model:` with nothing under it sets nothing.
-
-    An empty section is null in YAML (every option commented out, say), and jsonargparse took it for a value,
-    failing with a TypeError deep inside. Left out, the section keeps its defaults, or what an earlier
-    `--config` set; so does a null `init_args`. A section without defaults (`data`) is then reported missing.
-    """
-    if isinstance(value, dict):
-        value = {key: v for key, v in value.items() if v is not None or key not in _SECTIONS}
-        for section in (value.get(key) for key in _SECTIONS):
-            if isinstance(section, dict) and "init_args" in section and section["init_args"] is None:
-                del section["init_args"]
-    return value
-
-
 def cli_main(args: list[str] | None = None, cli_class: type[LinearRegressionCLI] | None = None) -> LinearRegressionCLI:
     """Build and run the CLI; `args` replaces `sys.argv[1:]` (tests pass a list).
 
@@ -365,11 +262,11 @@ def cli_main(args: list[str] | None = None, cli_class: type[LinearRegressionCLI]
     warnings.filterwarnings("ignore", message=r"`isinstance\(treespec, LeafSpec\)` is deprecated")
     # Every run has a new directory, so a restored checkpoint callback always sees another dirpath.
     warnings.filterwarnings("ignore", message="The dirpath has changed from")
-    # `--optimizer` replaces the model's SGD, as the README says.
+    # `--optimizer` replacing the model's SGD is what the option is for, not news to warn about.
     warnings.filterwarnings("ignore", message=r"`\w+\.configure_optimizers` will be overridden")  # any model class
     for name in ("lightning.pytorch.utilities.rank_zero", "lightning.fabric.utilities.rank_zero"):
         logging.getLogger(name).addFilter(_quiet_litlogger_tip)
-    set_loader("yaml", _bounded_yaml_load, exceptions=(yaml.YAMLError,))
+    set_loader("yaml", bounded_yaml_load, exceptions=(yaml.YAMLError,))
     set_parsing_settings(import_path_denylist=IMPORT_DENYLIST)
     try:
         return (cli_class or LinearRegressionCLI)(
@@ -388,33 +285,10 @@ def cli_main(args: list[str] | None = None, cli_class: type[LinearRegressionCLI]
             args=args,
         )
     except ArgumentError as err:
-        reworded = _name_the_model_option(str(err), sys.argv[1:] if args is None else args)
+        reworded = name_the_model_option(str(err), sys.argv[1:] if args is None else args)
         if reworded is None:
             raise
         raise ArgumentError(None, reworded) from err
-
-
-def _name_the_model_option(message: str, args: list[str]) -> str | None:
-    """jsonargparse's error for a bad `--model` or `--model.X`, in a line naming what to change; None for others.
-
-    With `--model` a class to choose, jsonargparse blames the class (`Parser key "model": Problem with given
-    class_path ...`) for a misspelt or mistyped model option: the user wrote the option, so the message names it.
-    """
-    if not message.startswith('Parser key "model"'):
-        return None
-    if "does not correspond to a subclass of LinearRegression" in message:
-        given = re.search(r"Given value: (.*)$", message)
-        return f"--model {given[1] if given else ''} is not a subclass of lit_linreg.LinearRegression"
-    found = re.search(r"Problem with given class_path '([\w.]+)':\n((?: {8}.*(?:\n|$))+)", message)
-    if found is None:
-        return None
-    model_class, problem = found[1].rsplit(".", 1)[-1], textwrap.dedent(found[2])
-    if not_accepted := re.fullmatch(r"Option '([\w.]+)' is not accepted", problem.strip()):
-        option = not_accepted[1]
-        if any(re.match(rf"--model\.(init_args\.)?{re.escape(option)}(=|$)", arg) for arg in args):
-            return f"unrecognized arguments: --model.{option} (not an argument of {model_class})"
-        return f"model class {model_class} does not accept option 'model.{option}'"
-    return re.sub(r'^Parser key "', 'Parser key "model.', problem, count=1)
 
 
 def _quiet_litlogger_tip(record: logging.LogRecord) -> bool:
@@ -435,133 +309,37 @@ def main(args: list[str] | None = None) -> int:
         if argv[:1] in (["serve"], ["export"]):  # they use a trained model, not a Trainer: see serve.py, export.py
             importlib.import_module(f"lit_linreg.{argv[0]}").run(argv[1:])
         else:
-            with _sigterm_raises():
-                _raise_if_signalled(cli_main(args))
+            with sigterm_raises():
+                cli = cli_main(args)
+                raise_if_signalled(getattr(cli, "trainer", None))
     except (ArgumentError, MisconfigurationException) as err:  # a bad flag or config; Trainer options that clash
-        return _fail(err, err, code=2)
+        return fail(err, err, code=2)
     except UnicodeDecodeError as err:  # CSV files report their own; this is jsonargparse reading a --config file
         reason = f"a --config file is not UTF-8 text ({err.reason} at byte {err.start}): give a YAML file"
-        return _fail(err, reason, code=2)
+        return fail(err, reason, code=2)
     except SIGTERMException as err:  # Lightning stops at the next batch or epoch boundary, with SystemExit(0)
-        return _fail(err, _stopped("stopped by SIGTERM", err), code=128 + signal.SIGTERM)
+        return fail(err, stopped("stopped by SIGTERM", err), code=128 + signal.SIGTERM)
     except KeyboardInterrupt as err:  # Ctrl-C before or after the Trainer ran
-        return _fail(err, _stopped("interrupted", err), code=128 + signal.SIGINT)
+        return fail(err, stopped("interrupted", err), code=128 + signal.SIGINT)
     except SystemExit as err:
         if not isinstance(err.__context__, KeyboardInterrupt):
             raise
         # Lightning ends a run that Ctrl-C interrupted with sys.exit(1): a shell must see 130, as for any program.
         # It also leaves Ctrl-C ignored, for its shutdown: that is over, and a caller of main() gets it back.
         signal.signal(signal.SIGINT, signal.default_int_handler)
-        return _fail(err, _stopped("interrupted", err.__context__), code=128 + signal.SIGINT)
+        return fail(err, stopped("interrupted", err.__context__), code=128 + signal.SIGINT)
     except Exception as err:
         user_error = find_user_error(err)
         if user_error is not None:
-            return _fail(err, user_error, code=1 if isinstance(user_error, DivergenceError) else 2)
-        if isinstance(err, RuntimeError) and str(err).startswith(_LIGHTNING_CONFIG_ERRORS):
-            return _fail(err, err, code=2)
-        if wanted := _memory_wanted(err):
+            return fail(err, user_error, code=1 if isinstance(user_error, DivergenceError) else 2)
+        if isinstance(err, RuntimeError) and str(err).startswith(LIGHTNING_CONFIG_ERRORS):
+            return fail(err, err, code=2)
+        if wanted := memory_wanted(err):
             reason = f"out of memory ({wanted}): lower the sizes the config asks for (data.n_samples, ...)"
-            return _fail(err, reason, code=1)
-        system_error = _find_os_error(err)
+            return fail(err, reason, code=1)
+        system_error = find_os_error(err)
         if system_error is None:
             raise
         where = f"{system_error.filename}: " if system_error.filename else ""
-        return _fail(err, f"{where}{system_error.strerror}", code=1)
+        return fail(err, f"{where}{system_error.strerror}", code=1)
     return 0
-
-
-@contextlib.contextmanager
-def _sigterm_raises() -> Iterator[None]:
-    """Make a SIGTERM outside Lightning's loops raise SIGTERMException, as one inside them ends in one.
-
-    Lightning handles SIGTERM only from the start of its loops to its teardown, before `on_fit_end`: one that came
-    while the data was read, or during the end-of-fit summary, killed the process with no word. Inside the loops
-    Lightning's handler calls this one too (it keeps the handler it found), which then leaves the stop to it: at
-    the next batch or epoch boundary, after last.ckpt is written.
-    """
-
-    def handler(signum: int, frame: Any) -> None:
-        if signal.getsignal(signal.SIGTERM) is handler:  # not within Lightning's loops
-            raise SIGTERMException
-
-    if threading.current_thread() is not threading.main_thread():  # only the main thread may set handlers
-        yield
-        return
-    previous = signal.signal(signal.SIGTERM, handler)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
-
-
-def _raise_if_signalled(cli: LinearRegressionCLI) -> None:
-    """Raise SIGTERMException for a SIGTERM that came after Lightning's last look for one.
-
-    Lightning looks between batches and epochs only: a SIGTERM received in `on_train_end`, in the last batch of
-    `validate` or `test`, or during `predict`, whose loop never looks, let the run exit 0, and a scheduler took a
-    stopped job for a finished one.
-    """
-    trainer = getattr(cli, "trainer", None)
-    if trainer is not None and trainer.received_sigterm:
-        err = SIGTERMException()
-        last = next((callback for callback in trainer.callbacks if isinstance(callback, LastCheckpoint)), None)
-        err.stopped_in = trainer.state.fn, last.written() if last is not None else None
-        raise err
-
-
-def _stopped(what: str, err: BaseException) -> str:
-    """What a run stopped by a signal left behind, from what `LastCheckpoint.on_exception` noted on `err`."""
-    stage, saved = getattr(err, "stopped_in", (None, None))
-    if stage is None:  # before the Trainer started
-        return what
-    if stage != "fit":
-        return f"{what} during {getattr(stage, 'value', stage)}: its output may be incomplete; run it again"
-    if saved is None:
-        return f"{what} before the first epoch ended: no checkpoint was written"
-    return f"{what}; {saved} holds the last completed epoch: resume with --ckpt_path last"
-
-
-def _memory_wanted(err: BaseException) -> str | None:
-    """What an allocation that failed asked for ("670.6 GiB asked for"), or None if none failed.
-
-    Sizes within int64 but past the machine (`--data.n_samples 100000000000`) fail inside torch or numpy.
-    """
-    if isinstance(err, MemoryError | torch.OutOfMemoryError) or "can't allocate memory" in str(err):
-        asked = re.search(r"allocate (\d+) bytes", str(err))
-        return f"{int(asked[1]) / 2**30:.1f} GiB asked for" if asked else type(err).__name__
-    return None
-
-
-# Lightning's RuntimeErrors that are a mistake in the config, found only once training runs.
-_LIGHTNING_CONFIG_ERRORS = ("Early stopping conditioned on metric",)
-
-
-def _find_os_error(err: BaseException) -> OSError | None:
-    """An OSError about a file (full disk, read-only or missing directory) that `err` is or was caused by."""
-    while err is not None:
-        if isinstance(err, OSError) and err.errno in _FILE_ERRORS:
-            return err
-        err = err.__cause__ or err.__context__
-    return None
-
-
-# Full disk or quota, no permission, read-only file system, a path through a file or a missing directory.
-_FILE_ERRORS = {errno.ENOSPC, errno.EDQUOT, errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOTDIR, errno.EEXIST}
-
-
-def _fail(err: BaseException, reason: Exception | str, code: int) -> int:
-    """Print `reason` as one line on stderr and return `code`; re-raise `err` when LIT_LINREG_DEBUG is true."""
-    if isinstance(err, Exception) and os.environ.get("LIT_LINREG_DEBUG", "").strip().lower() in ("1", "true", "yes"):
-        raise err
-    if denied := re.search(r"Importing '([\w.]+)' is not allowed", str(reason)):  # jsonargparse's import denylist
-        reason = f"a config may not name {denied[1]}: naming it would run code (see the README: a config is code)"
-    if missing := re.fullmatch(r"the following arguments are required: \w+\.(\w+)", str(reason).strip()):
-        reason = f"no {missing[1]} given (its section is missing or null): choose one with --{missing[1]} CLASS"
-    lines = [line.strip() for line in str(reason).strip().splitlines() if line.strip()]
-    # jsonargparse explains a bad value of a Union-typed option (data, trainer.max_epochs, ...) by listing each
-    # type it tried and dumping the value it was given: noise next to the one error that matters.
-    noise = ("Does not validate against any", "Subtypes:", "Errors:", "Given value type:", "- Expected a <class 'None")
-    dumped = [line for line in lines if line.startswith("Given value:") and any(c in line for c in "({[")]
-    lines = [line.removeprefix("- ") for line in lines if not line.startswith(noise) and line not in dumped]
-    print(f"lit-linreg: error: {' '.join(lines)}", file=sys.stderr)
-    return code
