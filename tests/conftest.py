@@ -40,6 +40,21 @@ def run_process(tmp_path):
     return run
 
 
+def quiet_trainer(max_epochs: int, **overrides):
+    """A Trainer for in-process tests: on the CPU, nothing logged, checkpointed or printed."""
+    import lightning as L
+
+    settings = dict(
+        max_epochs=max_epochs,
+        accelerator="cpu",
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+    )
+    return L.Trainer(**(settings | overrides))
+
+
 def config(name: str) -> str:
     return str(ROOT / "configs" / name)
 

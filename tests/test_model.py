@@ -1,24 +1,16 @@
-import lightning as L
 import pytest
 import torch
 
 from lit_linreg import CropYieldDataModule, LinearRegression, ToyDataModule
 from lit_linreg.errors import ConfigError
+from tests.conftest import quiet_trainer
 
 X = torch.tensor([[1.0], [2.0], [3.0], [4.0]])
 Y = 2 * X
 
 
 def fit(model, datamodule, epochs, tmp_path):
-    trainer = L.Trainer(
-        max_epochs=epochs,
-        accelerator="cpu",
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        default_root_dir=tmp_path,
-    )
+    trainer = quiet_trainer(epochs, default_root_dir=tmp_path)
     trainer.fit(model, datamodule=datamodule)
     return model
 

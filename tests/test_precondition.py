@@ -3,7 +3,6 @@
 import csv
 import re
 
-import lightning as L
 import numpy as np
 import pytest
 import torch
@@ -11,7 +10,7 @@ import yaml
 
 from lit_linreg import LinearRegression, TableDataModule, statistics
 from lit_linreg.callbacks import shortfall
-from tests.conftest import config, latest_version
+from tests.conftest import config, latest_version, quiet_trainer
 
 TABLE = ("fit", "--config", config("table.yaml"))
 
@@ -41,16 +40,7 @@ def fitted(path, epochs: int, targets: int = 1, **model) -> tuple[LinearRegressi
     dm = TableDataModule(str(path), [f"y{j}" for j in range(targets)], val_fraction=0.0, batch_size=batch_size, seed=0)
     model = {"precondition": "qr", "lr": "auto", "momentum": "auto"} | model
     net = LinearRegression(dm.in_features, dm.out_features, **model)
-    trainer = L.Trainer(
-        max_epochs=epochs,
-        accelerator="cpu",
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        num_sanity_val_steps=0,
-        limit_val_batches=0,
-    )
+    trainer = quiet_trainer(epochs, num_sanity_val_steps=0, limit_val_batches=0)
     trainer.fit(net, datamodule=dm)
     return net, dm
 
