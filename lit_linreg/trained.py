@@ -30,6 +30,13 @@ class TrainedModelCLI(LinearRegressionCLI):
     command = "serve or export"  # the name errors give the command; each subclass sets its own
     used = False  # set once `use` has run: the check that LightningCLI called `predict` below
 
+    def parse_arguments(self, parser: Any, args: Any) -> None:
+        """LinearRegressionCLI's, with `--help` and parse errors naming this command rather than `predict`."""
+        predict = getattr(self, "_subcommand_parsers", {}).get("predict")  # LightningCLI's; the usage is cosmetic
+        if predict is not None:
+            predict.prog = predict.prog.replace(" predict", f" {self.command}")
+        super().parse_arguments(parser, args)
+
     def _resolve_checkpoint(self, config: Any) -> dict | None:
         """LinearRegressionCLI's, with the command named as the user typed it when `--ckpt_path` is missing."""
         if config.get("ckpt_path") is None:

@@ -252,3 +252,13 @@ def test_sigterm_ends_the_server_and_every_worker_with_exit_143_and_one_line(ser
     with socket.socket() as probe:
         probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as a server binds: TIME_WAIT is no hold
         probe.bind(("127.0.0.1", port))  # no worker listens on the port any more
+
+
+@pytest.mark.parametrize("command", ["serve", "export"])
+def test_help_names_the_command_and_its_own_flags(command, capsys):
+    with pytest.raises(SystemExit) as stop:
+        main([command, "--help"])
+    assert stop.value.code == 0
+    usage = capsys.readouterr().out
+    assert usage.startswith(f"usage: lit-linreg [options] {command} [-c CONFIG]")
+    assert ("--port" in usage) == (command == "serve") and ("--output" in usage) == (command == "export")
