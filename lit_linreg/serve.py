@@ -269,10 +269,12 @@ def _stop_gracefully() -> Iterator[list[int]]:
     server_pid = os.getpid()
 
     def stop(signum: int, frame: object) -> None:
-        if os.getpid() != server_pid:  # an HTTP worker LitServe forked, inheriting this handler: end as by default
-            signal.signal(signum, signal.SIG_DFL)
-            os.kill(os.getpid(), signum)
-        elif not stopped_by:
+        if os.getpid() != server_pid:
+            # A process LitServe forked, inheriting this handler: its queue manager, or an HTTP worker once
+            # uvicorn has shut it down. The server's shutdown ends them in order; a manager killed first (by a
+            # SIGTERM to the whole group, as systemd sends it) would fail the inference worker mid-read.
+            return
+        if not stopped_by:
             stopped_by.append(signum)
             raise KeyboardInterrupt  # LitServe's run catches it and shuts its workers down
 
@@ -308,14 +310,11 @@ def run(args: list[str]) -> None:
 
 
 def _end_quietly_on_signals() -> None:
-    """In a worker process: Ctrl-C or SIGTERM ends it at once, without the traceback of a queue torn down under it.
+    """In the inference worker: leave Ctrl-C to the server, and end at once, without a traceback, on SIGTERM.
 
-    Ctrl-C reaches every process of the terminal's group, and the server's shutdown closes the request queue's
-    manager while the worker may still be waiting on it; either way the worker has nothing left to finish.
+    Ctrl-C reaches every process of the terminal's group: the server's shutdown then ends this worker, by
+    SIGTERM, and a worker gone before it would read as a crash. Exiting on SIGTERM at once spares the traceback
+    of the request queue torn down under a worker still waiting on it.
     """
-
-    def end(signum: int, frame: object) -> None:
-        os._exit(0)
-
-    for signum in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(signum, end)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, lambda signum, frame: os._exit(0))
