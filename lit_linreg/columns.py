@@ -121,3 +121,19 @@ def table_schema(
         if not found:
             raise DataError(f"{table.path}: categorical column {name!r} has no values")
     return {"features": features, "targets": list(targets), "categories": categories, "missing": missing}
+
+
+def prediction_columns(targets: list[str], taken: set[str] | list[str]) -> list[str]:
+    """`predicted_<target>` for each target, with more underscores in front while a name is taken.
+
+    The one naming rule of predictions.csv (`taken`: the columns it repeats) and of `serve` and `export` (the
+    model's features).
+    """
+    taken, names = set(taken), []
+    for target in targets:
+        name = f"predicted_{target}"
+        while name in taken:
+            name = "_" + name
+        taken.add(name)
+        names.append(name)
+    return names

@@ -16,6 +16,7 @@ from typing import Any
 import lightning as L
 
 from lit_linreg.cli import LinearRegressionCLI, cli_main
+from lit_linreg.columns import prediction_columns
 from lit_linreg.errors import ConfigError
 
 
@@ -75,15 +76,5 @@ def run_command(cli_class: type[TrainedModelCLI], args: list[str]) -> TrainedMod
 
 
 def prediction_names(schema: dict) -> list[str]:
-    """`predicted_<target>` for each target, with more underscores where a feature already has that name.
-
-    The rule of predictions.csv (see `PredictionWriter`) for rows that hold the model's features.
-    """
-    taken, names = set(schema["features"]), []
-    for target in schema["targets"]:
-        name = f"predicted_{target}"
-        while name in taken:
-            name = "_" + name
-        taken.add(name)
-        names.append(name)
-    return names
+    """`predicted_<target>` for each target, named as predictions.csv names them for rows of the model's features."""
+    return prediction_columns(schema["targets"], schema["features"])

@@ -8,6 +8,8 @@ from pathlib import Path
 import lightning as L
 import torch
 
+from lit_linreg.columns import prediction_columns
+
 
 class PredictionWriter(L.Callback):
     """Writes `predictions.csv` in the run directory: the rows predicted for, then one column per target.
@@ -28,10 +30,8 @@ class PredictionWriter(L.Callback):
     def on_predict_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         y_hat = torch.cat(self._outputs).double()  # (N, out_features)
         columns = _input_columns(trainer, pl_module, torch.cat(self._inputs))
-        for target, values in zip(pl_module.schema["targets"], y_hat.T, strict=True):
-            name = f"predicted_{target}"
-            while name in columns:
-                name = "_" + name
+        names = prediction_columns(pl_module.schema["targets"], columns)
+        for name, values in zip(names, y_hat.T, strict=True):
             columns[name] = [f"{v:.17g}" for v in values.tolist()]  # float64 repr: read back, the same number
         name = "predictions.csv" if trainer.world_size == 1 else f"predictions_rank{trainer.global_rank}.csv"
         path = Path(trainer.log_dir or trainer.default_root_dir) / name
