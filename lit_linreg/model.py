@@ -18,7 +18,7 @@ from lightning.pytorch.utilities import rank_zero_info
 from torch import nn
 from torchmetrics import MeanAbsoluteError, MeanSquaredError, MetricCollection
 
-from lit_linreg import optim, standardize
+from lit_linreg import blocked_linear, optim, standardize
 from lit_linreg.encoding import TableEncoder, default_schema, design_names, needs_encoder
 from lit_linreg.errors import ConfigError, DivergenceError
 from lit_linreg.metrics import R2, say_if_beyond_float32
@@ -209,6 +209,17 @@ class LinearRegression(L.LightningModule):
         z = standardize.forward(x, self.x_mean, self.x_std) if self._scales else x
         return z @ self.whiten if self._whitens else z
 
+    def _net_output(self, x: torch.Tensor) -> torch.Tensor:
+        """The network on raw inputs (N, in_features): its output (N, out_features), in standardized units.
+
+        A large batch through the linear layer goes by row blocks (see blocked_linear.py): no copy of its rows.
+        """
+        if self._scales and self.is_linear and blocked_linear.applies(x):
+            design = self.encoder(x) if self.encoder is not None else x
+            whiten = self.whiten if self._whitens else None
+            return blocked_linear.standardized_linear(design, self.x_mean, self.x_std, whiten, self.net)
+        return self.net(self._standardized(x))
+
     def _standardized_target(self, y: torch.Tensor) -> torch.Tensor:
         return standardize.forward(y, self.y_mean, self.y_std) if self._scales else y  # (B, out_features)
 
@@ -217,7 +228,7 @@ class LinearRegression(L.LightningModule):
 
         A categorical input column holds codes: the position of each value in `schema["categories"][column]`.
         """
-        y = self.net(self._standardized(x))
+        y = self._net_output(x)
         return standardize.inverse(y, self.y_mean, self.y_std) if self._scales else y
 
     @torch.no_grad()
@@ -244,7 +255,7 @@ class LinearRegression(L.LightningModule):
         Override this in a subclass for another loss (see docs/model.md, "Your own model"): `training_step`
         averages it over the outputs, adds the penalty and checks it is finite.
         """
-        return (self.net(self._standardized(x)) - self._standardized_target(y)).pow(2).mean(dim=0)
+        return (self._net_output(x) - self._standardized_target(y)).pow(2).mean(dim=0)
 
     def penalty(self) -> torch.Tensor | float:
         """The L1 and L2 penalties on every `weight` (W of the linear model, never b); 0.0 when both are 0."""
@@ -261,7 +272,7 @@ class LinearRegression(L.LightningModule):
         if type(self).loss_per_output is LinearRegression.loss_per_output:
             # The default loss as one fused op, the same mean as loss_per_output(x, y).mean() (every output has
             # B rows) at two thirds of the cost a step: the per-output means only when this step logs them.
-            prediction, target = self.net(self._standardized(x)), self._standardized_target(y)
+            prediction, target = self._net_output(x), self._standardized_target(y)
             loss = nn.functional.mse_loss(prediction, target)
             per_output = (prediction.detach() - target).pow(2).mean(dim=0) if logs and self._scales else loss
         else:

@@ -69,8 +69,8 @@ class TableDataModule(InMemoryDataModule):
 
     MEMORY_SHARE = 0.5  # of the memory available: more than this streams (in_memory: null)
     # What a value costs a full-batch fit in memory, measured (`make bench`, the `table` group): its float32 tensor
-    # (4), the blocks being read, and the training step's standardized copies of the rows: 2.7x the float32 bytes.
-    BYTES_PER_VALUE = 12
+    # (4), and at most 1.22x that again for the blocks being read and the training step's blocks (2.2x in all).
+    BYTES_PER_VALUE = 9
 
     def __init__(
         self,

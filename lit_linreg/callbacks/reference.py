@@ -15,6 +15,7 @@ import torch
 from lightning.pytorch.utilities import rank_zero_only
 
 from lit_linreg import statistics
+from lit_linreg.blocked_linear import block_rows
 from lit_linreg.callbacks.coefficients import (
     _by_term,
     _has_bias,
@@ -205,7 +206,10 @@ class LeastSquaresReference(L.Callback):
 
 
 def _val_loss(fit: statistics.LeastSquares, trainer: L.Trainer, pl_module: L.LightningModule) -> float | None:
-    """The least-squares answer's MSE on the validation rows (one pass, float64), or None without them."""
+    """The least-squares answer's MSE on the validation rows (one pass, float64), or None without them.
+
+    By blocks of rows: a full batch's float64 copy would double the rows' memory (see blocked_linear.py).
+    """
     loader = trainer.datamodule.val_dataloader() if trainer.datamodule is not None else None
     if loader is None:
         return None
@@ -213,11 +217,13 @@ def _val_loss(fit: statistics.LeastSquares, trainer: L.Trainer, pl_module: L.Lig
     weight, bias = torch.from_numpy(fit.weight), torch.from_numpy(fit.bias)
     sse, count = 0.0, 0
     with torch.no_grad():
-        for x, y in loader:
-            x, y = x.cpu().double(), y.cpu().double()
-            x = encode.double()(x) if encode is not None else x
-            sse += (x @ weight.T + bias - y).square().sum().item()
-            count += y.numel()
+        for batch_x, batch_y in loader:
+            rows = block_rows(batch_x.shape[1])
+            for start in range(0, len(batch_x), rows):
+                x, y = batch_x[start : start + rows].cpu().double(), batch_y[start : start + rows].cpu().double()
+                x = encode.double()(x) if encode is not None else x
+                sse += (x @ weight.T + bias - y).square().sum().item()
+                count += y.numel()
     if encode is not None:
         encode.float()
     total = trainer.strategy.reduce(torch.tensor([sse, count], dtype=torch.float64), reduce_op="sum")
