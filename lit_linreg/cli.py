@@ -23,6 +23,7 @@ from pathlib import Path
 from types import MethodType
 from typing import Any
 
+import torch
 import yaml
 from jsonargparse import ArgumentError, Namespace, set_loader, set_parsing_settings
 from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
@@ -95,6 +96,14 @@ def give_data_the_schema(checkpoint: dict, config: Namespace) -> None:
     init_args = data.get("init_args") if isinstance(data, Namespace) else None
     if schema is not None and isinstance(init_args, Namespace) and "schema" in init_args:
         init_args.schema = schema
+
+
+def give_data_the_dtype(checkpoint: dict, datamodule: Any) -> None:
+    """A model that trained in float64 (a table beyond float32, see `LinearRegression.set_preconditioner`) tests
+    and predicts on float64 rows: rounded to float32 first, its inputs would lose what it trained to resolve."""
+    x_mean = checkpoint.get("state_dict", {}).get("x_mean")
+    if x_mean is not None and x_mean.dtype == torch.float64 and hasattr(datamodule, "dtype"):
+        datamodule.dtype = torch.float64
 
 
 class LinearRegressionCLI(LightningCLI):
@@ -178,6 +187,8 @@ class LinearRegressionCLI(LightningCLI):
             check_tensors(self._checkpoint, path, self.model)
             if self.subcommand == "fit":
                 check_resumable(self._checkpoint, path, optimizer)
+            else:
+                give_data_the_dtype(self._checkpoint, self.datamodule)
         self._schedule_the_default_optimizer()
         self.trainer.callbacks.append(RunStamp(self._experiment, optimizer, settings))
         if type(self.trainer.strategy.checkpoint_io) is TorchCheckpointIO:  # unless the user chose another

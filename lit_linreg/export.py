@@ -1,7 +1,8 @@
 """Export a trained model to ONNX: `python -m lit_linreg export --config C --ckpt_path CKPT --output model.onnx`.
 
 The graph is the model's own forward pass from the design matrix on: it takes `features`, (N, columns) float32
-in original units, and returns `predictions`, (N, targets) float32 in original units; the standardization is
+in original units, and returns `predictions`, (N, targets) float32 in original units (both float64 for a model
+that trained in float64, a table beyond float32's precision: `model.json` says which); the standardization is
 inside. A categorical feature arrives as its one-hot design columns (`origin=Japan`, `origin=USA`: 1 for the
 row's category, 0 otherwise; all 0 for the reference level), so a runtime without Python needs no category
 table; under `--data.missing mean` a NaN in a numeric column is filled with its training mean inside the
@@ -29,7 +30,7 @@ from torch import nn
 from lit_linreg.checkpoint import atomic_write
 from lit_linreg.encoding import design_names
 from lit_linreg.errors import ConfigError
-from lit_linreg.trained import TrainedModelCLI, prediction_names, run_command
+from lit_linreg.trained import TrainedModelCLI, dtype_of, prediction_names, run_command
 
 INPUT, OUTPUT = "features", "predictions"
 OPSET = 17  # onnxruntime 1.16 and later run it
@@ -65,7 +66,7 @@ def exportable(model: nn.Module) -> nn.Module:
     """A copy of `model` whose forward takes the design matrix (N, design columns) instead of codes."""
     model = copy.deepcopy(model).cpu().eval()
     if getattr(model, "encoder", None) is not None:
-        model.encoder = DesignInput(model.schema, model.encoder.fill)
+        model.encoder = DesignInput(model.schema, model.encoder.fill).to(dtype_of(model))
     return model
 
 
@@ -82,7 +83,7 @@ def to_onnx(model: nn.Module) -> bytes:
             warnings.simplefilter("ignore")
             torch.onnx.export(
                 graph,
-                (torch.zeros(2, width),),
+                (torch.zeros(2, width, dtype=dtype_of(model)),),
                 buffer,
                 input_names=[INPUT],
                 output_names=[OUTPUT],
@@ -111,7 +112,7 @@ def description(model: nn.Module, onnx_file: str) -> dict[str, Any]:
         "output": OUTPUT,
         "output_columns": prediction_names(schema),
         "targets": list(schema["targets"]),
-        "dtype": "float32",
+        "dtype": str(dtype_of(model)).removeprefix("torch."),
         "categories": {name: {"levels": levels, "reference": levels[0]} for name, levels in categories.items()},
         "missing": "NaN in a numeric column: its training mean" if schema["missing"] == "mean" else "not filled",
     }

@@ -49,6 +49,7 @@ class InMemoryDataModule(L.LightningDataModule):
         self.feature_names: list[str] = []
         self.target_names: list[str] = []
         self.splits: dict[str, tuple[torch.Tensor, ...]] = {}
+        self.dtype = torch.float32  # of the rows held; float64 when the model asks (`hold_float64`)
         self._train64: tuple[torch.Tensor, torch.Tensor] | None = None  # float64 training rows, for statistics
         self.train_statistics: SufficientStatistics | None = None  # set by `setup("fit")`
         self.fill: torch.Tensor | None = None  # training means that fill missing features (missing: mean)
@@ -86,15 +87,33 @@ class InMemoryDataModule(L.LightningDataModule):
     def setup(self, stage: str) -> None:
         rank, world_size = self._rank()
         if not all(name in self.splits for name in STAGE_SPLITS[stage]):
-            device = self.trainer.strategy.root_device if self.trainer is not None else torch.device("cpu")
-            # Moved once here: batches are then cut on the device, never copied host-to-device per step.
-            loaded = self.load_share(stage, rank, world_size)
-            self.splits |= {name: tuple(t.to(device) for t in split) for name, split in loaded.items()}
+            self._hold(stage, rank, world_size)
         if stage == "fit" and self.train_statistics is None:
             counts = self._all_ranks(len(self.splits["train"][0]))
             self._n_train_total, self._max_train_rows = sum(counts), max(counts)
             self.train_statistics = self._statistics_pass()
             self._train64 = None  # the float64 copy served the pass alone
+
+    def _hold(self, stage: str, rank: int, world_size: int) -> None:
+        """Load this rank's splits of `stage` and hold them on the training device, as `dtype`."""
+        device = self.trainer.strategy.root_device if self.trainer is not None else torch.device("cpu")
+        # Moved once here: batches are then cut on the device, never copied host-to-device per step.
+        loaded = self.load_share(stage, rank, world_size)
+        self.splits |= {name: tuple(t.to(device, self.dtype) for t in split) for name, split in loaded.items()}
+
+    def hold_float64(self) -> bool:
+        """Hold the rows in float64 from now on, loaded again; False where they cannot be (streamed rows).
+
+        The model asks in its `setup`, once the statistics exist, when float32 rows cannot resolve the table it
+        fits (`precondition: qr` on a condition number beyond float32's, see precondition.py). The statistics
+        stay: the pass summed the rows' own float64 values already (a file's, read again here at full precision).
+        """
+        if "train" not in self.splits:  # the training rows stream (a TableDataModule's `in_memory: false`)
+            return False
+        self.dtype = torch.float64
+        self._hold("fit", *self._rank())
+        self._train64 = None
+        return True
 
     def _rank(self) -> tuple[int, int]:
         return (self.trainer.global_rank, self.trainer.world_size) if self.trainer is not None else (0, 1)

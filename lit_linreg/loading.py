@@ -73,57 +73,71 @@ def reblocked(blocks: Iterable[Rows], in_features: int, out_features: int) -> It
         yield buffers[0][:n], buffers[1][:n]
 
 
-def load_file(reader: RowReader, table: Table, with_targets: bool = False) -> tuple[torch.Tensor, ...]:
-    """A file of its own read whole, as float32: (x, y) to test on, or (x,) to predict for, every row kept."""
+def load_file(
+    reader: RowReader, table: Table, with_targets: bool = False, dtype: torch.dtype = torch.float32
+) -> tuple[torch.Tensor, ...]:
+    """A file of its own read whole, as `dtype`: (x, y) to test on, or (x,) to predict for, every row kept."""
     x, y, _ = reader.read(table, with_targets=with_targets, keep_all_rows=not with_targets)
-    return (
-        (torch.from_numpy(x).float(), torch.from_numpy(y).float()) if with_targets else (torch.from_numpy(x).float(),)
-    )
+    if not with_targets:
+        return (torch.from_numpy(x).to(dtype),)
+    return torch.from_numpy(x).to(dtype), torch.from_numpy(y).to(dtype)
 
 
 def load_csv(
-    reader: RowReader, table: Table, seed: int, fractions: tuple[float, float], rank: int, world_size: int
+    reader: RowReader,
+    table: Table,
+    seed: int,
+    fractions: tuple[float, float],
+    rank: int,
+    world_size: int,
+    dtype: torch.dtype = torch.float32,
 ) -> tuple[Splits, tuple[torch.Tensor, torch.Tensor]]:
     """A CSV file's splits, read whole: a seeded permutation of its rows, every world_size-th row kept.
 
-    Returns the splits as float32 (x, y) and this rank's training rows as the file's float64 values.
+    Returns the splits as `dtype` (x, y) and this rank's training rows as the file's float64 values.
     """
     x, y, _ = reader.read(table, with_targets=True)
     parts = permuted_splits(len(x), seed, *fractions)
     if world_size > 1:
         parts = {name: rows[rank::world_size] for name, rows in parts.items()}
-    x32, y32 = torch.from_numpy(x).float(), torch.from_numpy(y).float()
+    x32, y32 = torch.from_numpy(x).to(dtype), torch.from_numpy(y).to(dtype)
     splits = {name: (x32[torch.from_numpy(index)], y32[torch.from_numpy(index)]) for name, index in parts.items()}
     train_rows = torch.from_numpy(parts["train"])
     return splits, (torch.from_numpy(x)[train_rows], torch.from_numpy(y)[train_rows])
 
 
 def load_parquet(
-    reader: RowReader, table: Table, seed: int, fractions: tuple[float, float], world_size: int
+    reader: RowReader,
+    table: Table,
+    seed: int,
+    fractions: tuple[float, float],
+    world_size: int,
+    dtype: torch.dtype = torch.float32,
 ) -> tuple[Splits, bool]:
-    """A Parquet table's splits (this rank's row groups), read a block at a time into their float32 tensors.
+    """A Parquet table's splits (this rank's row groups), read a block at a time into their `dtype` tensors.
 
     A row's split is a hash of its number (see splits.py), so each split's size is known from the footers
     before any row is read, less the rows dropped for a missing value: the tensors are made at that size
     and filled block after block. What the rows take is then their float32 bytes, and a block's: never a
     float64 copy of the table (a dropped row leaves its unused place at the end of its split's tensors).
 
-    Returns the splits and whether the float32 tensors hold the file's values exactly (float32 columns, small
-    integers, category codes); if not, the statistics pass reads them from the file again (`reread_blocks`).
+    Returns the splits and whether the tensors hold the file's values exactly (float64 tensors, or float32 columns,
+    small integers, category codes); if not, the statistics pass reads them from the file again (`reread_blocks`).
     """
     in_features, out_features = len(reader.feature_names), len(reader.target_names)
     codes = [split_of(seed, np.arange(g.first_row, g.first_row + g.n_rows), *fractions)
              for g in table.groups or table.row_groups()]  # fmt: skip
     capacity = np.bincount(np.concatenate(codes), minlength=3) if codes else np.zeros(3, dtype=np.int64)
     del codes
-    xs = [torch.empty(int(n), in_features) for n in capacity]  # by split code: TRAIN, VAL, TEST
-    ys = [torch.empty(int(n), out_features) for n in capacity]
+    xs = [torch.empty(int(n), in_features, dtype=dtype) for n in capacity]  # by split code: TRAIN, VAL, TEST
+    ys = [torch.empty(int(n), out_features, dtype=dtype) for n in capacity]
     filled, n_rows, exact = np.zeros(3, dtype=np.int64), 0, True
     try:
         for part, columns in table.blocks(*reader.columns_to_read(table, with_targets=True)):
             x, y, rows = reader.rows(part, columns, with_targets=True, report=False)
             n_rows += len(next(iter(columns.values())))
-            exact = exact and all(np.array_equal(v.astype(np.float32), v, equal_nan=True) for v in (x, y))
+            exact = exact and (dtype == torch.float64 or all(np.array_equal(v.astype(np.float32), v, equal_nan=True)
+                                                             for v in (x, y)))  # fmt: skip
             block_codes = split_of(seed, rows, *fractions)
             for code in (TRAIN, VAL, TEST):
                 chosen = block_codes == code

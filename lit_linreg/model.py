@@ -104,6 +104,7 @@ class LinearRegression(L.LightningModule):
         self._whitens = False  # whether `whiten` is other than the identity (see `set_preconditioner`)
         self.whitened_rank: int | None = None  # the rank of the standardized design, once whitened
         self.condition_before: float | None = None  # the Hessian's condition number that whitening took to 1
+        self.register_load_state_dict_pre_hook(_follow_checkpoint_dtype)
         self.register_load_state_dict_post_hook(_note_scaling_after_load)
 
         # R2: exact at any scale.
@@ -151,7 +152,9 @@ class LinearRegression(L.LightningModule):
             if not stats:  # whitening centres, so it standardizes even where the DataModule does not
                 stats = standardize.from_moments(moments)
                 self.set_standardization(**stats)
-            reason = self.set_preconditioner(moments)  # None, or which directions it leaves out
+            reason = self.set_preconditioner(moments, getattr(self.trainer, "datamodule", None))
+            if self.x_mean.dtype == torch.float64:  # made float64 just now: the statistics, without float32's rounding
+                self.set_standardization(**stats)
         else:
             reason = f"precondition qr does not apply: {reason}; training without it"
         if reason:
@@ -159,13 +162,30 @@ class LinearRegression(L.LightningModule):
         return stats
 
     @torch.no_grad()
-    def set_preconditioner(self, moments) -> str | None:
-        """Whiten the standardized design by the statistics' R (see `precondition.whitening`); its line, or None."""
+    def set_preconditioner(self, moments, datamodule=None) -> str | None:
+        """Whiten the standardized design by the statistics' R (see `precondition.whitening`); its line, or None.
+
+        Where float32 rows cannot resolve every direction of the table and float64 rows resolve more, a DataModule
+        that can hold its rows in float64 (`hold_float64`) is asked to, and the model trains in float64 too.
+        """
         found = whitening(moments, self.whiten.dtype)
+        line = found.note()
+        if found.rank < found.exact_rank and hasattr(datamodule, "hold_float64"):
+            finer = whitening(moments, torch.float64)
+            if finer.rank > found.rank and datamodule.hold_float64():
+                held = (
+                    f"precondition qr: {found.precision} rows resolve {found.rank} of the {found.exact_rank} directions"
+                    f" of this table (condition number {found.condition_before:.3g}), float64 rows {finer.rank}:"
+                    " its rows are held and trained in float64"
+                )
+                line, found = "; ".join(filter(None, (held, finer.note()))), finer
+                self.double()
+            elif finer.rank > found.rank:
+                line += "; rows held in memory (--data.in_memory true) would train in float64"
         self.whiten.copy_(found.matrix)
         self.whitened_rank, self.condition_before = found.rank, found.condition_before
         self._note_scaling()
-        return found.note()
+        return line
 
     def tune_sgd(self, moments, standardized: bool, full_batch: bool) -> None:
         """Resolve `lr: auto` and `momentum: auto` from the loss's Hessian (see optim.py); note the lr it allows."""
@@ -214,6 +234,8 @@ class LinearRegression(L.LightningModule):
 
         A large batch through the linear layer goes by row blocks (see blocked_linear.py): no copy of its rows.
         """
+        if x.dtype != self.x_mean.dtype:  # float32 rows for a model trained in float64 (see `set_preconditioner`)
+            x = x.to(self.x_mean.dtype)
         if self._scales and self.is_linear and blocked_linear.applies(x):
             design = self.encoder(x) if self.encoder is not None else x
             whiten = self.whiten if self._whitens else None
@@ -221,6 +243,7 @@ class LinearRegression(L.LightningModule):
         return self.net(self._standardized(x))
 
     def _standardized_target(self, y: torch.Tensor) -> torch.Tensor:
+        y = y.to(self.y_mean.dtype)  # a no-op unless the model trains in float64 and the rows are float32
         return standardize.forward(y, self.y_mean, self.y_std) if self._scales else y  # (B, out_features)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -360,6 +383,14 @@ def _check_arguments(values: dict) -> None:
     for name, choices in CHOICES.items():
         if values[name] not in choices:
             raise ConfigError(f"model.{name} must be {' or '.join(map(repr, choices))}, got {values[name]!r}")
+
+
+def _follow_checkpoint_dtype(module: LinearRegression, state_dict: dict, prefix: str, *args) -> None:
+    """Before `load_state_dict`: a checkpoint trained in float64 (see `set_preconditioner`) makes the model float64,
+    which loading into float32 tensors would round."""
+    saved = state_dict.get(prefix + "x_mean")
+    if saved is not None and saved.dtype == torch.float64 and module.x_mean.dtype != torch.float64:
+        module.double()
 
 
 def _note_scaling_after_load(module: LinearRegression, incompatible_keys: object) -> None:

@@ -35,7 +35,7 @@ from lightning.pytorch.utilities.exceptions import SIGTERMException
 from pydantic import BaseModel, ConfigDict
 
 from lit_linreg.errors import ConfigError
-from lit_linreg.trained import TrainedModelCLI, prediction_names, run_command
+from lit_linreg.trained import TrainedModelCLI, dtype_of, prediction_names, run_command
 
 try:
     import litserve as ls
@@ -74,8 +74,11 @@ class BadRequest(Exception):
         self.error = RequestError(status, message)
 
 
-def read_rows(rows: list[Any], schema: dict, unknown_category: str, max_rows: int) -> np.ndarray:
-    """The model's raw inputs (N, features), float32, from a request's rows, as `predict` reads a file's.
+def read_rows(
+    rows: list[Any], schema: dict, unknown_category: str, max_rows: int, dtype: type = np.float32
+) -> np.ndarray:
+    """The model's raw inputs (N, features), as `dtype` (the model's), from a request's rows, as `predict` reads a
+    file's.
 
     A categorical column becomes its code (the category's position in the schema, -1 for an unknown one with
     `unknown_category: zeros`); a missing numeric value becomes NaN when `schema["missing"]` is "mean".
@@ -117,7 +120,7 @@ def read_rows(rows: list[Any], schema: dict, unknown_category: str, max_rows: in
                 raise BadRequest(f"{where}: {value:g} is too large for float32")
             else:
                 x[i, j] = value
-    return x.astype(np.float32)
+    return x.astype(dtype, copy=False)
 
 
 def _short(value: Any) -> str:
@@ -162,11 +165,12 @@ class RegressionAPI(ls.LitAPI):
             for logger, level in zip(loggers, levels, strict=True):
                 logger.setLevel(level)
         self.schema, self.names = self.model.schema, prediction_names(self.model.schema)
+        self.dtype = torch.empty(0, dtype=dtype_of(self.model)).numpy().dtype  # float64 if it trained so
 
     def decode_request(self, request: PredictRequest) -> np.ndarray | RequestError:
         # A bad request's error is returned, not raised: raised, it would fail every request of its batch.
         try:
-            return read_rows(request.rows, self.schema, self.unknown_category, self.max_rows)
+            return read_rows(request.rows, self.schema, self.unknown_category, self.max_rows, self.dtype)
         except BadRequest as err:
             return err.error
 

@@ -187,19 +187,19 @@ class TableDataModule(InMemoryDataModule):
         reader = self._reader()
         if stage == "predict" and self.predict_path is not None:
             table = self._table(Path(self.predict_path))
-            predict = load_file(reader, table)
+            predict = load_file(reader, table, dtype=self.dtype)
             self.predict_table = table.read_as_written()
             return every_nth({"predict": predict}, rank, world_size)
         if stage == "test" and self.test_fraction == 0 and self.test_path is not None:
-            test = load_file(reader, self._table(Path(self.test_path)), with_targets=True)
+            test = load_file(reader, self._table(Path(self.test_path)), with_targets=True, dtype=self.dtype)
             return every_nth({"test": test}, rank, world_size)
         table = self._table(self.path)
         if table.format == "parquet":
             share = table.share(rank, world_size) if world_size > 1 else table
-            splits, exact = load_parquet(reader, share, self.seed, self._fractions, world_size)
+            splits, exact = load_parquet(reader, share, self.seed, self._fractions, world_size, self.dtype)
             self._train64, self._reread = None, None if exact else share
         else:
-            splits, self._train64 = load_csv(reader, table, self.seed, self._fractions, rank, world_size)
+            splits, self._train64 = load_csv(reader, table, self.seed, self._fractions, rank, world_size, self.dtype)
         return with_stand_ins(splits, *self._fractions)
 
     def _memory_blocks(self) -> Iterator[Rows]:

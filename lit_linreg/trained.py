@@ -14,6 +14,7 @@ import warnings
 from typing import Any
 
 import lightning as L
+import torch
 
 from lit_linreg.cli import LinearRegressionCLI, cli_main
 from lit_linreg.columns import prediction_columns
@@ -73,6 +74,12 @@ def run_command(cli_class: type[TrainedModelCLI], args: list[str]) -> TrainedMod
     if not cli.used:  # Lightning ran Trainer.predict: its subcommands work otherwise now
         raise RuntimeError("LightningCLI no longer runs a CLI's own `predict` method: update trained.py")
     return cli
+
+
+def dtype_of(model: torch.nn.Module) -> torch.dtype:
+    """The dtype a trained model computes in: float32, or float64 for one that trained in float64 (a table beyond
+    float32's precision, see `LinearRegression.set_preconditioner`)."""
+    return next((t.dtype for t in model.parameters() if t.is_floating_point()), torch.float32)
 
 
 def prediction_names(schema: dict) -> list[str]:

@@ -1,9 +1,12 @@
 """`--model.precondition qr`: training in the coordinates that the statistics' R whitens, seen in original units."""
 
 import csv
+import json
 import re
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 import torch
 import yaml
@@ -152,14 +155,58 @@ def test_qr_falls_back_for_statistics_too_wide_to_keep_r(tmp_path, caplog, monke
     assert "precondition qr does not apply: 7 columns of [1, X, Y] are too wide" in caplog.text
 
 
-def test_qr_leaves_out_directions_finer_than_float32_rows_and_the_run_stops_when_stalled(
+def test_a_table_beyond_float32_is_held_and_trained_in_float64_and_reaches_the_optimum(
     run_cli, tmp_path, capsys, caplog
 ):
     write_table(tmp_path / "t.csv", 1e16)  # singular values 1, 1e-2, ..., 1e-8: float32 rows resolve 1e-6 at best
     data = ("--data.path", str(tmp_path / "t.csv"), "--data.targets", "[y0]")
+    assert run_cli(*TABLE, *data, root=tmp_path) == 0
+    out = capsys.readouterr().out
+    assert "float32 rows resolve 4 of the 5 directions of this table (condition number 1.24e+16), float64 rows 5" in (
+        caplog.text
+    )
+    gap, epochs = re.search(r"relative gap (\S+) after (\d+) epochs", out).groups()
+    assert float(gap) <= 1e-3 and int(epochs) <= 5
+    run = latest_version(tmp_path)
+    state = torch.load(next((run / "checkpoints").glob("best-*.ckpt")), weights_only=True)["state_dict"]
+    assert state["net.weight"].dtype == state["x_mean"].dtype == torch.float64
+
+    # Predicting from the checkpoint reads the rows in float64 too: the predictions are the optimum's.
+    x = np.loadtxt(tmp_path / "t.csv", delimiter=",", skiprows=1)[:, :5]
+    np.savetxt(tmp_path / "new.csv", x[:20], delimiter=",", header="x0,x1,x2,x3,x4", comments="", fmt="%.17g")
+    assert run_cli("predict", "--config", config("table.yaml"), *data, "--ckpt_path", "best",
+                   "--data.predict_path", str(tmp_path / "new.csv"), root=tmp_path) == 0  # fmt: skip
+    predicted = np.loadtxt(latest_version(tmp_path) / "predictions.csv", delimiter=",", skiprows=1)[:, -1]
+    checkpoint = torch.load(next((run / "checkpoints").glob("best-*.ckpt")), weights_only=True)
+    model = LinearRegression(**{k: v for k, v in checkpoint["hyper_parameters"].items() if k[0] != "_"})
+    model.load_state_dict(checkpoint["state_dict"])
+    assert model.x_mean.dtype == torch.float64  # loading follows the checkpoint's dtype
+    # Weights of order 1e7 in original units: float32 inputs would move a prediction by about 10, float64 by 1e-7.
+    weight, bias = (t.numpy() for t in model.coefficients())
+    np.testing.assert_allclose(predicted, x[:20] @ weight[0] + bias[0], rtol=0, atol=1e-5)
+
+    # Its ONNX export takes and gives float64, and says so; it predicts as `predict` did.
+    ort = pytest.importorskip("onnxruntime")
+    onnx_file = tmp_path / "model.onnx"
+    export = ("export", "--config", config("table.yaml"), *data, "--ckpt_path", "best", "--output", str(onnx_file))
+    assert run_cli(*export, root=tmp_path) == 0
+    assert json.loads((tmp_path / "model.json").read_text())["dtype"] == "float64"
+    session = ort.InferenceSession(str(onnx_file), providers=["CPUExecutionProvider"])
+    np.testing.assert_allclose(session.run(None, {"features": x[:20]})[0][:, 0], predicted, rtol=0, atol=1e-7)
+
+
+def test_streamed_rows_stay_float32_so_qr_leaves_out_the_finer_directions_and_the_run_stops_when_stalled(
+    run_cli, tmp_path, capsys, caplog
+):
+    write_table(tmp_path / "t.csv", 1e16)
+    frame = np.loadtxt(tmp_path / "t.csv", delimiter=",", skiprows=1)
+    names = [f"x{j}" for j in range(5)] + ["y0"]
+    pq.write_table(pa.table({name: frame[:, j] for j, name in enumerate(names)}), tmp_path / "t.parquet")
+    data = ("--data.path", str(tmp_path / "t.parquet"), "--data.targets", "[y0]", "--data.in_memory", "false")
     assert run_cli(*TABLE, *data, "--reference.stop_when_stalled", "5") == 0
     out = capsys.readouterr().out
-    assert "precondition qr whitens 4 of the 5 directions" in caplog.text
+    assert "precondition qr whitens 4 of the 5 directions" in caplog.text and "held and trained" not in caplog.text
+    assert "rows held in memory (--data.in_memory true) would train in float64" in caplog.text
     gap, epochs = re.search(r"relative gap (\S+) after (\d+) epochs", out).groups()
     assert float(gap) > 1e-3 and int(epochs) <= 12  # stalled within a few epochs, then 5 more: not 3,000
     assert "the gap has stopped falling" in out

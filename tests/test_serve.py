@@ -50,6 +50,11 @@ def test_rows_become_codes_and_a_missing_number_nan_under_missing_mean():
     assert math.isnan(x[1, 0]) and x[1, 1] == 0.0
 
 
+def test_a_model_that_trained_in_float64_reads_its_requests_rows_in_float64():
+    x = serve.read_rows([{"area": 1 + 2**-40, "hood": "North"}], SCHEMA, "error", max_rows=10, dtype=np.float64)
+    assert x.dtype == np.float64 and x[0, 0] == 1 + 2**-40  # float32 would round it to 1
+
+
 def test_an_unknown_category_is_the_reference_level_with_unknown_category_zeros():
     x = serve.read_rows([{"area": 1.5, "hood": "East"}], SCHEMA, "zeros", max_rows=10)
     assert x.tolist() == [[1.5, -1.0]]  # the encoder's code for "no level": all one-hot columns 0
