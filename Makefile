@@ -49,6 +49,7 @@ bench: install  ## time and measure lit_linreg against plain PyTorch and Lightni
 	$(PY) benchmarks/bench.py
 	$(PY) benchmarks/convergence.py
 	$(PY) benchmarks/wide.py  # the exact reference at 16,384 x 2,046 against one numpy.linalg.qr
+	$(PY) benchmarks/full_batch_step.py  # a full-batch step by row blocks against the plain layer
 	$(PY) benchmarks/serve.py  # requests/s and latency of `serve`, batching on and off
 
 SERVE_CONFIG ?= configs/table.yaml
