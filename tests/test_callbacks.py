@@ -92,6 +92,7 @@ def test_end_of_fit_table_puts_the_fit_beside_the_optimum():
     assert lines[0].split() == ["SGD", "fit", "least", "squares"]
     assert lines[1].split() == ["train", "MSE", "0.5", "0.4831"]
     assert lines[2].split() == ["val", "R2", "0.99"]
+    assert format_table([("train MSE", 0.5, 0.4831)], "Adam").splitlines()[0].split()[:2] == ["Adam", "fit"]
 
 
 def test_large_models_log_histograms_not_scalars(run_cli, tmp_path):

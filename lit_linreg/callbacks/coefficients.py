@@ -114,10 +114,10 @@ def write_coefficients(path: Path, records: list[dict]) -> None:
         writer.writerows([r[c] if isinstance(r[c], str) else repr(r[c]) for c in columns] for r in records)
 
 
-def format_summary(records: list[dict], summaries, targets: list[str]) -> str:
-    """The coefficient table (SGD beside least squares, with inference) and each target's summary lines."""
+def format_summary(records: list[dict], summaries, targets: list[str], optimizer: str = "SGD") -> str:
+    """The coefficient table (the fit beside least squares, with inference) and each target's summary lines."""
     width = max([12, *(len(f"{r['target']}/{r['term']}") + 2 for r in records)])
-    head = ["SGD fit", "least squares", "std error", "t", "p-value", "95% CI low", "95% CI high"]
+    head = [f"{optimizer} fit", "least squares", "std error", "t", "p-value", "95% CI low", "95% CI high"]
     lines = [f"{'':<{width}}" + "".join(f"{h:>14}" for h in head)]
     for r in records:
         cells = [r["sgd"], r["least_squares"], r["std_error"], r["t"], r["p_value"], r["ci_low"], r["ci_high"]]

@@ -192,11 +192,11 @@ class LeastSquaresReference(L.Callback):
             short = shortfall(self.gaps, self.stop_at_relative_gap, trainer.current_epoch, faster)
             if short:
                 print(short)
-        print(format_table(rows))
+        print(format_table(rows, optimizer))
         shown = sorted(records, key=lambda r: -abs(r["t"]) if np.isfinite(r["t"]) else 0.0)
         shown = shown[: self.max_table_coefficients]
         targets = list(dict.fromkeys(r["target"] for r in records))
-        print(format_summary(shown, [] if wide else summaries, [] if wide else targets))
+        print(format_summary(shown, [] if wide else summaries, [] if wide else targets, optimizer))
         path = self.log_dir / "coefficients.csv"
         write_coefficients(path, records)
         if len(shown) < len(records):
@@ -270,14 +270,14 @@ def _faster(pl_module: L.LightningModule, stats: statistics.SufficientStatistics
     return None if stats.method == "moments" or not has_bias else "--model.precondition qr"
 
 
-def format_table(rows: list[tuple[str, float | None, float | None]]) -> str:
-    """The end-of-fit table: one row per quantity, the SGD fit beside the exact optimum."""
+def format_table(rows: list[tuple[str, float | None, float | None]], optimizer: str = "SGD") -> str:
+    """The end-of-fit table: one row per quantity, the fit (`optimizer`'s, named in its title) beside the optimum."""
 
     def cell(v: float | None) -> str:
         return f"{v:>14.6g}" if v is not None else f"{'':>14}"
 
     width = max(12, *(len(name) + 2 for name, _, _ in rows))
-    lines = [f"{'':<{width}}{'SGD fit':>14}{'least squares':>14}"]
+    lines = [f"{'':<{width}}{optimizer + ' fit':>14}{'least squares':>14}"]
     lines += [f"{name:<{width}}{cell(fit)}{cell(best)}" for name, fit, best in rows]
     return "\n".join(lines)
 
