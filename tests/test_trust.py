@@ -691,12 +691,15 @@ def test_sigterm_from_outside_exits_non_zero_with_an_intact_checkpoint(tmp_path)
 
 
 @pytest.mark.slow
-def test_make_train_prints_the_notebooks_prediction():
+def test_make_train_prints_the_notebooks_prediction_and_the_tables():
     # --no-print-directory: run from `make faults`, a nested make would end with "Leaving directory".
     make = ["make", "--no-print-directory", "train"]
     result = subprocess.run(make, cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-2000:]
-    assert result.stdout.splitlines()[-1] == "Prediction after training: f(5) = 10.000"
+    lines = result.stdout.splitlines()
+    assert "Prediction after training: f(5) = 10.000" in lines  # the toy config, as the notebooks print it
+    house = re.fullmatch(r"Predicted price_k of house N0001 \(120 m2, 4 rooms, 20 years, 8\.5 km\): (\S+)", lines[-1])
+    assert house and float(house[1]) == pytest.approx(268.8075, abs=1e-3)  # the table config, as the README shows
 
 
 # --- Integer options: every one has a range, and the CLI refuses a value outside it in one line -----------------
