@@ -8,7 +8,8 @@ pass standardizes (and whitens) each block again: V's gradient is g' (z M), summ
 summed. The forward pass whitens the weights instead of the rows, z (M V'), as precise there and d / k times
 less work; the backward pass makes the blocks' z M again. Every block is made in one reused buffer that stays in
 cache: the step is as fast as the plain layer on narrow rows and three times faster on large ones
-(`benchmarks/full_batch_step.py`).
+(`benchmarks/full_batch_step.py`). A table with categorical columns or filled-in missing values is encoded first
+(encoding.py): that design is the one (N, d) copy the step makes and saves.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from __future__ import annotations
 import torch
 
 BLOCK_VALUES = 1 << 19
-"""Values of x a block of rows holds: 2 MiB in float32, the most the step holds on top of the rows."""
+"""Values of x a block of rows holds: 2 MiB in float32 (4 in float64), the most the step holds beside the rows."""
 
 
 def block_rows(width: int) -> int:

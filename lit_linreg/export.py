@@ -51,7 +51,7 @@ class DesignInput(nn.Module):
         super().__init__()
         numeric = [name for name in schema["features"] if name not in schema["categories"]]
         columns = design_names(schema)
-        design_fill = torch.zeros(len(columns))  # (design columns,); one-hot columns are never NaN-filled
+        design_fill = torch.zeros(len(columns), dtype=fill.dtype)  # (design columns,); one-hot never NaN-filled
         for name, value in zip(schema["features"], fill.tolist(), strict=True):
             if name in numeric:
                 design_fill[columns.index(name)] = value

@@ -98,8 +98,9 @@ class InMemoryDataModule(L.LightningDataModule):
         """Load this rank's splits of `stage` and hold them on the training device, as `dtype`."""
         device = self.trainer.strategy.root_device if self.trainer is not None else torch.device("cpu")
         # Moved once here: batches are then cut on the device, never copied host-to-device per step.
-        loaded = self.load_share(stage, rank, world_size)
-        self.splits |= {name: tuple(t.to(device, self.dtype) for t in split) for name, split in loaded.items()}
+        loaded, held = self.load_share(stage, rank, world_size), {}  # held: each tensor once (stand-ins share)
+        for name, split in loaded.items():
+            self.splits[name] = tuple(held.setdefault(id(t), t.to(device, self.dtype)) for t in split)
 
     def hold_float64(self) -> bool:
         """Hold the rows in float64 from now on, loaded again; False where they cannot be (streamed rows).
@@ -108,9 +109,11 @@ class InMemoryDataModule(L.LightningDataModule):
         fits (`precondition: qr` on a condition number beyond float32's, see precondition.py). The statistics
         stay: the pass summed the rows' own float64 values already (a file's, read again here at full precision).
         """
-        if "train" not in self.splits:  # the training rows stream (a TableDataModule's `in_memory: false`)
+        device = self.trainer.strategy.root_device if self.trainer is not None else torch.device("cpu")
+        if "train" not in self.splits or device.type == "mps":  # streamed rows (`in_memory: false`); MPS: no float64
             return False
         self.dtype = torch.float64
+        self.splits.clear()  # the float32 rows go first: the float64 ones are twice their size
         self._hold("fit", *self._rank())
         self._train64 = None
         return True

@@ -168,9 +168,10 @@ class LinearRegression(L.LightningModule):
         Where float32 rows cannot resolve every direction of the table and float64 rows resolve more, a DataModule
         that can hold its rows in float64 (`hold_float64`) is asked to, and the model trains in float64 too.
         """
-        found = whitening(moments, self.whiten.dtype)
+        rows = getattr(datamodule, "dtype", torch.float32)  # what the training rows hold: float32 unless said
+        found = whitening(moments, rows)
         line = found.note()
-        if found.rank < found.exact_rank and hasattr(datamodule, "hold_float64"):
+        if found.rank < found.exact_rank and rows != torch.float64 and hasattr(datamodule, "hold_float64"):
             finer = whitening(moments, torch.float64)
             if finer.rank > found.rank and datamodule.hold_float64():
                 held = (
@@ -178,10 +179,11 @@ class LinearRegression(L.LightningModule):
                     f" of this table (condition number {found.condition_before:.3g}), float64 rows {finer.rank}:"
                     " its rows are held and trained in float64"
                 )
-                line, found = "; ".join(filter(None, (held, finer.note()))), finer
-                self.double()
+                line, found, rows = "; ".join(filter(None, (held, finer.note()))), finer, torch.float64
             elif finer.rank > found.rank:
                 line += "; rows held in memory (--data.in_memory true) would train in float64"
+        if rows == torch.float64:
+            self.double()  # the rows' precision all the way: a float32 layer would round what they resolve
         self.whiten.copy_(found.matrix)
         self.whitened_rank, self.condition_before = found.rank, found.condition_before
         self._note_scaling()
@@ -236,7 +238,7 @@ class LinearRegression(L.LightningModule):
         """
         if x.dtype != self.x_mean.dtype:  # float32 rows for a model trained in float64 (see `set_preconditioner`)
             x = x.to(self.x_mean.dtype)
-        if self._scales and self.is_linear and blocked_linear.applies(x):
+        if self._scales and type(self.net) is nn.Linear and blocked_linear.applies(x):  # not a subclass's forward
             design = self.encoder(x) if self.encoder is not None else x
             whiten = self.whiten if self._whitens else None
             return blocked_linear.standardized_linear(design, self.x_mean, self.x_std, whiten, self.net)

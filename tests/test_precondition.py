@@ -195,6 +195,24 @@ def test_a_table_beyond_float32_is_held_and_trained_in_float64_and_reaches_the_o
     np.testing.assert_allclose(session.run(None, {"features": x[:20]})[0][:, 0], predicted, rtol=0, atol=1e-7)
 
 
+def test_a_float64_fit_keeps_its_missing_value_fills_in_float64_through_training_and_export(run_cli, tmp_path):
+    from lit_linreg.export import exportable
+
+    write_table(tmp_path / "t.csv", 1e16)
+    lines = (tmp_path / "t.csv").read_text().splitlines()  # and a column of noise with one missing cell
+    noise = np.random.default_rng(1).normal(size=len(lines) - 1).astype(str).tolist()
+    noise[0] = ""  # filled with the column's training mean
+    lines = [f"{lines[0]},z", *(f"{line},{value}" for line, value in zip(lines[1:], noise, strict=True))]
+    (tmp_path / "t.csv").write_text("\n".join(lines) + "\n")
+    data = ("--data.path", str(tmp_path / "t.csv"), "--data.targets", "[y0]", "--data.missing", "mean")
+    assert run_cli(*TABLE, *data, root=tmp_path) == 0
+    checkpoint = torch.load(latest_version(tmp_path) / "checkpoints" / "last.ckpt", weights_only=True)
+    assert checkpoint["state_dict"]["encoder.fill"].dtype == torch.float64  # the reference's pass left it so
+    model = LinearRegression(**{k: v for k, v in checkpoint["hyper_parameters"].items() if k[0] != "_"})
+    model.load_state_dict(checkpoint["state_dict"])
+    assert exportable(model).encoder.fill.dtype == torch.float64
+
+
 def test_streamed_rows_stay_float32_so_qr_leaves_out_the_finer_directions_and_the_run_stops_when_stalled(
     run_cli, tmp_path, capsys, caplog
 ):

@@ -6,6 +6,7 @@ statistics), compares each epoch's coefficients with the optimum, and prints the
 
 from __future__ import annotations
 
+import copy
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -213,7 +214,7 @@ def _val_loss(fit: statistics.LeastSquares, trainer: L.Trainer, pl_module: L.Lig
     loader = trainer.datamodule.val_dataloader() if trainer.datamodule is not None else None
     if loader is None:
         return None
-    encode = getattr(pl_module, "encoder", None)
+    encode = _float64_encoder(pl_module)
     weight, bias = torch.from_numpy(fit.weight), torch.from_numpy(fit.bias)
     sse, count = 0.0, 0
     with torch.no_grad():
@@ -221,11 +222,9 @@ def _val_loss(fit: statistics.LeastSquares, trainer: L.Trainer, pl_module: L.Lig
             rows = block_rows(batch_x.shape[1])
             for start in range(0, len(batch_x), rows):
                 x, y = batch_x[start : start + rows].cpu().double(), batch_y[start : start + rows].cpu().double()
-                x = encode.double()(x) if encode is not None else x
+                x = encode(x) if encode is not None else x
                 sse += (x @ weight.T + bias - y).square().sum().item()
                 count += y.numel()
-    if encode is not None:
-        encode.float()
     total = trainer.strategy.reduce(torch.tensor([sse, count], dtype=torch.float64), reduce_op="sum")
     return float(total[0] / total[1]) if total[1] > 0 else None
 
@@ -325,12 +324,15 @@ def statistics_from_loader(trainer: L.Trainer, pl_module: L.LightningModule) -> 
 
 def _loader_blocks(trainer: L.Trainer, pl_module: L.LightningModule):
     """This rank's training batches as float64 numpy (x, y), encoded as the model encodes them."""
+    encode = _float64_encoder(pl_module)
+    for x, y in trainer.train_dataloader:
+        x, y = x.cpu().double(), y.cpu().double()
+        x = encode(x) if encode is not None else x
+        yield x.numpy(), y.numpy()
+
+
+def _float64_encoder(pl_module: L.LightningModule):
+    """A float64 copy, on the CPU, of the model's encoder (see encoding.py), or None: the model's own stays as it
+    is, float32 or float64 (a table beyond float32, see `LinearRegression.set_preconditioner`)."""
     encode = getattr(pl_module, "encoder", None)
-    try:
-        for x, y in trainer.train_dataloader:
-            x, y = x.cpu().double(), y.cpu().double()
-            x = encode.double()(x) if encode is not None else x
-            yield x.numpy(), y.numpy()
-    finally:
-        if encode is not None:
-            encode.float()
+    return copy.deepcopy(encode).cpu().double() if encode is not None else None
