@@ -17,7 +17,7 @@ import torch
 from lit_linreg.encoding import TableEncoder, default_schema, design_names, needs_encoder
 from lit_linreg.errors import ConfigError, DataError
 from lit_linreg.loader import TensorLoader, batches_per_epoch
-from lit_linreg.loading import Rows, memory_blocks
+from lit_linreg.loading import Rows, memory_blocks, why_not_float64
 from lit_linreg.splits import every_nth
 from lit_linreg.statistics import RowPasses, SufficientStatistics, choose_method
 
@@ -102,21 +102,21 @@ class InMemoryDataModule(L.LightningDataModule):
         for name, split in loaded.items():
             self.splits[name] = tuple(held.setdefault(id(t), t.to(device, self.dtype)) for t in split)
 
-    def hold_float64(self) -> bool:
-        """Hold the rows in float64 from now on, loaded again; False where they cannot be (streamed rows).
+    def hold_float64(self) -> str | None:
+        """Hold the rows in float64 from now on, loaded again; None once held, else why they cannot be.
 
         The model asks in its `setup`, once the statistics exist, when float32 rows cannot resolve the table it
         fits (`precondition: qr` on a condition number beyond float32's, see precondition.py). The statistics
         stay: the pass summed the rows' own float64 values already (a file's, read again here at full precision).
         """
-        device = self.trainer.strategy.root_device if self.trainer is not None else torch.device("cpu")
-        if "train" not in self.splits or device.type == "mps":  # streamed rows (`in_memory: false`); MPS: no float64
-            return False
+        why_not = why_not_float64(self.splits, self.trainer)
+        if why_not is not None:
+            return why_not
         self.dtype = torch.float64
         self.splits.clear()  # the float32 rows go first: the float64 ones are twice their size
         self._hold("fit", *self._rank())
         self._train64 = None
-        return True
+        return None
 
     def _rank(self) -> tuple[int, int]:
         return (self.trainer.global_rank, self.trainer.world_size) if self.trainer is not None else (0, 1)

@@ -9,6 +9,7 @@ tensors when they hold them exactly, else from the file again (`reread_blocks`).
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterable, Iterator
 
 import numpy as np
@@ -25,6 +26,37 @@ STATISTICS_BLOCK = 16384  # rows per update of the statistics pass, at most: a b
 STATISTICS_BLOCK_VALUES = 1 << 22  # values per update, at most: 32 MiB of float64 whatever the width
 Rows = tuple[np.ndarray, np.ndarray]  # (x, y) float64 blocks of rows
 Splits = dict[str, tuple[torch.Tensor, torch.Tensor]]
+
+
+def available_memory() -> int:
+    """Bytes of memory available to a new allocation (Linux's MemAvailable); the total memory elsewhere."""
+    try:
+        with open("/proc/meminfo") as f:
+            return next(int(line.split()[1]) * 1024 for line in f if line.startswith("MemAvailable:"))
+    except (OSError, StopIteration, ValueError):
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+
+
+FLOAT64_MEMORY_SHARE = 0.5  # of the memory available, at most, that holding the rows in float64 may add
+
+
+def why_not_float64(splits: dict[str, tuple[torch.Tensor, ...]], trainer) -> str | None:
+    """Why the rows held in `splits` cannot be held in float64 instead (see `InMemoryDataModule.hold_float64`), or
+    None when they can. Every DDP rank answers alike: the ranks must train in one dtype."""
+    device = trainer.strategy.root_device if trainer is not None else torch.device("cpu")
+    if "train" not in splits:
+        return "its rows stream (--data.in_memory true would hold them)"
+    if device.type == "mps":
+        return "MPS has no float64"
+    held = {id(t): t for split in splits.values() for t in split}.values()
+    extra = sum(t.numel() * (8 - t.element_size()) for t in held)  # the float32 rows are let go first
+    available = available_memory()
+    fits = extra <= FLOAT64_MEMORY_SHARE * available
+    if trainer is not None and trainer.world_size > 1:
+        fits = trainer.strategy.reduce_boolean_decision(fits, all=True)
+    if not fits:
+        return f"float64 rows would take {extra:,} bytes more, over half the {available:,} available on a rank"
+    return None
 
 
 def statistics_block(width: int) -> int:

@@ -23,7 +23,7 @@ from lit_linreg.encoding import TableEncoder, default_schema, design_names, need
 from lit_linreg.errors import ConfigError, DivergenceError
 from lit_linreg.metrics import R2, say_if_beyond_float32
 from lit_linreg.nets import sized_net
-from lit_linreg.precondition import whitening, why_not_qr
+from lit_linreg.precondition import whitening_for, why_not_qr
 
 # What each argument allows, checked in this order; a value outside says "model.<name> must be <rule>, got <value>".
 RANGES = {
@@ -166,23 +166,11 @@ class LinearRegression(L.LightningModule):
         """Whiten the standardized design by the statistics' R (see `precondition.whitening`); its line, or None.
 
         Where float32 rows cannot resolve every direction of the table and float64 rows resolve more, a DataModule
-        that can hold its rows in float64 (`hold_float64`) is asked to, and the model trains in float64 too.
+        that can hold its rows in float64 (`hold_float64`) is asked to, and the model trains in float64 too; where
+        it cannot, the line says why.
         """
-        rows = getattr(datamodule, "dtype", torch.float32)  # what the training rows hold: float32 unless said
-        found = whitening(moments, rows)
-        line = found.note()
-        if found.rank < found.exact_rank and rows != torch.float64 and hasattr(datamodule, "hold_float64"):
-            finer = whitening(moments, torch.float64)
-            if finer.rank > found.rank and datamodule.hold_float64():
-                held = (
-                    f"precondition qr: {found.precision} rows resolve {found.rank} of the {found.exact_rank} directions"
-                    f" of this table (condition number {found.condition_before:.3g}), float64 rows {finer.rank}:"
-                    " its rows are held and trained in float64"
-                )
-                line, found, rows = "; ".join(filter(None, (held, finer.note()))), finer, torch.float64
-            elif finer.rank > found.rank:
-                line += "; rows held in memory (--data.in_memory true) would train in float64"
-        if rows == torch.float64:
+        found, line = whitening_for(moments, datamodule)
+        if found.precision == "float64":
             self.double()  # the rows' precision all the way: a float32 layer would round what they resolve
         self.whiten.copy_(found.matrix)
         self.whitened_rank, self.condition_before = found.rank, found.condition_before

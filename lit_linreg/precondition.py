@@ -106,3 +106,28 @@ def whitening(moments, dtype: torch.dtype) -> Whitening:
         condition_before=float(singular[0] / singular[exact][-1]) ** 2,  # the Hessian's: P's squared
         precision=str(dtype).removeprefix("torch."),
     )
+
+
+def whitening_for(moments, datamodule) -> tuple[Whitening, str | None]:
+    """The whitening for the rows `datamodule` holds (float32 unless its `dtype` says), and the line to say.
+
+    Where float32 rows leave directions out that float64 rows resolve, a DataModule that can hold its rows in
+    float64 (`hold_float64`) is asked to, and the whitening is float64's: the model then trains in float64
+    (`Whitening.precision`). Where it cannot, the line says why.
+    """
+    rows = getattr(datamodule, "dtype", torch.float32)
+    found = whitening(moments, rows)
+    line = found.note()
+    if found.rank < found.exact_rank and rows != torch.float64 and hasattr(datamodule, "hold_float64"):
+        finer = whitening(moments, torch.float64)
+        why_not = datamodule.hold_float64() if finer.rank > found.rank else None  # else: finer than float64 too
+        if finer.rank > found.rank and why_not is None:
+            held = (
+                f"precondition qr: {found.precision} rows resolve {found.rank} of the {found.exact_rank} directions"
+                f" of this table (condition number {found.condition_before:.3g}), float64 rows {finer.rank}:"
+                " its rows are held and trained in float64"
+            )
+            return finer, "; ".join(filter(None, (held, finer.note())))
+        if why_not is not None:
+            line += f"; float64 rows would resolve {finer.rank}, but {why_not}"
+    return found, line

@@ -9,7 +9,6 @@ keeps are the rows the pass counted.
 from __future__ import annotations
 
 import functools
-import os
 from collections.abc import Iterator
 
 import numpy as np
@@ -19,7 +18,7 @@ from lightning.pytorch.utilities import rank_zero_info
 
 from lit_linreg.errors import DataError
 from lit_linreg.loader import batches_per_epoch
-from lit_linreg.loading import Rows
+from lit_linreg.loading import Rows, available_memory
 from lit_linreg.parquet import RowGroup, read_groups
 from lit_linreg.rows import RowReader
 from lit_linreg.splits import TEST, TRAIN, VAL, check_split_sizes, split_of, stand_in
@@ -32,15 +31,6 @@ def too_large_for_memory(table: Table, world_size: int, row_bytes: float, share:
     the memory available (a CSV file is never streamed)."""
     n_rows = sum(g.n_rows for g in table.row_groups()) if table.format == "parquet" else 0
     return bool(n_rows / world_size * row_bytes > share * available_memory())
-
-
-def available_memory() -> int:
-    """Bytes of memory available to a new allocation (Linux's MemAvailable); the total memory elsewhere."""
-    try:
-        with open("/proc/meminfo") as f:
-            return next(int(line.split()[1]) * 1024 for line in f if line.startswith("MemAvailable:"))
-    except (OSError, StopIteration, ValueError):
-        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
 
 
 class StreamedTable:

@@ -213,6 +213,22 @@ def test_a_float64_fit_keeps_its_missing_value_fills_in_float64_through_training
     assert exportable(model).encoder.fill.dtype == torch.float64
 
 
+def test_rows_that_float64_would_not_fit_in_memory_stay_float32_and_the_line_says_why(
+    run_cli, tmp_path, caplog, monkeypatch
+):
+    from lit_linreg import loading
+
+    monkeypatch.setattr(loading, "available_memory", lambda: 1000)  # bytes: the table's float64 rows need more
+    write_table(tmp_path / "t.csv", 1e16)
+    data = ("--data.path", str(tmp_path / "t.csv"), "--data.targets", "[y0]", "--trainer.max_epochs", "2")
+    assert run_cli(*TABLE, *data, root=tmp_path) == 0
+    assert "float64 rows would resolve 5, but float64 rows would take 4,800 bytes more, over half the 1,000" in (
+        caplog.text
+    )
+    state = torch.load(latest_version(tmp_path) / "checkpoints" / "last.ckpt", weights_only=True)["state_dict"]
+    assert state["net.weight"].dtype == torch.float32
+
+
 def test_streamed_rows_stay_float32_so_qr_leaves_out_the_finer_directions_and_the_run_stops_when_stalled(
     run_cli, tmp_path, capsys, caplog
 ):
@@ -224,7 +240,7 @@ def test_streamed_rows_stay_float32_so_qr_leaves_out_the_finer_directions_and_th
     assert run_cli(*TABLE, *data, "--reference.stop_when_stalled", "5") == 0
     out = capsys.readouterr().out
     assert "precondition qr whitens 4 of the 5 directions" in caplog.text and "held and trained" not in caplog.text
-    assert "rows held in memory (--data.in_memory true) would train in float64" in caplog.text
+    assert "float64 rows would resolve 5, but its rows stream (--data.in_memory true would hold them)" in caplog.text
     gap, epochs = re.search(r"relative gap (\S+) after (\d+) epochs", out).groups()
     assert float(gap) > 1e-3 and int(epochs) <= 12  # stalled within a few epochs, then 5 more: not 3,000
     assert "the gap has stopped falling" in out
