@@ -233,7 +233,8 @@ class LinearRegression(L.LightningModule):
         return self.net(self._standardized(x))
 
     def _standardized_target(self, y: torch.Tensor) -> torch.Tensor:
-        y = y.to(self.y_mean.dtype)  # a no-op unless the model trains in float64 and the rows are float32
+        if y.dtype != self.y_mean.dtype:  # float32 rows for a model trained in float64 (see `set_preconditioner`)
+            y = y.to(self.y_mean.dtype)
         return standardize.forward(y, self.y_mean, self.y_std) if self._scales else y  # (B, out_features)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
