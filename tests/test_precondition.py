@@ -185,6 +185,11 @@ def test_a_table_beyond_float32_is_held_and_trained_in_float64_and_reaches_the_o
     weight, bias = (t.numpy() for t in model.coefficients())
     np.testing.assert_allclose(predicted, x[:20] @ weight[0] + bias[0], rtol=0, atol=1e-5)
 
+    # Without a predict file it predicts the validation rows, and writes their inputs as the file holds them.
+    assert run_cli("predict", "--config", config("table.yaml"), *data, "--ckpt_path", "best", root=tmp_path) == 0
+    inputs = np.loadtxt(latest_version(tmp_path) / "predictions.csv", delimiter=",", skiprows=1)[:, :5]
+    assert set(inputs[:, 0]) <= set(np.loadtxt(tmp_path / "t.csv", delimiter=",", skiprows=1)[:, 0])
+
     # Its ONNX export takes and gives float64, and says so; it predicts as `predict` did.
     ort = pytest.importorskip("onnxruntime")
     onnx_file = tmp_path / "model.onnx"

@@ -54,7 +54,8 @@ def _input_columns(trainer: L.Trainer, pl_module: L.LightningModule, x: torch.Te
         return {
             name: ["" if v is None else str(v) for v in table.column(name).to_pylist()] for name in table.column_names
         }
+    digits = 17 if x.dtype == torch.float64 else 9  # each number read back as the same float64 or float32
     return {
-        name: [f"{v:.9g}" for v in column]
+        name: [f"{v:.{digits}g}" for v in column]
         for name, column in zip(pl_module.schema["features"], x.T.tolist(), strict=True)
     }
