@@ -95,12 +95,11 @@ class InMemoryDataModule(L.LightningDataModule):
             self._train64 = None  # the float64 copy served the pass alone
 
     def _hold(self, stage: str, rank: int, world_size: int) -> None:
-        """Load this rank's splits of `stage` and hold them on the training device, as `dtype`."""
+        """Load this rank's splits of `stage` onto the training device as `dtype` (float64 under precision 64-true)."""
         device = self.trainer.strategy.root_device if self.trainer is not None else torch.device("cpu")
-        # Moved once here: batches are then cut on the device, never copied host-to-device per step.
-        loaded, held = self.load_share(stage, rank, world_size), {}  # held: each tensor once (stand-ins share)
-        for name, split in loaded.items():
-            self.splits[name] = tuple(held.setdefault(id(t), t.to(device, self.dtype)) for t in split)
+        if self.trainer is not None and str(self.trainer.precision).startswith("64"):  # the rows' own digits
+            self.dtype = torch.float64
+        self.splits |= _moved(self.load_share(stage, rank, world_size), device, self.dtype)
 
     def hold_float64(self) -> str | None:
         """Hold the rows in float64 from now on, loaded again; None once held, else why they cannot be.
@@ -224,3 +223,11 @@ class InMemoryDataModule(L.LightningDataModule):
 
     def predict_dataloader(self) -> TensorLoader:
         return self._loader("predict")
+
+
+def _moved(splits: dict[str, tuple[torch.Tensor, ...]], device: torch.device, dtype: torch.dtype) -> dict:
+    """`splits` on `device` as `dtype`, moved once there (batches are then cut on the device, never copied
+    host-to-device per step), each tensor once: stand-in splits share theirs."""
+    held = {id(t): t for split in splits.values() for t in split}
+    held = {key: t.to(device, dtype) for key, t in held.items()}
+    return {name: tuple(held[id(t)] for t in split) for name, split in splits.items()}

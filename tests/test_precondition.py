@@ -218,6 +218,15 @@ def test_a_float64_fit_keeps_its_missing_value_fills_in_float64_through_training
     assert exportable(model).encoder.fill.dtype == torch.float64
 
 
+def test_precision_64_true_reads_the_rows_in_float64_from_the_start(run_cli, tmp_path, caplog):
+    write_table(tmp_path / "t.csv", 1e16)
+    data = ("--data.path", str(tmp_path / "t.csv"), "--data.targets", "[y0]", "--trainer.precision", "64-true")
+    assert run_cli(*TABLE, *data, root=tmp_path) == 0
+    assert "float32 rows" not in caplog.text  # nothing to switch: the rows were float64 already
+    state = torch.load(latest_version(tmp_path) / "checkpoints" / "last.ckpt", weights_only=True)["state_dict"]
+    assert state["whiten"].dtype == torch.float64 and torch.linalg.matrix_rank(state["whiten"]) == 5
+
+
 def test_rows_that_float64_would_not_fit_in_memory_stay_float32_and_the_line_says_why(
     run_cli, tmp_path, caplog, monkeypatch
 ):
