@@ -14,7 +14,7 @@ from epoch_timer import EpochTimer
 from torch import nn
 
 from lit_linreg import SyntheticDataModule
-from lit_linreg.loader import TensorLoader
+from lit_linreg.data.loader import TensorLoader
 
 
 class Linear(L.LightningModule):

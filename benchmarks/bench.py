@@ -24,14 +24,14 @@ of the ratio between two runs made back to back.
    spells of a shared machine. And the whole synthetic fit process against the whole `hand_loop.py` process
    (the same data made, the same 5 epochs).
 6. Streaming: the same rows written as a Parquet directory (`write_parquet.py`, row groups of 65,536, as
-   `lit_linreg.convert` writes them), trained by `TableDataModule` with `--data.in_memory false` against
+   `lit_linreg.tables.convert` writes them), trained by `TableDataModule` with `--data.in_memory false` against
    `--data.in_memory true` (epoch time, the directory in the page cache); the same streamed from a copy whose
    columns are all declared nullable, as pandas writes them; and the streamed fit's peak RSS on 4x the rows
    against 1x.
 7. DDP memory: the largest per-rank peak RSS of the synthetic fit on 2 CPU processes against the same on
    1,024 rows, over the data's bytes (each rank makes only its share).
 8. A user's own Parquet table (`table` group): the same rows written by `pyarrow.parquet.write_table` with its
-   defaults (nullable columns, dictionary encoding), by pandas' `to_parquet`, and by `lit_linreg.convert`, in 8
+   defaults (nullable columns, dictionary encoding), by pandas' `to_parquet`, and by `lit_linreg.tables.convert`, in 8
    files of 262,144 rows and row groups of 65,536, trained by `fit --config configs/table.yaml --trainer.max_epochs
    1` (full batch): peak RSS in memory against the same on 8,192 rows, over the data's bytes; the largest per-rank
    peak under DDP on 2 CPU processes; and the peak streaming (batch 8192) the table against a quarter of it.
@@ -256,7 +256,7 @@ def table(runs: list[dict[str, float]]) -> str:
         for name, who in (
             ("pyarrow", "`pyarrow.parquet.write_table`'s defaults (nullable, dictionary-encoded)"),
             ("pandas", "`DataFrame.to_parquet`'s defaults"),
-            ("convert", "`lit_linreg.convert`"),
+            ("convert", "`lit_linreg.tables.convert`"),
         ):
             measure = f"peak RSS MiB, `fit --config configs/table.yaml` in memory, a table written by {who}; {small}"
             rows.append(row(measure, median(f"table_{name}_rss") / MIB, median("table_small_rss") / MIB,

@@ -49,7 +49,7 @@ def tables(scratch: Path) -> list[tuple[str, Path, str]]:
     macro.to_csv(scratch / "macro_all.csv", index=False)
     out.append(("US macro, every column (statsmodels)", scratch / "macro_all.csv", "realgdp"))
     for name, degree in (("Wampler5", 5), ("Filip", 10)):
-        x, y = nist(ROOT / "tests" / "data" / "nist" / f"{name}.dat")
+        x, y = nist(ROOT / "tests" / "fixtures" / "nist" / f"{name}.dat")
         frame = pd.DataFrame({f"x{j}" if j > 1 else "x": x**j for j in range(1, degree + 1)} | {"y": y})
         frame.to_csv(scratch / f"{name}.csv", index=False, float_format="%.17g")
         out.append((f"{name}, y on x..x^{degree} (NIST)", scratch / f"{name}.csv", "y"))

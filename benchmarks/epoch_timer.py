@@ -68,7 +68,7 @@ class InterleavedBare(L.Callback):
     def _bare_epoch(self, trainer: L.Trainer) -> float:
         from bare_lightning import Linear, bare_trainer
 
-        from lit_linreg.loader import TensorLoader
+        from lit_linreg.data.loader import TensorLoader
 
         x, y = trainer.datamodule.splits["train"]
         warm_up = self.bare is None  # the process's first training epoch is slower, whichever module it trains

@@ -17,7 +17,7 @@ import time
 import torch
 from torch import nn
 
-from lit_linreg import blocked_linear
+from lit_linreg.model import blocked_linear
 
 SHAPES = [  # (rows, columns, whitened): the table (its training rows), narrow, mid and wide
     (1_677_938, 32, True),

@@ -25,7 +25,7 @@ def read(path: str, reader: str) -> float:
         start = time.perf_counter()
         np.loadtxt(path, delimiter=",", skiprows=1, dtype=np.float32, ndmin=2, comments=None, encoding="utf-8")
         return time.perf_counter() - start
-    from lit_linreg.tables import Table
+    from lit_linreg.tables.table import Table
 
     start = time.perf_counter()
     table = Table(path)

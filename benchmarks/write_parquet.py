@@ -4,7 +4,7 @@
 the same rows as `configs/synthetic.yaml` makes, as files of `--rows-per-file` rows in row groups of
 `--rows-per-group` (65,536).
 `--writer` chooses who writes them:
-- `convert` (the default): as `python -m lit_linreg.convert` writes them (required columns, no dictionary for
+- `convert` (the default): as `python -m lit_linreg.tables.convert` writes them (required columns, no dictionary for
   the float columns); `--nullable` declares every column nullable, as most writers do;
 - `pyarrow`: `pyarrow.parquet.write_table` with its defaults (nullable columns, dictionary encoding);
 - `pandas`: `pandas.DataFrame.to_parquet` with its defaults (the same, and pandas' own schema metadata).
@@ -17,7 +17,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from lit_linreg import SyntheticDataModule
-from lit_linreg.convert import stream_schema, writer_options
+from lit_linreg.tables.convert import stream_schema, writer_options
 
 parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
 parser.add_argument("directory")

@@ -1,6 +1,6 @@
 """lit_linreg: linear regression by gradient descent, the PyTorch Lightning way.
 
-The public names are imported on first use (PEP 562), so that `python -m lit_linreg.convert`, a data-loading
+The public names are imported on first use (PEP 562), so that `python -m lit_linreg.tables.convert`, a data-loading
 worker or a test that needs only `lit_linreg.statistics` does not pay for importing Lightning.
 """
 
@@ -9,15 +9,19 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
+from lit_linreg import _moved
+
+_moved.install()  # the flat layout's module names, as older configs and runs name them
+
 # public name -> the module that defines it
 _EXPORTS = {
-    "CropYieldDataModule": "lit_linreg.datamodules",
-    "InMemoryDataModule": "lit_linreg.datamodules",
-    "SyntheticDataModule": "lit_linreg.datamodules",
-    "TableDataModule": "lit_linreg.datamodules",
-    "ToyDataModule": "lit_linreg.datamodules",
-    "LinearRegression": "lit_linreg.model",
-    "MLP": "lit_linreg.nets",
+    "CropYieldDataModule": "lit_linreg.data.datamodules",
+    "InMemoryDataModule": "lit_linreg.data.datamodules",
+    "SyntheticDataModule": "lit_linreg.data.datamodules",
+    "TableDataModule": "lit_linreg.data.datamodules",
+    "ToyDataModule": "lit_linreg.data.datamodules",
+    "LinearRegression": "lit_linreg.model.module",
+    "MLP": "lit_linreg.model.nets",
 }
 
 __all__ = [
@@ -31,15 +35,15 @@ __all__ = [
 ]
 
 if TYPE_CHECKING:
-    from lit_linreg.datamodules import (
+    from lit_linreg.data.datamodules import (
         CropYieldDataModule,
         InMemoryDataModule,
         SyntheticDataModule,
         TableDataModule,
         ToyDataModule,
     )
-    from lit_linreg.model import LinearRegression
-    from lit_linreg.nets import MLP
+    from lit_linreg.model.module import LinearRegression
+    from lit_linreg.model.nets import MLP
 
 
 def __getattr__(name: str) -> Any:

@@ -1,3 +1,3 @@
-from lit_linreg.cli import main
+from lit_linreg.cli.main import main
 
 raise SystemExit(main())

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from lit_linreg.cli import main
+from lit_linreg.cli.main import main
 
 ROOT = Path(__file__).resolve().parents[1]
 QUIET = ["--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary", "false"]

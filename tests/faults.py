@@ -14,7 +14,7 @@ from collections.abc import Callable
 
 import lightning as L
 
-from lit_linreg import checkpoint
+from lit_linreg.cli import checkpoint
 
 
 def _kill_self() -> None:

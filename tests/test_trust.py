@@ -31,14 +31,16 @@ import torch
 import yaml
 from jsonargparse import ArgumentError
 
-from lit_linreg import checkpoint, cli, metrics
 from lit_linreg.callbacks import CoefficientLogger, FitFigure, LeastSquaresReference
-from lit_linreg.checkpoint import BestCheckpoint, LastCheckpoint, claim_run_dir, find_last, load_checkpoint
-from lit_linreg.cli import cli_main, main
-from lit_linreg.constraints import constraints_of
-from lit_linreg.datamodules import SyntheticDataModule, TableDataModule
-from lit_linreg.metrics import R2
-from lit_linreg.nets import MLP
+from lit_linreg.cli import checkpoint
+from lit_linreg.cli import main as cli
+from lit_linreg.cli.checkpoint import BestCheckpoint, LastCheckpoint, claim_run_dir, find_last, load_checkpoint
+from lit_linreg.cli.constraints import constraints_of
+from lit_linreg.cli.main import cli_main, main
+from lit_linreg.data.datamodules import SyntheticDataModule, TableDataModule
+from lit_linreg.model import metrics
+from lit_linreg.model.metrics import R2
+from lit_linreg.model.nets import MLP
 from tests.conftest import QUIET, ROOT, config, record_fault
 from tests.faults import OsFailingAtFsync
 
@@ -719,12 +721,13 @@ def configurable_classes() -> list[type]:
     """The classes of lit_linreg a config can name or set: callbacks, DataModules, models and networks."""
     bases = (L.Callback, L.LightningDataModule, L.LightningModule)
     found = []
-    for module in pkgutil.iter_modules([str(Path(checkpoint.__file__).parent)]):
-        if module.name.startswith("_"):  # __main__ runs the CLI
+    package = Path(checkpoint.__file__).parents[1]
+    for module in pkgutil.walk_packages([str(package)], prefix="lit_linreg."):
+        if module.name.rpartition(".")[2].startswith("_"):  # __main__ runs the CLI
             continue
-        for _, cls in inspect.getmembers(importlib.import_module(f"lit_linreg.{module.name}"), inspect.isclass):
+        for _, cls in inspect.getmembers(importlib.import_module(module.name), inspect.isclass):
             ours = cls.__module__.startswith("lit_linreg.") and cls not in found
-            if ours and (issubclass(cls, bases) or cls.__module__ == "lit_linreg.nets"):
+            if ours and (issubclass(cls, bases) or cls.__module__ == "lit_linreg.model.nets"):
                 found.append(cls)
     return found
 
@@ -754,7 +757,7 @@ GROUPS = [
     ("figure", [], FitFigure),
     ("data", ["--config", config("synthetic.yaml")], SyntheticDataModule),
     ("data", ["--config", config("table.yaml")], TableDataModule),
-    ("model.net", ["--model.net", "lit_linreg.nets.MLP"], MLP),
+    ("model.net", ["--model.net", "lit_linreg.model.nets.MLP"], MLP),
     ("lr_scheduler", ["--lr_scheduler", "StepLR", "--lr_scheduler.step_size", "1"], torch.optim.lr_scheduler.StepLR),
     ("optimizer", ["--optimizer", "LBFGS"], torch.optim.LBFGS),
 ]

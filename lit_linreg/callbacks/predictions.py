@@ -8,7 +8,7 @@ from pathlib import Path
 import lightning as L
 import torch
 
-from lit_linreg.columns import prediction_columns
+from lit_linreg.tables.columns import prediction_columns
 
 
 class PredictionWriter(L.Callback):

@@ -16,7 +16,6 @@ import torch
 from lightning.pytorch.utilities import rank_zero_only
 
 from lit_linreg import statistics
-from lit_linreg.blocked_linear import block_rows
 from lit_linreg.callbacks.coefficients import (
     _by_term,
     _has_bias,
@@ -25,6 +24,7 @@ from lit_linreg.callbacks.coefficients import (
     write_coefficients,
 )
 from lit_linreg.callbacks.scalars import log_epoch_scalars
+from lit_linreg.model.blocked_linear import block_rows
 
 
 class LeastSquaresReference(L.Callback):
