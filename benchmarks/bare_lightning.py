@@ -9,41 +9,11 @@ own per-step and per-epoch work. Prints `EPOCH_SECONDS [...]` through `EpochTime
 import argparse
 
 import lightning as L
-import torch
+from bare_module import Linear, bare_trainer
 from epoch_timer import EpochTimer
-from torch import nn
 
 from lit_linreg import SyntheticDataModule
 from lit_linreg.data.loader import TensorLoader
-
-
-class Linear(L.LightningModule):
-    """nn.Linear trained on the mean squared error by SGD."""
-
-    def __init__(self, in_features: int) -> None:
-        super().__init__()
-        self.linear = nn.Linear(in_features, 1)
-
-    def training_step(self, batch, batch_idx):
-        x, y = batch
-        return nn.functional.mse_loss(self.linear(x), y)
-
-    def configure_optimizers(self):
-        return torch.optim.SGD(self.parameters(), lr=0.1)
-
-
-def bare_trainer(epochs: int, *callbacks: L.Callback) -> L.Trainer:
-    """A Trainer with nothing a run does not need: no logger, checkpoints, validation, progress bar or summary."""
-    return L.Trainer(
-        max_epochs=epochs,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        limit_val_batches=0,
-        callbacks=list(callbacks),
-    )
-
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])

@@ -66,7 +66,7 @@ class InterleavedBare(L.Callback):
         print("BARE_SECONDS", json.dumps(self.bare_seconds))
 
     def _bare_epoch(self, trainer: L.Trainer) -> float:
-        from bare_lightning import Linear, bare_trainer
+        from bare_module import Linear, bare_trainer
 
         from lit_linreg.data.loader import TensorLoader
 

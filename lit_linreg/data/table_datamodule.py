@@ -24,8 +24,8 @@ from lit_linreg.data.rows import RowReader, check_rules
 from lit_linreg.data.splits import TEST, TRAIN, VAL, check_fractions, every_nth, with_stand_ins
 from lit_linreg.data.streamed_table import StreamedTable, too_large_for_memory
 from lit_linreg.errors import ConfigError
-from lit_linreg.tables.columns import table_schema
 from lit_linreg.tables.encoding import default_schema
+from lit_linreg.tables.schema import table_schema
 from lit_linreg.tables.table import Format, Table
 
 

@@ -16,19 +16,15 @@ O(p) moments ("moments") and a `RowPasses` back to the rows. Shapes: N rows, d f
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
 
 import numpy as np
 
 from lit_linreg import statistics  # the limits, read through the package when they are used
 from lit_linreg.statistics.exact import _add_double_double, _add_exact_products, _symmetric_block
-
-if TYPE_CHECKING:
-    from lit_linreg.statistics.passes import RowPasses
+from lit_linreg.statistics.passes import _PASS_VALUES, RowPasses
 
 _METHODS = ("qr", "gram", "moments")
 _HEADER = 4  # to_array: d, k, method, N; then the shift, then the upper triangles of the state and exact sums
-_PASS_VALUES = 1 << 22  # values of [X, Y] per sub-block of a row pass: 32 MB of float64 temporaries
 _QR_BLOCK = 64  # columns per Householder block of dtpqrt
 _LARGEST = 2.0**480  # larger values could overflow a sum of squares of 2^64 rows
 

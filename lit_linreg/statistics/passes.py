@@ -11,7 +11,7 @@ from collections.abc import Callable, Iterable
 
 import numpy as np
 
-from lit_linreg.statistics.moments import _PASS_VALUES
+_PASS_VALUES = 1 << 22  # values of [X, Y] per sub-block of a row pass: 32 MB of float64 temporaries
 
 
 class RowPasses:

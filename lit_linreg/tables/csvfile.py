@@ -10,7 +10,7 @@ from __future__ import annotations
 import csv
 import re
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 import pyarrow as pa
 import pyarrow.csv as pcsv
@@ -18,8 +18,18 @@ import pyarrow.csv as pcsv
 from lit_linreg.errors import DataError
 from lit_linreg.tables.columns import check_names, kind_of, mostly_numbers
 
-if TYPE_CHECKING:
-    from lit_linreg.tables.table import Table
+
+class CsvTable(Protocol):
+    """What the reading here needs of a `Table` (table.py), which calls it: no import back up."""
+
+    path: Path
+    delimiter: str
+    columns: list[str]
+
+    def to_float(self, column: pa.ChunkedArray, name: str) -> pa.ChunkedArray: ...
+
+    def where(self, row: int, column: str) -> str: ...
+
 
 DELIMITERS = ",;\t|"  # what sniffing chooses among; --data.delimiter takes any one character
 SAMPLE_BYTES = 1 << 20  # the first MiB decides the delimiter and which columns are text
@@ -94,7 +104,7 @@ def column_kinds(path: Path, delimiter: str) -> tuple[pa.Schema, dict[str, str]]
     return reader.schema, kinds
 
 
-def read_columns(table: Table, numeric: list[str], text: list[str], as_written: bool = False) -> pa.Table:
+def read_columns(table: CsvTable, numeric: list[str], text: list[str], as_written: bool = False) -> pa.Table:
     """The columns as arrow arrays: `numeric` as float64, `text` as strings, empty cells as nulls.
 
     With `as_written`, nothing is converted: every CSV cell comes back as its text, empty cells as "".
@@ -162,7 +172,7 @@ def _first_bad_row(path: Path, delimiter: str) -> tuple[int, int, int] | None:
     return found[0] if found else None
 
 
-def _refuse_invalid_utf8(table: Table, name: str) -> None:
+def _refuse_invalid_utf8(table: CsvTable, name: str) -> None:
     """Raise a DataError naming the first cell of column `name` that is not UTF-8 text (error path only)."""
     cells = pcsv.read_csv(
         table.path,
