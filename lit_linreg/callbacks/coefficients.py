@@ -10,6 +10,7 @@ import csv
 from pathlib import Path
 
 import lightning as L
+import numpy as np
 import torch
 from lightning.pytorch.loggers import TensorBoardLogger
 
@@ -72,9 +73,15 @@ def _has_bias(pl_module: L.LightningModule) -> bool:
     return pl_module.hparams.get("bias", True)
 
 
-def _by_term(pl_module: L.LightningModule) -> dict[tuple[int, str], float]:
-    """The model's coefficients in original units by (target index, term), "(intercept)" for b."""
+def _by_term(pl_module: L.LightningModule, fit=None) -> dict[tuple[int, str], float]:
+    """The model's coefficients in original units by (target index, term), "(intercept)" for b.
+
+    Given the least-squares `fit` (`statistics.LeastSquares`) of a design with aliased columns, in its
+    convention: each aliased column's weight moved onto the columns it is a combination of (`fit.estimable`).
+    """
     weight, bias = (t.cpu().double().numpy() for t in pl_module.coefficients())
+    if fit is not None and fit.aliased:
+        weight, bias = fit.estimable(weight, bias if _has_bias(pl_module) else None)
     out = {}
     for i in range(weight.shape[0]):
         out |= {(i, name): float(w) for name, w in zip(pl_module.design_names, weight[i], strict=True)}
@@ -83,22 +90,27 @@ def _by_term(pl_module: L.LightningModule) -> dict[tuple[int, str], float]:
 
 
 def coefficient_records(targets, summaries, fitted) -> list[dict]:
-    """One record per (target, term): SGD's value beside the least-squares estimate and its inference."""
+    """One record per (target, term): SGD's value beside the least-squares estimate and its inference.
+
+    An aliased coefficient (not estimable, see `statistics.solve`) is NaN throughout, the fit's value too.
+    """
     records = []
     for i, summary in enumerate(summaries):
         target = targets[i] if targets else f"y{i}"
+        aliased = getattr(summary, "aliased", np.zeros(len(summary.names), dtype=bool))
         for j, term in enumerate(summary.names):
             records.append(
                 {
                     "target": target,
                     "term": term,
-                    "sgd": fitted.get((i, term), float("nan")),
+                    "sgd": float("nan") if aliased[j] else fitted.get((i, term), float("nan")),
                     "least_squares": float(summary.estimate[j]),
                     "std_error": float(summary.std_error[j]),
                     "t": float(summary.t_value[j]),
                     "p_value": float(summary.p_value[j]),
                     "ci_low": float(summary.conf_low[j]),
                     "ci_high": float(summary.conf_high[j]),
+                    "aliased": bool(aliased[j]),
                 }
             )
     return records
@@ -121,7 +133,11 @@ def format_summary(records: list[dict], summaries, targets: list[str], optimizer
     lines = [f"{'':<{width}}" + "".join(f"{h:>14}" for h in head)]
     for r in records:
         cells = [r["sgd"], r["least_squares"], r["std_error"], r["t"], r["p_value"], r["ci_low"], r["ci_high"]]
-        lines.append(f"{r['target'] + '/' + r['term']:<{width}}" + "".join(f"{v:>14.6g}" for v in cells))
+        shown = [f"{'NA':>14}"] * len(cells) if r.get("aliased") else [f"{v:>14.6g}" for v in cells]
+        lines.append(f"{r['target'] + '/' + r['term']:<{width}}" + "".join(shown))
+    said = getattr(summaries[0], "singularities", None) if summaries else None
+    if said:  # the same columns are aliased for every target
+        lines.append(f"{said}; the fit column moves the model's weights on them onto those columns")
     for summary, target in zip(summaries, targets, strict=True):
         lines.append(
             f"{target}: residual standard error {summary.residual_std_error:.6g} on {summary.df_resid} DF;"

@@ -1,7 +1,8 @@
 """Per-target inference from the statistics alone, as R's summary(lm) and statsmodels' OLS report it.
 
 Standard errors, t and p values, confidence intervals, R^2 and the F test: from the exact fit and the inverse of
-the standardized design triangle, or, for a rank-deficient design, from the pseudo-inverse as statsmodels uses it.
+the standardized design triangle. A rank-deficient design is reported as R's lm reports it: the aliased
+coefficients (see `solve`) are NA, the rest are the fit of the estimable columns alone.
 """
 
 from __future__ import annotations
@@ -21,8 +22,10 @@ class Summary:
 
     Per coefficient (the intercept first, named "(intercept)"): estimate, std_error, t_value, p_value
     (two-sided) and the confidence interval [conf_low, conf_high]; NaN where the residual degrees of freedom
-    are not positive. Then the residual standard error, R^2, adjusted R^2, the F statistic against the model
-    with no features (its p-value), N, and the residual and model degrees of freedom.
+    are not positive, and all NaN (R's NA) for an aliased coefficient, marked in `aliased`. Then the residual
+    standard error, R^2, adjusted R^2, the F statistic against the model with no features (its p-value), N, the
+    residual and model degrees of freedom, and `singularities`, the line naming the aliased coefficients (None
+    when there are none).
     """
 
     names: tuple[str, ...]
@@ -40,16 +43,24 @@ class Summary:
     n: int
     df_resid: int
     df_model: int
+    aliased: np.ndarray  # (q,) bool
+    singularities: str | None = None
 
     def table(self) -> str:
         """The coefficient table and the fit's summary lines, as R prints them."""
         width = max(len(name) for name in self.names)
         lines = [f"{'':{width}}  {'Estimate':>12} {'Std. Error':>12} {'t value':>9} {'Pr(>|t|)':>10}"]
-        for row in zip(self.names, self.estimate, self.std_error, self.t_value, self.p_value, strict=True):
-            lines.append(f"{row[0]:{width}}  {row[1]:12.5g} {row[2]:12.5g} {row[3]:9.3f} {row[4]:10.3g}")
+        for row in zip(
+            self.names, self.estimate, self.std_error, self.t_value, self.p_value, self.aliased, strict=True
+        ):
+            if row[5]:
+                lines.append(f"{row[0]:{width}}  {'NA':>12} {'NA':>12} {'NA':>9} {'NA':>10}")
+            else:
+                lines.append(f"{row[0]:{width}}  {row[1]:12.5g} {row[2]:12.5g} {row[3]:9.3f} {row[4]:10.3g}")
         return "\n".join(
             [
                 *lines,
+                *([self.singularities] if self.singularities else []),
                 f"Residual standard error: {self.residual_std_error:.5g} on {self.df_resid} degrees of freedom",
                 f"R-squared: {self.r2:.5g}, adjusted R-squared: {self.adj_r2:.5g}",
                 f"F-statistic: {self.f_statistic:.5g} on {self.df_model} and {self.df_resid} DF, "
@@ -66,12 +77,12 @@ def summarize(
 ) -> list[Summary]:
     """Per-target inference from the statistics alone, as statsmodels' `OLS(y, X).fit()` reports it.
 
-    Full rank: the estimates are `solve`'s; the variances s^2 diag((X'X)^-1) come from the inverse of the
-    standardized triangle, as sums of squares that cannot cancel (for the intercept, s^2 (1/N + m'(S'S)^-1 m)
-    with S the centred triangle). Rank-deficient, as statsmodels: the estimates are the minimum-norm solution
-    in raw units, pinv([1, X]) y (not `solve`'s standardized one; the fitted values are the same), the
-    covariance s^2 pinv pinv', and the degrees of freedom count rank(X). Without an intercept R^2 is uncentred
-    (1 - SSE / y'y) and the F test is against the zero model, as statsmodels does for a model with no constant.
+    The estimates are `solve`'s; the variances s^2 diag((X'X)^-1) come from the inverse of the standardized
+    triangle, as sums of squares that cannot cancel (for the intercept, s^2 (1/N + m'(S'S)^-1 m) with S the
+    centred triangle). Rank-deficient, as R's lm: the aliased coefficients are NaN, every other number is that
+    of the fit of the estimable columns alone (statsmodels' OLS on them), and the degrees of freedom count the
+    rank. Without an intercept R^2 is uncentred (1 - SSE / y'y) and the F test is against the zero model, as
+    statsmodels does for a model with no constant.
 
     Args:
         stats: The accumulated statistics.
@@ -90,11 +101,11 @@ def summarize(
         tss = np.square(stats.factor()[1:, 1 + d :]).sum(0)  # about the mean
     else:
         tss = np.square(_uncentred(stats)[:, 1 + d :]).sum(0)  # y'y
-    if fit.rank == q:
-        estimates = np.column_stack([fit.bias, fit.weight]) if fit_intercept else fit.weight  # (k, q)
-        unit_variance = _unit_variances(stats, fit_intercept)
-    else:
-        estimates, unit_variance = _pinv_fit(stats, fit_intercept, fit.rank)
+    aliased = np.zeros(q, dtype=bool)
+    aliased[np.array(fit.aliased, dtype=np.intp) + fit_intercept] = True
+    estimates = np.column_stack([fit.bias, fit.weight]) if fit_intercept else fit.weight.copy()  # (k, q)
+    estimates[:, aliased] = np.nan
+    unit_variance = _unit_variances(stats, fit_intercept, aliased[fit_intercept:])
     nan = np.full(k, np.nan)
     with np.errstate(divide="ignore", invalid="ignore"):
         sigma2 = fit.sse / df_resid if df_resid > 0 else nan
@@ -124,28 +135,24 @@ def summarize(
             n=n,
             df_resid=df_resid,
             df_model=df_model,
+            aliased=aliased,
+            singularities=fit.aliasing(names),
         )
         for i in range(k)
     ]
 
 
-def _unit_variances(stats: SufficientStatistics, fit_intercept: bool) -> np.ndarray:
-    """diag((X'X)^-1) (q,) of a full-rank design, from the inverse of its column-standardized triangle."""
-    scale = stats.x_std
-    inverse = _inverse_upper(_standardized(stats, fit_intercept))  # R_z^-1
-    slopes = np.einsum("ij,ij->i", inverse, inverse) / np.square(scale)
+def _unit_variances(stats: SufficientStatistics, fit_intercept: bool, aliased: np.ndarray) -> np.ndarray:
+    """diag((X'X)^-1) (q,) of the design's estimable columns, from the inverse of their column-standardized
+    triangle; NaN for the aliased ones (`aliased`, (d,) bool)."""
+    kept = ~aliased
+    scale, triangle = stats.x_std[kept], _standardized(stats, fit_intercept)
+    if not kept.all():  # the triangle of the estimable columns alone
+        triangle = np.asfortranarray(_triangular(triangle[:, kept]))
+    inverse = _inverse_upper(triangle)  # R_z^-1
+    slopes = np.full(len(aliased), np.nan)
+    slopes[kept] = np.einsum("ij,ij->i", inverse, inverse) / np.square(scale)
     if not fit_intercept:
         return slopes
-    intercept = 1.0 / stats.n + np.square(inverse.T @ (stats.x_mean / scale)).sum()  # 1/N + m'(S'S)^-1 m
+    intercept = 1.0 / stats.n + np.square(inverse.T @ (stats.x_mean[kept] / scale)).sum()  # 1/N + m'(S'S)^-1 m
     return np.concatenate([[intercept], slopes])
-
-
-def _pinv_fit(stats: SufficientStatistics, fit_intercept: bool, rank: int) -> tuple[np.ndarray, np.ndarray]:
-    """pinv(A) Y (k, q) and diag(pinv(A) pinv(A)') (q,) of the raw design A, from its `rank` largest singular values."""
-    d = stats.n_features
-    r = _uncentred(stats) if fit_intercept else _triangular(_uncentred(stats)[:, 1:])  # R of [1, X, Y] or [X, Y]
-    q = d + fit_intercept
-    left, singular, right = np.linalg.svd(r[:q, :q])
-    left, singular, right = left[:, :rank], singular[:rank], right[:rank]
-    estimates = right.T @ ((left.T @ r[:q, q:]) / singular[:, None])  # (q, k)
-    return estimates.T, np.square(right.T / singular).sum(1)

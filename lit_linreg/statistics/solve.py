@@ -8,6 +8,7 @@ from zero on standardized data converges to. The helpers that give the standardi
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -36,6 +37,9 @@ class LeastSquares:
         passes: Passes over the rows the solve took; 0 when solved from the p x p statistics.
         residual: The relative residual of the standardized normal equations reached by passes (0 when exact).
         converged: Whether that residual reached `ITERATIVE_TOLERANCE` (always, when exact).
+        aliased: Indices of the features whose coefficients are not estimable, as R's lm marks them: each is,
+            to rounding, a combination of the intercept and the features before it. Their weights are 0 here
+            (see `estimable`); () when the design has full rank, or when solved by passes.
     """
 
     weight: np.ndarray
@@ -52,6 +56,34 @@ class LeastSquares:
     converged: bool = True
     _rows: RowPasses | None = field(default=None, repr=False)
     _xc_residual: np.ndarray | None = field(default=None, repr=False)  # (d, k) X_c'(y - X w - b) at the optimum
+    aliased: tuple[int, ...] = ()
+    _alias: np.ndarray | None = field(default=None, repr=False)  # (len(aliased), 1 + d): each as [1, X] combination
+
+    def estimable(self, weight: np.ndarray, bias: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """Any coefficients (weight (k, d), bias (k,) or None) in this fit's convention: the same predictions.
+
+        The weight on each aliased column moves onto the columns it is a combination of, its constant onto the
+        bias, and the aliased weights become 0, as they are in `weight`. Every fit of the same data then agrees
+        with this one on the estimable coefficients; nothing changes when nothing is aliased.
+        """
+        weight = np.asarray(weight, dtype=np.float64).reshape(self.weight.shape)
+        bias = np.zeros(len(self.bias)) if bias is None else np.asarray(bias, dtype=np.float64).reshape(-1)
+        if not self.aliased:
+            return weight, bias
+        moved = weight[:, list(self.aliased)]  # (k, a)
+        weight = weight.copy()
+        weight[:, list(self.aliased)] = 0.0
+        return weight + moved @ self._alias[:, 1:], bias + moved @ self._alias[:, 0]
+
+    def aliasing(self, names: Sequence[str] | None = None, most: int = 8) -> str | None:
+        """One line naming the aliased coefficients and what each is a combination of, as R's summary(lm) says
+        "2 not defined because of singularities"; None when there are none."""
+        if not self.aliased:
+            return None
+        names = list(names) if names is not None else [f"x{j}" for j in range(self.weight.shape[1])]
+        said = [_combination(names, j, row) for j, row in zip(self.aliased[:most], self._alias, strict=False)]
+        more = f"; and {len(self.aliased) - most} more" if len(self.aliased) > most else ""
+        return f"{len(self.aliased)} not defined because of singularities (NA): {'; '.join(said)}{more}"
 
     @property
     def mse(self) -> float:
@@ -81,10 +113,14 @@ def solve(stats: SufficientStatistics, fit_intercept: bool = True) -> LeastSquar
     """The exact least-squares W (k, d) and b (k,), per target, from the statistics alone.
 
     The triangular system is solved in column-standardized units (each x divided by its std), which equilibrates
-    it; with an intercept it is also centred, so the intercept decouples. A full-rank solution is then refined
-    against the exact sums (see `_refine`). A rank-deficient X (a duplicated or constant column) gets the
-    minimum-norm solution in standardized units, the one full-batch gradient descent from zero on standardized
-    data converges to: a constant column gets weight 0, duplicated columns share it equally.
+    it; with an intercept it is also centred, so the intercept decouples. The solution is then refined against
+    the exact sums (see `_refine`).
+
+    A rank-deficient design (a constant column beside the intercept, a column that is a combination of others)
+    is solved as R's lm solves it: columns are kept in order, the intercept first, and a column that is, to
+    rounding, a combination of those kept before it is aliased (`LeastSquares.aliased`): its coefficient is
+    not estimable and is fixed at 0, the others are the least-squares answer of the kept columns. Any other
+    solution, such as the one gradient descent reaches, maps onto this one by `LeastSquares.estimable`.
 
     Above `EXACT_MAX_COLUMNS` ("moments" statistics) the same standardized problem is solved by conjugate
     gradient over the rows instead (see `_solve_by_passes`); check `converged` before trusting it.
@@ -97,26 +133,31 @@ def solve(stats: SufficientStatistics, fit_intercept: bool = True) -> LeastSquar
     design, targets, rest = _blocks(stats, fit_intercept)
     scale = stats.x_std  # (d,)
     rtol = (d * np.finfo(np.float64).eps) ** (1.0 if stats.method == "qr" else 0.5)  # A'A keeps half the digits
-    u, rank, cond = _min_norm(stats, fit_intercept, targets, rtol)  # (d, k) in standardized units
-    w = u / scale[:, None]  # (d, k)
+    kept, u, cond, alias = _estimable_solve(stats, fit_intercept, targets, rtol)  # u (len(kept), k) standardized
+    w = np.zeros((d, k))
+    w[kept] = u / scale[kept, None]
     bias = stats.y_mean - w.T @ stats.x_mean if fit_intercept else np.zeros(k)
     if stats.method == "qr" and cond**2 * np.finfo(np.float64).eps < statistics.REFINE_BELOW:
+        rows = np.concatenate([[0], 1 + kept]) if fit_intercept else kept  # of theta, [b; W'] or W'
         triangle = stats.factor()[: 1 + d, : 1 + d] if fit_intercept else design
-        theta = _refine(stats, fit_intercept, np.vstack([bias, w]) if fit_intercept else w, triangle)
+        if len(kept) < d:  # the triangle of the kept columns alone
+            triangle = _triangular(triangle[:, rows])
+        theta = _refine(stats, fit_intercept, np.vstack([bias, w]) if fit_intercept else w, triangle, rows)
         w, bias = (theta[1:], theta[0]) if fit_intercept else (theta, bias)
-    rank += fit_intercept
     sse = np.square(targets - design @ w).sum(0) + np.square(rest).sum(0)
     residual_sum = np.zeros(k) if fit_intercept else stats.n * (stats.y_mean - w.T @ stats.x_mean)
     stats._cache["fit", fit_intercept] = LeastSquares(
         weight=w.T,
         bias=bias,
-        rank=rank,
+        rank=len(kept) + fit_intercept,
         n=stats.n,
         sse=sse,
         fit_intercept=fit_intercept,
         _r=stats.factor()[: 1 + d, : 1 + d],
         _shift=stats.shift[:d],
         _residual_sum=residual_sum,
+        aliased=tuple(int(j) for j in np.setdiff1d(np.arange(d), kept)),
+        _alias=alias,
     )
     return stats._cache["fit", fit_intercept]
 
@@ -250,27 +291,79 @@ def _inverse_upper(a: np.ndarray) -> np.ndarray:
     return inverse
 
 
-def _min_norm(stats: SufficientStatistics, fit_intercept: bool, b: np.ndarray, rtol: float) -> tuple:
-    """Minimum-norm least-squares u (q, k) of T u = b, T = `_standardized` (q, q) upper triangular, b (q, k); the
-    rank; the condition number.
+def _estimable_solve(stats: SufficientStatistics, fit_intercept: bool, b: np.ndarray, rtol: float) -> tuple:
+    """Least-squares u of T u = b, T = `_standardized` (d, d) upper triangular, b (d, k), on the estimable columns.
 
-    The singular values alone judge the rank (below rtol times the largest, q * eps is numpy's `matrix_rank`
-    rule). Full rank: back substitution, the most accurate for an ill-conditioned triangle. Otherwise the
-    truncated SVD, which needs the singular vectors.
+    Returns the kept columns' indices, u (len(kept), k), the kept columns' condition number, and the aliased
+    columns as combinations (a, 1 + d) of [1, X] (None when none is aliased). The singular values judge the
+    rank (below rtol times the largest, q * eps is numpy's `matrix_rank` rule): full rank is back substitution,
+    the most accurate for an ill-conditioned triangle; otherwise `_kept_columns` chooses the columns.
     """
     singular = _design_svd(stats, fit_intercept)[1]
-    rank = int((singular > singular[0] * rtol).sum())
-    if rank == len(singular):
-        return _solve_upper(_standardized(stats, fit_intercept), b), rank, singular[0] / singular[-1]
-    left, singular, right = _design_svd(stats, fit_intercept, vectors=True)
-    return right[:rank].T @ ((left[:, :rank].T @ b) / singular[:rank, None]), rank, np.inf
+    if (singular > singular[0] * rtol).all():
+        d = len(singular)
+        return np.arange(d), _solve_upper(_standardized(stats, fit_intercept), b), singular[0] / singular[-1], None
+    t = _standardized(stats, fit_intercept)
+    kept = _kept_columns(t, singular[0] * rtol)
+    aliased = np.setdiff1d(np.arange(t.shape[1]), kept)
+    q, r = np.linalg.qr(t[:, kept])  # (d, r), (r, r)
+    u = _solve_upper(r, q.T @ b)
+    beta = _solve_upper(r, q.T @ t[:, aliased])  # (r, a): z_j = sum_k beta_kj z_k, z the standardized columns
+    scale, mean = stats.x_std, stats.x_mean
+    alias = np.zeros((len(aliased), 1 + t.shape[1]))
+    alias[:, 1 + kept] = (beta * scale[aliased] / scale[kept, None]).T  # x_j = sum_k alias_jk x_k (+ constant)
+    if fit_intercept:  # centred columns: the means make up the constant, 0 where it is their rounding
+        alias[:, 0] = mean[aliased] - alias[:, 1:] @ mean
+        alias[np.abs(alias[:, 0]) <= 1e-9 * (np.abs(mean[aliased]) + np.abs(alias[:, 1:]) @ np.abs(mean)), 0] = 0.0
+    singular = np.linalg.svd(r, compute_uv=False)
+    return kept, u, singular[0] / singular[-1] if singular[-1] > 0 else np.inf, alias
 
 
-def _refine(stats: SufficientStatistics, fit_intercept: bool, theta: np.ndarray, r: np.ndarray) -> np.ndarray:
-    """Refines full-rank raw coefficients theta (q, k), [b; W'] or W': theta += (R'R)^-1 A'(Y - A theta).
+def _kept_columns(t: np.ndarray, tol: float) -> np.ndarray:
+    """The columns of t (q, q) kept in order, each unless it lies within tol of the span of those kept before it.
 
-    r is the design's triangle: of [1, X - c_x] with an intercept (the step is taken in its shifted
-    coordinates), of the raw X without.
+    As R's lm (LINPACK's dqrdc2 with its limited pivoting) keeps them, so that the first of two equal columns
+    stays and the later one is aliased. Gram-Schmidt, orthogonalized twice (twice is enough): O(q^2 r).
+    """
+    basis = np.empty_like(t)
+    kept: list[int] = []
+    for j in range(t.shape[1]):
+        v = t[:, j].copy()
+        for _ in range(2):
+            done = basis[:, : len(kept)]
+            v -= done @ (done.T @ v)
+        norm = np.linalg.norm(v)
+        if norm > tol:
+            basis[:, len(kept)] = v / norm
+            kept.append(j)
+    return np.array(kept, dtype=np.intp)
+
+
+def _combination(names: list[str], j: int, alias: np.ndarray) -> str:
+    """`b = 2·a - 0.5·x + 3`: aliased feature j as the combination `alias` (1 + d,) of [1, X], to 4 digits;
+    a coefficient below 1e-9 of the largest, rounding, left out."""
+    coefficients = alias[1:]
+    terms = [(c, names[i]) for i, c in enumerate(coefficients) if abs(c) > 1e-9 * np.abs(coefficients).max()]
+    if alias[0] != 0.0:
+        terms.append((alias[0], ""))
+    text = "".join(
+        ("-" if c < 0 else "") * (i == 0)
+        + (" - " if c < 0 else " + ") * (i > 0)
+        + (name if name and f"{abs(c):.4g}" == "1" else f"{abs(c):.4g}" + (f"·{name}" if name else ""))
+        for i, (c, name) in enumerate(terms)
+    )
+    if all(not name for _, name in terms):  # a constant column beside the intercept
+        return f"{names[j]} = {text or 0} (constant)"
+    return f"{names[j]} = {text}"
+
+
+def _refine(
+    stats: SufficientStatistics, fit_intercept: bool, theta: np.ndarray, r: np.ndarray, rows: np.ndarray
+) -> np.ndarray:
+    """Refines raw coefficients theta (q, k), [b; W'] or W': theta += (R'R)^-1 A'(Y - A theta) on its `rows`.
+
+    r is the triangle of the design's columns `rows`, of full rank: of [1, X - c_x] with an intercept (the step
+    is taken in its shifted coordinates), of the raw X without. The other rows of theta (aliased) stay 0.
 
     A backward-stable QR answer is off by about eps * (cond + cond^2 * ||residual|| / ||fit||), relative: R's
     target columns carry rounding of the size of ||Y||. The gradient from the exact sums carries none, and R
@@ -286,7 +379,8 @@ def _refine(stats: SufficientStatistics, fit_intercept: bool, theta: np.ndarray,
         gradient = _exact_gradient(stats._exact, columns, targets, theta)
         if fit_intercept:  # to the shifted coordinates of R: [1, X - c] theta_s = [1, X] theta
             gradient[1:] -= shift[:, None] * gradient[0]
-        step = _solve_upper(r, _solve_upper(r, gradient, transpose=True))
+        step = np.zeros_like(theta)
+        step[rows] = _solve_upper(r, _solve_upper(r, gradient[rows], transpose=True))
         if fit_intercept:
             step[0] -= shift @ step[1:]
         size = np.linalg.norm(step * scale[:, None])

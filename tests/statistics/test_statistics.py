@@ -120,15 +120,16 @@ def test_bad_blocks_are_refused_with_the_expected_shapes_in_the_message():
 
 
 @pytest.mark.parametrize("method", ["qr", "gram"])
-def test_constant_and_duplicated_columns_give_the_min_norm_solution_gradient_descent_reaches(method):
+def test_constant_and_duplicated_columns_are_aliased_and_the_answer_gradient_descent_reaches_maps_onto_the_rest(method):
     x, y = table(n=400, d=3, k=1)
     x = np.column_stack([x, np.full(len(x), 7.0), x[:, 0]])  # a constant column, a copy of column 0
     stats = accumulate(x, y, 128, method=method)
     fit = solve(stats)
-    assert fit.rank == 4  # intercept + 3 independent columns
-    np.testing.assert_array_equal(stats.x_std[3], 1.0)
-    assert fit.weight[0, 3] == 0.0
-    np.testing.assert_allclose(fit.weight[0, 0], fit.weight[0, 4], rtol=1e-10)
+    assert fit.rank == 4 and fit.aliased == (3, 4)  # intercept + 3 independent columns; the later copy aliased
+    np.testing.assert_array_equal(fit.weight[0, 3:], 0.0)
+    weight, bias = lstsq(x[:, :3], y)  # the estimable columns alone
+    np.testing.assert_allclose(fit.weight[:, :3], weight, rtol=1e-10)
+    np.testing.assert_allclose(fit.bias, bias, rtol=1e-10)
     z = (x - stats.x_mean) / stats.x_std  # full-batch gradient descent from zero on standardized data
     t = (y - stats.y_mean) / stats.y_std
     w, b = np.zeros((5, 1)), np.zeros(1)
@@ -136,8 +137,51 @@ def test_constant_and_duplicated_columns_give_the_min_norm_solution_gradient_des
     for _ in range(3000):
         residual = z @ w + b - t
         w, b = w - lr * 2 * z.T @ residual / len(z), b - lr * 2 * residual.mean(0)
-    np.testing.assert_allclose(fit.weight * stats.x_std / stats.y_std, w.T, atol=1e-9)
+    descent = w.T * stats.y_std / stats.x_std, stats.y_mean - (w.T * stats.y_std / stats.x_std) @ stats.x_mean
+    assert abs(descent[0][0, 0] - descent[0][0, 4]) < 1e-3 * abs(fit.weight[0, 0])  # it splits the copies' weight
+    mapped = fit.estimable(*descent)
+    np.testing.assert_allclose(mapped[0], fit.weight, rtol=1e-9, atol=1e-12)
+    np.testing.assert_allclose(mapped[1], fit.bias, rtol=1e-9)
     np.testing.assert_allclose(fit.sse, np.square(y - x @ fit.weight.T - fit.bias).sum(0), rtol=1e-10)
+    assert (
+        fit.aliasing(["a", "b", "c", "k", "a2"])
+        == "2 not defined because of singularities (NA): k = 7 (constant); a2 = a"
+    )
+
+
+@pytest.mark.parametrize("method", ["qr", "gram"])
+@pytest.mark.parametrize("intercept", [True, False], ids=["intercept", "no-intercept"])
+def test_aliased_coefficients_are_na_and_the_rest_match_statsmodels_on_the_estimable_columns(method, intercept):
+    rng = np.random.default_rng(3)
+    a, x = rng.normal(3.0, 2.0, 500), rng.normal(-1.0, 0.5, 500)
+    c, b = np.full(500, 1.0), 2.0 * a  # a constant column and an exact multiple
+    design = np.column_stack([a, b, c, x, 3.0 * x - a + 5.0])  # the last: a combination with a constant
+    y = 4.0 + 1.5 * a - 0.7 * x + 0.1 * rng.standard_normal(500)
+    summary = summarize(accumulate(design, y, 128, method=method), intercept, ["a", "b", "c", "x", "z"])[0]
+    kept = [0, 3] if intercept else [0, 2, 3]  # c stands in for the intercept without one; z = 5c - a + 3x then
+    result = sm.OLS(y, sm.add_constant(design[:, kept]) if intercept else design[:, kept]).fit()
+    # (intercept), a, b, c, x, z with an intercept; a, b, c, x, z without one
+    estimable = np.array([True, True, False, False, True, False] if intercept else [True, False, True, True, False])
+    np.testing.assert_array_equal(summary.aliased, ~estimable)
+    for field in ("estimate", "std_error", "t_value", "p_value", "conf_low", "conf_high"):
+        value = getattr(summary, field)
+        assert np.isnan(value[~estimable]).all(), field
+    rtol = 1e-9 if method == "qr" else 1e-6
+    np.testing.assert_allclose(summary.estimate[estimable], result.params, rtol=rtol)
+    np.testing.assert_allclose(summary.std_error[estimable], result.bse, rtol=rtol)
+    np.testing.assert_allclose(summary.conf_low[estimable], result.conf_int()[:, 0], rtol=rtol)
+    np.testing.assert_allclose(summary.p_value[estimable], result.pvalues, rtol=1e-6, atol=1e-300)
+    if intercept:
+        np.testing.assert_allclose([summary.r2, summary.f_statistic], [result.rsquared, result.fvalue], rtol=1e-6)
+        assert (summary.df_resid, summary.df_model) == (result.df_resid, result.df_model)
+    else:  # statsmodels takes c for a constant; without an intercept R^2 is uncentred here, as for no constant
+        np.testing.assert_allclose(summary.r2, 1.0 - result.ssr / result.uncentered_tss, rtol=1e-6)
+        assert summary.df_resid == result.df_resid
+    said = "b = 2·a; c = 1 (constant); z = -a + 3·x + 5" if intercept else "b = 2·a; z = -a + 5·c + 3·x"
+    assert summary.singularities == f"{3 if intercept else 2} not defined because of singularities (NA): {said}"
+    table = summary.table().splitlines()
+    assert table[1 + summary.names.index("b")].split() == ["b", "NA", "NA", "NA", "NA"]
+    assert said in table[1 + len(summary.names)]
 
 
 # ------------------------------------------------------------------------------------------------- NIST StRD
@@ -224,13 +268,13 @@ def statsmodels_cases():
 
 @pytest.mark.parametrize("case", list(statsmodels_cases()), ids=lambda case: case[0])
 def test_summary_matches_statsmodels_ols(case):
-    _, x, y, intercept = case
+    name, x, y, intercept = case
     targets = y[:, None] if y.ndim == 1 else y
     summaries = summarize(accumulate(x, targets, 64), fit_intercept=intercept)
+    estimable = ~summaries[0].aliased  # the duplicated column's copy is aliased, as R's lm says: NA
+    kept = x[:, estimable[int(intercept) :]]
     for summary, target in zip(summaries, targets.T, strict=True):
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # statsmodels warns of the duplicated column, then uses pinv
-            result = sm.OLS(target, sm.add_constant(x, has_constant="add") if intercept else x).fit()
+        result = sm.OLS(target, sm.add_constant(kept, has_constant="add") if intercept else kept).fit()
         expected = {
             "estimate": result.params,
             "std_error": result.bse,
@@ -244,10 +288,15 @@ def test_summary_matches_statsmodels_ols(case):
             "f_pvalue": result.f_pvalue,
         }
         for field, value in expected.items():
-            np.testing.assert_allclose(getattr(summary, field), value, rtol=1e-6, atol=1e-300, err_msg=field)
+            got = getattr(summary, field)
+            if np.ndim(got):
+                assert np.isnan(got[~estimable]).all(), field
+                got = got[estimable]
+            np.testing.assert_allclose(got, value, rtol=1e-6, atol=1e-300, err_msg=field)
         np.testing.assert_allclose(summary.residual_std_error**2, result.mse_resid, rtol=1e-6)
         assert (summary.n, summary.df_resid, summary.df_model) == (len(x), result.df_resid, result.df_model)
     assert summaries[0].names[0] == ("(intercept)" if intercept else "x0")
+    assert estimable.sum() == len(estimable) - name.startswith("duplicated"), name
 
 
 def test_no_residual_degrees_of_freedom_give_nan_inference_not_an_error():
