@@ -153,6 +153,7 @@ class LeastSquaresReference(L.Callback):
         self.model_loss = self.loss + loss_gap
         relative = loss_gap / self.scale
         self.gaps.append(relative)
+        weight, bias = self.fit.estimable(weight, bias if self.has_bias else None)  # aliased columns: as the fit's
         weight_gap = np.sqrt(np.square(weight - self.fit.weight).sum() + np.square(bias - self.fit.bias).sum())
         log_epoch_scalars(
             trainer,
@@ -179,7 +180,7 @@ class LeastSquaresReference(L.Callback):
         wide = self.stats.method == "moments"  # estimates only: inference needs (X'X)^-1
         summaries = _estimates(self.fit, names) if wide else statistics.summarize(self.stats, self.has_bias, names)
         linear = hasattr(pl_module, "coefficients") and pl_module.coefficients() is not None
-        fitted = _by_term(pl_module) if linear else {}
+        fitted = _by_term(pl_module, self.fit) if linear else {}
         records = coefficient_records(
             pl_module.schema["targets"] if hasattr(pl_module, "schema") else None, summaries, fitted
         )
