@@ -85,7 +85,8 @@ def whitening(moments, dtype: torch.dtype) -> Whitening:
     P = R_x / (s sqrt(N)) that the statistics already hold (rows and columns 1 : 1 + d of R; their first row, the
     intercept, decouples since Z is centred). With P's SVD U S V', the network is fed z M, M = V S^-1 V' = C^(-1/2),
     whose columns have Z_w'Z_w / N = I: the loss in the layer's weights has the Hessian (2 / k) I. Directions with
-    S below d * eps * S_max (constant or duplicated columns) get 0: the minimum-norm answer, as `solve` gives.
+    S below d * eps * S_max (constant or duplicated columns) get 0: the minimum-norm answer, which
+    `LeastSquares.estimable` maps onto `solve`'s (the aliased columns' weights moved onto those they alias).
 
     The training rows are rounded to `dtype`: a relative error eps in a column whose mean is m and std s moves z by
     eps (1 + |m| / s), and z M by S_max / S_i times that in direction i. The directions where that exceeds
