@@ -7,6 +7,7 @@ statistics), compares each epoch's coefficients with the optimum, and prints the
 from __future__ import annotations
 
 import copy
+from dataclasses import dataclass
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -39,11 +40,15 @@ class LeastSquaresReference(L.Callback):
       the nearly collinear columns (`diagnostics/condition_number`, `diagnostics/max_stable_lr`).
 
     Each epoch it logs, for a model that offers `coefficients()` (W and b in original units):
-    `optimum/loss_gap` (the model's train MSE minus the optimum's, >= 0), `optimum/relative_gap` (that over
-    the optimum's MSE, or over the targets' variance where the optimum fits almost exactly, R² > 0.999),
-    and `optimum/weight_gap`. With `stop_at_relative_gap` set, training stops once the relative gap is
-    below it. At the end of fit it prints the fit beside the optimum and a statistician's summary (as R's
-    `summary(lm)`), and writes every coefficient to `coefficients.csv` in the run's log directory.
+    `optimum/loss_gap` (the model's train MSE minus the optimum's, >= 0: a float64 full pass of the model's W and b
+    over the training rows, taken from the statistics as ||R (theta - theta*)||^2 / N, see `LeastSquares.gap`),
+    `optimum/relative_gap` (that over the optimum's MSE) and `optimum/weight_gap`. Only where the optimum's MSE is
+    below what the rows' precision resolves at the table's scale (`precision_floor`: an exact fit) is the gap over
+    that floor instead, said in one line. With `stop_at_relative_gap` set, training stops once the relative gap is
+    at or below it; a gap over the floor goes on until it stalls (`stop_when_stalled`), as close as the rows' and
+    the model's arithmetic take it. At the end of fit it prints the gap, where it stopped short and why, the fit
+    beside the optimum and a statistician's summary (as R's `summary(lm)`), and writes every coefficient to
+    `coefficients.csv` in the run's log directory.
 
     Above `statistics.EXACT_MAX_COLUMNS` columns the optimum comes from conjugate gradient over the training
     rows, said in one line (passes, residual reached); each `optimum/loss_gap` then costs one more pass. The
@@ -54,7 +59,8 @@ class LeastSquaresReference(L.Callback):
         enabled: Compute and log the reference.
         max_table_coefficients: Coefficients printed at most at the end of fit (largest |t| first); all of
             them are in coefficients.csv.
-        stop_at_relative_gap: Stop training once `optimum/relative_gap` is at or below this; None never stops.
+        stop_at_relative_gap: Stop training once `optimum/relative_gap` is at or below this (not where it is over the
+            rows' precision floor: that fit stops when stalled); None never stops.
         stop_when_stalled: Stop training once `optimum/relative_gap` has not fallen 1 % below its best in this
             many epochs (float32 rounding or mini-batch noise is its floor), or in sqrt(condition number) epochs
             where that is longer: heavy ball's gap can stay flat about that long and still converge (a model
@@ -90,14 +96,16 @@ class LeastSquaresReference(L.Callback):
         elif not self._solve_by_passes(trainer, stats):
             return
         self.loss = self.fit.mse
-        variance = float(np.square(stats.y_std).mean())  # the MSE of predicting each target's mean
-        self.scale = self.loss if self.loss > 1e-3 * variance else variance  # what the gap is relative to
+        self.floor = precision_floor(stats, self.fit, _arithmetic(trainer, pl_module))
+        self.floored = self.floor.mse > self.loss  # the optimum's MSE is finer than the rows resolve
+        self.scale = self.floor.mse if self.floored else self.loss  # what the gap is relative to
         self.val_loss = _val_loss(self.fit, trainer, pl_module)
         scalars = {"optimum/loss": self.loss}
         if self.val_loss is not None:
             scalars["optimum/val_loss"] = self.val_loss
         if stats.method == "moments":
             log_epoch_scalars(trainer, scalars)
+            self._say_floor(trainer)
             return
         names = getattr(pl_module, "design_names", None)
         self.diagnostics = statistics.diagnose(stats, stats.n_targets, self.has_bias, names)
@@ -119,6 +127,15 @@ class LeastSquaresReference(L.Callback):
                     f"least squares from the normal equations ({stats.n} rows > {statistics.QR_MAX_ROWS}, or wide):"
                     f" about {digits:.0f} significant digits"
                 )
+        self._say_floor(trainer)
+
+    def _say_floor(self, trainer: L.Trainer) -> None:
+        """The line saying the gap is over the rows' precision floor, not the optimum's MSE, where it is."""
+        if self.floored and trainer.is_global_zero:
+            print(
+                f"relative gap: over the {self.floor.precision} floor {self.floor.mse:.3g}, not over the optimum's MSE"
+                f" {self.loss:.3g}, which {self.floor.precision} rows cannot resolve: {self.floor.describe()}"
+            )
 
     def _solve_by_passes(self, trainer: L.Trainer, stats: statistics.SufficientStatistics) -> bool:
         """The optimum of a table too wide for p x p statistics, by passes over the rows; False if none is trusted."""
@@ -159,8 +176,8 @@ class LeastSquaresReference(L.Callback):
             trainer,
             {"optimum/loss_gap": loss_gap, "optimum/relative_gap": relative, "optimum/weight_gap": float(weight_gap)},
         )
-        if self.stop_at_relative_gap is not None and relative <= self.stop_at_relative_gap:
-            trainer.should_stop = True
+        if self.stop_at_relative_gap is not None and not self.floored:  # a floored fit stops once stalled
+            trainer.should_stop |= relative <= self.stop_at_relative_gap
         if self.stall_epochs is not None and len(self.gaps) > self.stall_epochs:
             before = min(self.gaps[: -self.stall_epochs])  # the best gap until `stall_epochs` epochs ago
             trainer.should_stop |= min(self.gaps[-self.stall_epochs :]) > 0.99 * before
@@ -186,14 +203,19 @@ class LeastSquaresReference(L.Callback):
         )
         print(f"optimizer: {optimizer}")
         if self.model_loss is not None:
-            print(
-                f"relative gap {(self.model_loss - self.loss) / self.scale:.3g} after {trainer.current_epoch} epochs,"
-                f" {self.stats.n} training rows x {self.stats.n_features} columns"
-            )
-            faster = _faster(pl_module, self.stats, self.has_bias)
-            short = shortfall(self.gaps, self.stop_at_relative_gap, trainer.current_epoch, faster)
-            if short:
-                print(short)
+            epochs = trainer.current_epoch
+            line = f"relative gap {self.gaps[-1]:.3g} after {epochs} epochs,"
+            line += f" {self.stats.n} training rows x {self.stats.n_features} columns"
+            if self.floored:
+                line += f", over the {self.floor.precision} floor {self.floor.mse:.3g} (see above)"
+                print(line)
+                print(self._at_floor(epochs))
+            else:
+                print(line)
+                faster = _faster(pl_module, self.stats, self.has_bias)
+                short = shortfall(self.gaps, self.stop_at_relative_gap, epochs, faster)
+                if short:
+                    print(short)
         print(format_table(rows, optimizer))
         shown = sorted(records, key=lambda r: -abs(r["t"]) if np.isfinite(r["t"]) else 0.0)
         shown = shown[: self.max_table_coefficients]
@@ -205,6 +227,31 @@ class LeastSquaresReference(L.Callback):
             print(f"({len(records) - len(shown)} more coefficients in {path}, the largest |t| shown first)")
         if not linear:
             print("(coefficients, the inference table and optimum/loss_gap apply to a linear model only)")
+
+    def _at_floor(self, epochs: int) -> str:
+        """The end-of-fit line of a fit whose optimum is finer than its rows resolve: where it stopped, and why."""
+        precision, closer = self.floor.precision, ""
+        if precision != "float64":
+            closer = "; --trainer.precision 64-true gets closer"
+        reached = f"train MSE {self.model_loss:.6g}, the optimum's {self.loss:.3g}"
+        if self.gaps[-1] <= 1.0:
+            resolve = f"within the {self.floor.mse:.3g} that {precision} rows resolve"
+            return f"reached the {precision} floor: {reached}, {resolve}{closer}"
+        more = _epochs_to(self.gaps, 1.0, epochs)
+        if more is not None:
+            return (
+                f"did not converge: {reached}, {self.gaps[-1]:.3g} times the {precision} floor above the optimum"
+                f" after {epochs} epochs; at this rate it needs about {more} more epochs:"
+                f" --trainer.max_epochs {epochs + more}"
+            )
+        why = f"{precision} arithmetic through this design"
+        if getattr(self, "diagnostics", None) is not None:
+            why += f" (condition number {self.diagnostics.condition_number:.3g})"
+        return (
+            f"did not converge: the fit stopped at its {precision} floor, {reached}: {self.gaps[-1]:.3g} times the"
+            f" {self.floor.mse:.3g} that {precision} rows resolve above it, after {epochs} epochs; {why} resolves it no"
+            f" closer{closer}"
+        )
 
 
 def _val_loss(fit: statistics.LeastSquares, trainer: L.Trainer, pl_module: L.LightningModule) -> float | None:
@@ -245,10 +292,8 @@ def shortfall(gaps: list[float], goal: float | None, epochs: int, faster: str | 
     """
     if goal is None or not gaps or gaps[-1] <= goal:
         return None
-    later = [max(gap, 1e-300) for gap in gaps[len(gaps) // 2 :]]
-    rate = (np.log(later[-1]) - np.log(later[0])) / (len(later) - 1) if len(later) > 1 else 0.0  # per epoch
-    more = int(min(np.ceil(np.log(goal / gaps[-1]) / rate), 1e18)) if rate < 0 else None
-    if more is not None and more <= 1000 * epochs:  # else a crawl at a floor, not a rate to extrapolate
+    more = _epochs_to(gaps, goal, epochs)
+    if more is not None:
         pace = f"at this rate it needs about {more} more epochs"
         flags = [faster, f"--trainer.max_epochs {epochs + more}"]
     else:  # mini-batch noise, or float32 rows that hold the answer no closer (the summary's least squares does)
@@ -259,6 +304,67 @@ def shortfall(gaps: list[float], goal: float | None, epochs: int, faster: str | 
         f"did not converge: relative gap {gaps[-1]:.3g} after {epochs} epochs, above the {goal:g} asked"
         f" (--reference.stop_at_relative_gap); {pace}: {advice}"
     )
+
+
+def _epochs_to(gaps: list[float], goal: float, epochs: int) -> int | None:
+    """The epochs that `gaps` would take to reach `goal` at the rate of their later half; None when they have
+    stopped falling (heavy ball's gap oscillates, so a rate over a single epoch says little)."""
+    later = [max(gap, 1e-300) for gap in gaps[len(gaps) // 2 :]]
+    rate = (np.log(later[-1]) - np.log(later[0])) / (len(later) - 1) if len(later) > 1 else 0.0  # per epoch
+    more = int(min(np.ceil(np.log(goal / gaps[-1]) / rate), 1e18)) if rate < 0 else None
+    return more if more is not None and more <= 1000 * epochs else None  # else a crawl at a floor
+
+
+@dataclass(frozen=True)
+class PrecisionFloor:
+    """The train MSE that rows of one precision resolve at a table's scale: two fits closer than it are the same
+    fit to that precision.
+
+    A prediction adds |b| + sum_j |w_j x_j| and is compared with y: each of these numbers, rounded to the rows'
+    precision, moves the residual by up to eps times its size. The floor is (eps S)^2, with S the root mean square
+    over the training rows of |y| + |b| + sum_j |w_j x_j| (bounded from the columns' means and standard deviations,
+    at the optimum's W and b), averaged over the targets.
+
+    Attributes:
+        mse: The floor, (eps S)^2 averaged over the targets.
+        eps: The precision's machine epsilon.
+        scale: S of the target with the largest one.
+        precision: The precision's name, as in "float32".
+    """
+
+    mse: float
+    eps: float
+    scale: float
+    precision: str
+
+    def describe(self) -> str:
+        return (
+            f"{self.precision}'s eps {self.eps:.3g} times this table's scale {self.scale:.3g} (the root mean square of"
+            " |y| + |b| + sum |w x| over the rows), squared"
+        )
+
+
+def precision_floor(
+    stats: statistics.SufficientStatistics, fit: statistics.LeastSquares, dtype: torch.dtype
+) -> PrecisionFloor:
+    """The train MSE that rows of `dtype` resolve at the scale of the table of `stats`, whose optimum is `fit`."""
+    eps = float(torch.finfo(dtype).eps)
+    x_rms = np.sqrt(np.square(stats.x_mean) + np.square(stats.x_std))  # (d,)
+    y_rms = np.sqrt(np.square(stats.y_mean) + np.square(stats.y_std))  # (k,)
+    scale = y_rms + np.abs(fit.bias) + np.abs(fit.weight) @ x_rms  # (k,) by Minkowski, >= the rows' RMS
+    return PrecisionFloor(
+        float(np.mean(np.square(eps * scale))), eps, float(scale.max()), str(dtype).removeprefix("torch.")
+    )
+
+
+def _arithmetic(trainer: L.Trainer, pl_module: L.LightningModule) -> torch.dtype:
+    """The precision the model computes in: its own dtype, or the lower one of a mixed-precision trainer."""
+    precision = str(getattr(trainer, "precision", ""))
+    if precision.startswith("bf16"):
+        return torch.bfloat16
+    if precision.startswith("16"):
+        return torch.float16
+    return pl_module.dtype
 
 
 def _faster(pl_module: L.LightningModule, stats: statistics.SufficientStatistics, has_bias: bool) -> str | None:

@@ -17,7 +17,9 @@ from lightning.pytorch.loggers import TensorBoardLogger
 # scale", the middle one of the three below it (docs/tensorboard.md).
 FIT_CHARTS = {
     "train/loss beside optimum/loss": ["train/loss", "optimum/loss"],
-    "optimum/relative_gap (log scale: the middle button below)": ["optimum/relative_gap"],
+    "optimum/relative_gap, (train MSE - optimum MSE) / optimum MSE (log scale: the middle button below)": [
+        "optimum/relative_gap"
+    ],
     "val/r2": ["val/r2"],
     "val/loss beside optimum/val_loss": ["val/loss", "optimum/val_loss"],
 }

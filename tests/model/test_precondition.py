@@ -258,9 +258,10 @@ def test_streamed_rows_stay_float32_so_qr_leaves_out_the_finer_directions_and_th
     out = capsys.readouterr().out
     assert "precondition qr whitens 4 of the 5 directions" in caplog.text and "held and trained" not in caplog.text
     assert "float64 rows would resolve 5, but its rows stream (--data.in_memory true would hold them)" in caplog.text
-    gap, epochs = re.search(r"relative gap (\S+) after (\d+) epochs", out).groups()
-    assert float(gap) > 1e-3 and int(epochs) <= 12  # stalled within a few epochs, then 5 more: not 3,000
-    assert "the gap has stopped falling" in out
+    # The optimum's weights, of order 1e8 on columns of order 1, are finer than float32 rows resolve: the gap is over
+    # that floor, and the run goes on until it stalls, within a few epochs, then 5 more: not 3,000.
+    epochs = re.search(r"relative gap \S+ after (\d+) epochs, .*, over the float32 floor", out)[1]
+    assert int(epochs) <= 12 and "reached the float32 floor" in out
 
 
 def test_shortfall_gives_the_epochs_at_the_later_half_rate_and_the_flag():
