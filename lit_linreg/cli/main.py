@@ -323,8 +323,9 @@ def main(args: list[str] | None = None) -> int:
     """
     argv = sys.argv[1:] if args is None else list(args)
     try:
-        if argv[:1] in (["serve"], ["export"]):  # they use a trained model, not a Trainer: see serve.py, export.py
-            importlib.import_module(f"lit_linreg.{argv[0]}").run(argv[1:])
+        if argv[:1] in (["serve"], ["export"]):  # a trained model, not a Trainer: see deploy/serve_cli.py, export.py
+            command = {"serve": "serve_cli", "export": "export"}[argv[0]]
+            importlib.import_module(f"lit_linreg.deploy.{command}").run(argv[1:])
         else:
             with sigterm_raises():
                 cli = cli_main(args)

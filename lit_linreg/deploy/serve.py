@@ -1,15 +1,19 @@
-"""Serve a trained model over HTTP with LitServe: `python -m lit_linreg serve --config C --ckpt_path CKPT`.
+"""The HTTP server of `python -m lit_linreg serve --config C --ckpt_path CKPT`, built on LitServe.
 
     POST /predict  {"rows": [{"<feature>": value, ...}, ...]}
                 -> {"predictions": [{"predicted_<target>": value, ...}, ...]}   one object per row, in order
     GET  /health   "ok" once the model is loaded
 
-The model is the one `predict` would use (see trained.py), and a row is read as `predict` reads a row of a
-file: numbers for numeric features, the raw text of a category for a categorical one, null for a missing value
-(filled with the training mean under `--data.missing mean`, refused otherwise), a category training never saw
-refused unless `--data.unknown_category zeros`. The predictions are the same float32 numbers, named as in
-predictions.csv. A bad request gets a 4xx answer, `{"error": "<one line naming the row and column>"}`, and
-spoils no other request: requests that arrive together are batched (LitServe's `max_batch_size`), and a bad
+The command resolves the config and the checkpoint with the whole CLI (serve_cli.py), then replaces its own
+process with this lean one (`python -m lit_linreg.deploy SERVABLE`): the server and its workers import LitServe
+and numpy, never Lightning (see servable.py). A row is read as `predict` reads a row of a file: numbers for numeric
+features, the raw text of a category for a categorical one, null for a missing value (filled with the training
+mean under `--data.missing mean`, refused otherwise), a category training never saw refused unless
+`--data.unknown_category zeros`.
+
+Every request that cannot be answered gets a 4xx and one line of JSON, `{"error": "..."}`, whether the rows are
+wrong, the body is no JSON at all, too large, too deeply nested, or sent to a wrong path or with a wrong method;
+and it spoils no other request: requests that arrive together are batched (LitServe's `max_batch_size`), and a bad
 one is answered alone while the good ones of its batch are predicted.
 """
 
@@ -17,35 +21,28 @@ one is answered alone while the good ones of its batch are predicted.
 # class, to have FastAPI check the body.
 import contextlib
 import json
-import logging
 import math
 import multiprocessing
 import os
 import signal
-import socket
 import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
+import litserve as ls
 import numpy as np
-import torch
-from lightning.pytorch.cli import LightningArgumentParser
-from lightning.pytorch.utilities.exceptions import SIGTERMException
-from pydantic import BaseModel, ConfigDict
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel, ConfigDict, field_validator
+from starlette.exceptions import HTTPException
 
-from lit_linreg.deploy.trained import TrainedModelCLI, dtype_of, prediction_names, run_command
-from lit_linreg.errors import ConfigError
+from lit_linreg.deploy.servable import Servable
 
-try:
-    import litserve as ls
-    from fastapi.exceptions import RequestValidationError
-    from fastapi.responses import JSONResponse
-except ImportError as err:  # the optional `serve` extra
-    raise ConfigError("serve needs LitServe: pip install 'lit_linreg[serve]' (make install installs it)") from err
-
-FLOAT32_MAX = float(np.finfo(np.float32).max)
 BYTES_PER_VALUE = 128  # the request body allowed per value of --max_rows full rows: room for long category names
+ROUTES = "POST /predict, GET /health"
+MAX_DEPTH = 32  # lists and objects within a row: a good row has none
 
 
 class PredictRequest(BaseModel):
@@ -53,6 +50,28 @@ class PredictRequest(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
     rows: list[Any]
+
+    @field_validator("rows")
+    @classmethod
+    def _shallow(cls, rows: list[Any]) -> list[Any]:
+        # Checked here, in the HTTP process: a row nested hundreds deep is valid JSON, but cannot be pickled on to
+        # the inference worker (Python's recursion limit), which would answer 500.
+        for i, row in enumerate(rows):
+            if _deeper_than(row, MAX_DEPTH):
+                raise ValueError(f"rows[{i}]: nested more than {MAX_DEPTH} deep; a row is an object of feature: value")
+        return rows
+
+
+def _deeper_than(value: Any, limit: int) -> bool:
+    """Whether JSON `value` nests lists or objects more than `limit` deep; without recursion, whatever its depth."""
+    stack = [(value, 1)]
+    while stack:
+        value, depth = stack.pop()
+        if isinstance(value, dict | list):
+            if depth > limit:
+                return True
+            stack.extend((item, depth + 1) for item in (value.values() if isinstance(value, dict) else value))
+    return False
 
 
 @dataclass
@@ -75,7 +94,7 @@ class BadRequest(Exception):
 
 
 def read_rows(
-    rows: list[Any], schema: dict, unknown_category: str, max_rows: int, dtype: type = np.float32
+    rows: list[Any], schema: dict, unknown_category: str, max_rows: int, dtype: str = "float32"
 ) -> np.ndarray:
     """The model's raw inputs (N, features), as `dtype` (the model's), from a request's rows, as `predict` reads a
     file's.
@@ -87,7 +106,7 @@ def read_rows(
     if len(rows) > max_rows:
         raise BadRequest(f"rows: {len(rows)} rows, more than this server's --max_rows {max_rows}", status=413)
     features, categories = schema["features"], schema["categories"]
-    fills = schema["missing"] == "mean"
+    fills, largest = schema["missing"] == "mean", float(np.finfo(dtype).max)
     index = {name: {level: code for code, level in enumerate(levels)} for name, levels in categories.items()}
     x = np.empty((len(rows), len(features)), dtype=np.float64)
     for i, row in enumerate(rows):
@@ -114,10 +133,10 @@ def read_rows(
                 x[i, j] = math.nan
             elif isinstance(value, bool) or not isinstance(value, int | float):
                 raise BadRequest(f"{where}: {_short(value)} is not a number")
-            elif not math.isfinite(value):
+            elif isinstance(value, float) and not math.isfinite(value):
                 raise BadRequest(f"{where}: {value} is not a finite number")
-            elif abs(value) > FLOAT32_MAX:
-                raise BadRequest(f"{where}: {value:g} is too large for float32")
+            elif abs(value) > largest:  # compared as it is: an integer past 1.8e308 has no float at all
+                raise BadRequest(f"{where}: {_short(value)} is too large for {dtype}")
             else:
                 x[i, j] = value
     return x.astype(dtype, copy=False)
@@ -125,6 +144,8 @@ def read_rows(
 
 def _short(value: Any) -> str:
     """A value as the request's JSON shows it, cut to 40 characters: an error line stays one short line."""
+    if isinstance(value, int) and not isinstance(value, bool) and abs(value) > 10**40:
+        return f"an integer of {len(str(abs(value)))} digits"
     text = json.dumps(value, ensure_ascii=False)
     return text if len(text) <= 40 else text[:37] + "..."
 
@@ -132,45 +153,32 @@ def _short(value: Any) -> str:
 class RegressionAPI(ls.LitAPI):
     """LitServe's view of a trained model: decode a request's rows, predict a batch of requests, encode each.
 
-    LitServe runs the model in a process of its own, started afresh (spawned), and a LightningModule does not
-    pickle: the worker rebuilds it from the serve command's own arguments, with the checkpoint resolved.
+    LitServe pickles this object into each inference worker, a process of its own, started afresh (spawned): it
+    carries the `Servable`, a few arrays for a linear model, and `setup` readies its predictor there.
 
     Args:
-        args: The `serve` arguments (`--config C --ckpt_path CKPT ...`), `--ckpt_path` a file.
-        unknown_category: "error" or "zeros", as `--data.unknown_category`.
-        max_rows: Rows one request may hold.
+        servable: The model and the server's settings (see servable.py).
         max_batch_size: Requests predicted together (1: each alone).
         batch_timeout: Seconds to wait for a batch to fill; 0 takes the requests waiting, never waits.
     """
 
-    def __init__(
-        self, args: list[str], unknown_category: str, max_rows: int, max_batch_size: int, batch_timeout: float
-    ) -> None:
+    def __init__(self, servable: Servable, max_batch_size: int = 64, batch_timeout: float = 0.0) -> None:
         super().__init__(max_batch_size=max_batch_size, batch_timeout=batch_timeout)
-        self.args, self.unknown_category, self.max_rows = list(args), unknown_category, max_rows
+        self.servable = servable
 
     def setup(self, device: str) -> None:
         if multiprocessing.parent_process() is not None:
             _end_quietly_on_signals()
-        loggers = [
-            logging.getLogger(name)
-            for name in ("lightning.pytorch.utilities.rank_zero", "lightning.fabric.utilities.seed")
-        ]
-        levels = [logger.level for logger in loggers]
-        for logger in loggers:
-            logger.setLevel(logging.WARNING)  # the parent process said it all once
-        try:
-            self.model = run_command(_RebuildCLI, self.args).model.to(device)
-        finally:
-            for logger, level in zip(loggers, levels, strict=True):
-                logger.setLevel(level)
-        self.schema, self.names = self.model.schema, prediction_names(self.model.schema)
-        self.dtype = torch.empty(0, dtype=dtype_of(self.model)).numpy().dtype  # float64 if it trained so
+        self.predictor = self.servable.predictor.ready()
+        self.max_rows = self.servable.options.get("max_rows", 10_000)
 
     def decode_request(self, request: PredictRequest) -> np.ndarray | RequestError:
         # A bad request's error is returned, not raised: raised, it would fail every request of its batch.
+        servable = self.servable
         try:
-            return read_rows(request.rows, self.schema, self.unknown_category, self.max_rows, self.dtype)
+            return read_rows(
+                request.rows, servable.schema, servable.unknown_category, self.max_rows, self.predictor.dtype
+            )
         except BadRequest as err:
             return err.error
 
@@ -178,7 +186,7 @@ class RegressionAPI(ls.LitAPI):
         return list(inputs)  # requests hold different numbers of rows: `predict` joins and splits them
 
     def predict(self, inputs: Any) -> Any:
-        """Predict every good request's rows in one forward pass; an error passes through in its place."""
+        """Predict every good request's rows at once; an error passes through in its place."""
         if self.max_batch_size == 1:  # LitServe hands one request, unbatched
             return self._predict([inputs])[0]
         return self._predict(inputs)
@@ -187,18 +195,30 @@ class RegressionAPI(ls.LitAPI):
         good = [x for x in inputs if isinstance(x, np.ndarray)]
         if not good:
             return inputs
-        x = torch.from_numpy(np.concatenate(good)).to(self.device)  # (rows of every good request, features)
-        with torch.inference_mode():
-            y = self.model(x).cpu().numpy()  # (rows, targets)
+        y = self.predictor(np.concatenate(good))  # (rows of every good request, targets)
         splits = iter(np.split(y, np.cumsum([len(x) for x in good])[:-1]))
-        return [next(splits) if isinstance(x, np.ndarray) else x for x in inputs]
+        return [_finite(next(splits)) if isinstance(x, np.ndarray) else x for x in inputs]
 
     def encode_response(self, output: np.ndarray | RequestError) -> Any:
         if isinstance(output, RequestError):
             return output.response()
-        return {"predictions": [dict(zip(self.names, row, strict=True)) for row in output.tolist()]}
+        return {"predictions": [dict(zip(self.servable.names, row, strict=True)) for row in output.tolist()]}
 
 
+def _finite(y: np.ndarray) -> np.ndarray | RequestError:
+    """A request's predictions (rows, targets), or its error where one is beyond the model's dtype (JSON has no
+    infinity): inputs far outside what training saw."""
+    bad = np.flatnonzero(~np.isfinite(y).all(axis=1))
+    if len(bad) == 0:
+        return y
+    return RequestError(
+        400,
+        f"rows[{bad[0]}]: the prediction is beyond {y.dtype} ({y[bad[0]].max()}): inputs far"
+        " outside the training data's range",
+    )
+
+
+# --- every error the HTTP process answers itself, as one line --------------------------------------------------
 async def _invalid_body(request: Any, err: RequestValidationError) -> JSONResponse:
     """A body that is not JSON, or not `{"rows": [...]}`: 400 and one line, as the row errors are."""
     first = err.errors()[0]
@@ -210,56 +230,122 @@ async def _invalid_body(request: Any, err: RequestValidationError) -> JSONRespon
         message = f'the body has no "{where}": send {{"rows": [{{"<feature>": value, ...}}, ...]}}'
     elif not where:  # a JSON list or number; or form data, as `curl -d` sends without a Content-Type header
         message = 'the body is not a JSON object {"rows": [...]} (sent with Content-Type: application/json)'
+    elif first.get("type") == "value_error":  # PredictRequest's own check
+        message = str(first.get("ctx", {}).get("error", first.get("msg", "not valid")))
     else:
         message = f"the body's {where}: {first.get('msg', 'not valid')}"
-    return JSONResponse({"error": message}, status_code=400)
+    return JSONResponse({"error": _one_line(message)}, status_code=400)
 
 
-class ServeCLI(TrainedModelCLI):
-    """`serve`: the trained model behind LitServe's HTTP server."""
+async def _http_error(request: Any, err: HTTPException) -> JSONResponse:
+    """Starlette's and FastAPI's own refusals (a wrong path or method, a body that cannot be parsed or is too
+    large), as one line of JSON rather than `{"detail": ...}`."""
+    where = f"{request.method} {request.url.path}"
+    if err.status_code == 404:
+        message = f"{where}: no such path (this server answers {ROUTES})"
+    elif err.status_code == 405:
+        message = f"{where}: method not allowed (this server answers {ROUTES})"
+    elif err.status_code == 413:
+        message = f"the body is larger than this server's limit ({err.detail})"
+    elif err.status_code == 400 and err.__cause__ is not None:
+        message = f"the body is not JSON ({_parse_failure(err.__cause__)})"
+    else:
+        message = str(err.detail)
+    return JSONResponse({"error": _one_line(message)}, status_code=err.status_code, headers=err.headers)
 
-    command = "serve"
 
-    def parse_arguments(self, parser: LightningArgumentParser, args: Any) -> None:
-        self.args = list(args)[1:]  # less `predict`: what the inference worker rebuilds the model from
-        super().parse_arguments(parser, args)
+def _parse_failure(cause: BaseException) -> str:
+    """Why Python's json could not read a body, in a few words."""
+    if isinstance(cause, UnicodeDecodeError):
+        return f"not UTF-8: {cause.reason} at byte {cause.start}"
+    if isinstance(cause, RecursionError):
+        return "nested too deeply"
+    return str(cause).split(";")[0] or type(cause).__name__  # e.g. an integer of more than 4300 digits
 
-    def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
-        super().add_arguments_to_parser(parser)
-        parser.add_argument("--host", type=str, default="127.0.0.1", help="127.0.0.1 (this machine), 0.0.0.0 or ::")
-        parser.add_argument("--port", type=int, default=8000, help="TCP port, 1024 to 65535")
-        parser.add_argument("--max_batch_size", type=int, default=64, help="requests predicted together")
-        parser.add_argument("--batch_timeout", type=float, default=0.0, help="seconds to wait for a batch to fill")
-        parser.add_argument("--max_rows", type=int, default=10_000, help="rows one request may hold")
 
-    def use(self, model: torch.nn.Module, datamodule: Any) -> None:
-        host, port = self.option("host"), self.option("port")
-        max_rows, max_batch_size = self.option("max_rows"), self.option("max_batch_size")
-        batch_timeout = self.option("batch_timeout")
-        if host not in ("127.0.0.1", "0.0.0.0", "::"):
-            raise ConfigError(f"--host must be 127.0.0.1, 0.0.0.0 or :: (LitServe's choices), got {host!r}")
-        if not 1024 <= port <= 65535:
-            raise ConfigError(f"--port must be from 1024 to 65535, got {port}")
-        for name, value in (("max_rows", max_rows), ("max_batch_size", max_batch_size)):
-            if value < 1:
-                raise ConfigError(f"--{name} must be at least 1, got {value}")
-        if not batch_timeout >= 0:
-            raise ConfigError(f"--batch_timeout must be >= 0 seconds, got {batch_timeout}")
-        _check_port_free(host, port)
-        unknown_category = getattr(datamodule, "unknown_category", "error")
-        ckpt_path = self.config[self.subcommand]["ckpt_path"]  # resolved: `last` or `best` named a file
-        args = [*self.args, "--ckpt_path", ckpt_path]
-        api = RegressionAPI(args, unknown_category, max_rows, max_batch_size, batch_timeout)
-        body_limit = max_rows * (len(model.schema["features"]) + 1) * BYTES_PER_VALUE + (1 << 20)  # bytes
-        server = ls.LitServer(api, accelerator="cpu", max_payload_size=body_limit)
-        server.app.add_exception_handler(RequestValidationError, _invalid_body)
-        print(f"serving {ckpt_path} on http://{host}:{port}/predict (GET /health: ok once loaded)", file=sys.stderr)
-        with _stop_gracefully() as stopped_by:
-            server.run(host=host, port=port, generate_client_file=False, log_level="warning", access_log=False)
-        if stopped_by == [signal.SIGTERM]:
-            raise SIGTERMException  # exit 143, as any run a signal stopped
-        if stopped_by:
-            raise KeyboardInterrupt  # exit 130
+async def _server_error(request: Any, err: Exception) -> JSONResponse:
+    """A fault of the server's own (a bug): 500, still one line; the traceback goes to the server's log."""
+    return JSONResponse({"error": "internal server error: see the server's log"}, status_code=500)
+
+
+def _one_line(text: str) -> str:
+    return " ".join(text.split())
+
+
+class BodyLimit:
+    """Refuses a body over `max_bytes` with 413, from its Content-Length before reading it, or as it streams in.
+
+    Args:
+        app: The ASGI app it guards.
+        max_bytes: The largest body allowed.
+    """
+
+    def __init__(self, app: Any, max_bytes: int) -> None:
+        self.app, self.max_bytes = app, max_bytes
+
+    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        declared = dict(scope["headers"]).get(b"content-length", b"0")
+        if declared.isdigit() and int(declared) > self.max_bytes:
+            response = JSONResponse(self._error(f"{int(declared)} bytes"), status_code=413)
+            return await response(scope, receive, send)
+        total = 0
+
+        async def counted() -> dict:
+            nonlocal total
+            message = await receive()
+            total += len(message.get("body", b""))
+            if total > self.max_bytes:
+                raise HTTPException(413, f"over {self.max_bytes} bytes")
+            return message
+
+        await self.app(scope, counted, send)
+
+    def _error(self, size: str) -> dict:
+        return {"error": f"the body is larger than this server's limit ({size}, over {self.max_bytes} bytes)"}
+
+
+def body_limit(features: int, max_rows: int) -> int:
+    """The largest body a server takes, in bytes: `max_rows` rows of `features` values, and 1 MiB to spare."""
+    return max_rows * (features + 1) * BYTES_PER_VALUE + (1 << 20)
+
+
+def server(servable: Servable) -> ls.LitServer:
+    """The LitServer of a servable: its API, its workers and batching, and every error answered as one line."""
+    options = servable.options
+    api = RegressionAPI(servable, options.get("max_batch_size", 64), options.get("batch_timeout", 0.0))
+    limit = body_limit(len(servable.schema["features"]), options.get("max_rows", 10_000))
+    lit_server = ls.LitServer(
+        api,
+        accelerator="cpu",
+        workers_per_device=options.get("workers", 1),
+        middlewares=[(BodyLimit, {"max_bytes": limit})],
+    )
+    lit_server.app.add_exception_handler(RequestValidationError, _invalid_body)
+    lit_server.app.add_exception_handler(HTTPException, _http_error)
+    lit_server.app.add_exception_handler(Exception, _server_error)
+    return lit_server
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m lit_linreg.deploy SERVABLE`: serve the Servable that `serve` wrote, until stopped.
+
+    Returns the exit code: 130 after Ctrl-C, 143 after SIGTERM, as for any run a signal stopped.
+    """
+    (path,) = sys.argv[1:] if argv is None else argv
+    servable = Servable.load(Path(path))
+    options = servable.options
+    host, port = options.get("host", "127.0.0.1"), options.get("port", 8000)
+    lit_server = server(servable)
+    print(f"serving {servable.checkpoint} on http://{host}:{port}/predict ({ROUTES})", file=sys.stderr, flush=True)
+    with _stop_gracefully() as stopped_by:
+        lit_server.run(host=host, port=port, generate_client_file=False, log_level="warning", access_log=False)
+    if not stopped_by:
+        return 0
+    what = "stopped by SIGTERM" if stopped_by == [signal.SIGTERM] else "interrupted"
+    print(f"lit-linreg: error: {what}", file=sys.stderr)
+    return 128 + stopped_by[0]
 
 
 @contextlib.contextmanager
@@ -288,29 +374,6 @@ def _stop_gracefully() -> Iterator[list[int]]:
     finally:
         for signum, handler in previous.items():
             signal.signal(signum, handler)
-
-
-def _check_port_free(host: str, port: int) -> None:
-    """Refuse a port another program holds, in one line (uvicorn would log it and exit)."""
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    with socket.socket(family, socket.SOCK_STREAM) as probe:
-        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn binds: a closed port is free
-        try:
-            probe.bind((host, port))
-        except OSError as err:
-            raise ConfigError(f"--port {port}: cannot listen on {host}:{port} ({err.strerror}): give another") from None
-
-
-class _RebuildCLI(ServeCLI):
-    """The inference worker's: the same arguments build the same model, kept as `self.model`, not served."""
-
-    def use(self, model: torch.nn.Module, datamodule: Any) -> None:
-        self.model = model
-
-
-def run(args: list[str]) -> None:
-    """`python -m lit_linreg serve ARGS`: serve until stopped (Ctrl-C)."""
-    run_command(ServeCLI, args)
 
 
 def _end_quietly_on_signals() -> None:

@@ -1,9 +1,12 @@
-"""`serve`: rows read as `predict` reads them, the same predictions, and every bad request answered in one line."""
+"""`serve`: rows read as `predict` reads them, the same predictions, every bad request answered in one line, and a
+server whose processes hold neither torch nor Lightning."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import csv
+import http.client
 import json
 import math
 import os
@@ -14,7 +17,9 @@ import sys
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -23,7 +28,8 @@ from lit_linreg.cli.main import main
 from tests.conftest import QUIET, ROOT, config, latest_version
 
 pytest.importorskip("litserve")  # the `serve` extra
-from lit_linreg import serve  # noqa: E402
+from lit_linreg.deploy import serve, serve_cli  # noqa: E402
+from lit_linreg.deploy.servable import LinearPredictor, Servable  # noqa: E402
 
 SCHEMA = {
     "features": ["area", "hood"],
@@ -39,6 +45,7 @@ ROWS = [  # the test table's rows as JSON, and (below) as a predict file
 NORTH = {"hood": "North"}
 TRAIN = ["--data.categorical", "[neighbourhood]", "--data.missing", "mean", "--trainer.max_epochs", "30"]
 TRAIN += ["--figure.enabled", "false"]  # matplotlib's drawing: a third of a short fit's time
+RTOL = 1e-5  # serve computes in float64 from the coefficients, predict in the model's float32 layers
 
 
 def test_rows_become_codes_and_a_missing_number_nan_under_missing_mean():
@@ -51,7 +58,7 @@ def test_rows_become_codes_and_a_missing_number_nan_under_missing_mean():
 
 
 def test_a_model_that_trained_in_float64_reads_its_requests_rows_in_float64():
-    x = serve.read_rows([{"area": 1 + 2**-40, "hood": "North"}], SCHEMA, "error", max_rows=10, dtype=np.float64)
+    x = serve.read_rows([{"area": 1 + 2**-40, "hood": "North"}], SCHEMA, "error", max_rows=10, dtype="float64")
     assert x.dtype == np.float64 and x[0, 0] == 1 + 2**-40  # float32 would round it to 1
 
 
@@ -79,6 +86,7 @@ def test_an_unknown_category_is_the_reference_level_with_unknown_category_zeros(
         ),
         ([{"area": math.inf, "hood": "North"}], 400, "rows[0], column 'area': inf is not a finite number"),
         ([{"area": 1e39, "hood": "North"}], 400, "rows[0], column 'area': 1e+39 is too large for float32"),
+        ([{"area": 10**400, "hood": "North"}], 400, "rows[0], column 'area': an integer of 401 digits is too large"),
         ([[1, "North"]], 400, 'rows[0]: [1, "North"] is not an object of feature: value'),
         ([{"area": 1, "hood": "North"}] * 3, 413, "rows: 3 rows, more than this server's --max_rows 2"),
     ],
@@ -104,6 +112,98 @@ def test_a_body_that_is_not_rows_gets_400_and_one_line(error, message):
     assert json.loads(response.body)["error"].startswith(message)
 
 
+def test_a_float64_model_takes_what_float64_holds_and_refuses_beyond_it():
+    x = serve.read_rows([{"area": 1e39, "hood": "North"}], SCHEMA, "error", max_rows=10, dtype="float64")
+    assert x[0, 0] == 1e39
+    with pytest.raises(serve.BadRequest, match="an integer of 401 digits is too large for float64"):
+        serve.read_rows([{"area": -(10**400), "hood": "North"}], SCHEMA, "error", max_rows=10, dtype="float64")
+
+
+def test_the_linear_predictor_fills_encodes_and_applies_the_coefficients():
+    # y = 2 area + 10 [hood = North] - 5 [hood = South] + 1; a missing area is filled with 3
+    predictor = LinearPredictor(
+        weight=np.array([[2.0, 10.0, -5.0]]),
+        bias=np.array([1.0]),
+        levels=[0, 3],
+        fill=np.array([3.0, 0.0]),
+        dtype="float32",
+    )
+    x = np.array([[1.0, 0], [1.0, 1], [1.0, 2], [np.nan, 2], [1.0, -1]], dtype=np.float32)
+    y = predictor(x)
+    assert y.dtype == np.float32
+    assert y[:, 0].tolist() == [3.0, 13.0, -2.0, 2.0, 3.0]  # code -1 (unknown): the reference level's
+
+
+def _run(app_handler, *args):
+    return asyncio.run(app_handler(*args))
+
+
+class _Request:
+    """What the error handlers read of a request."""
+
+    def __init__(self, method: str, path: str) -> None:
+        self.method = method
+        self.url = type("URL", (), {"path": path})()
+
+
+@pytest.mark.parametrize(
+    ("status", "detail", "cause", "message"),
+    [
+        (404, "Not Found", None, "POST /nowhere: no such path (this server answers POST /predict, GET /health)"),
+        (405, "Method Not Allowed", None, "POST /nowhere: method not allowed (this server answers POST /predict,"),
+        (413, "over 100 bytes", None, "the body is larger than this server's limit (over 100 bytes)"),
+        (400, "x", UnicodeDecodeError("utf-8", b"\xff", 0, 1, "invalid start byte"), "the body is not JSON (not UTF-8"),
+        (400, "x", RecursionError("maximum recursion depth exceeded"), "the body is not JSON (nested too deeply)"),
+    ],
+)
+def test_starlette_and_fastapi_refusals_become_one_line_of_json(status, detail, cause, message):
+    err = serve.HTTPException(status, detail)
+    err.__cause__ = cause
+    response = _run(serve._http_error, _Request("POST", "/nowhere"), err)
+    assert response.status_code == status
+    assert json.loads(response.body)["error"].startswith(message)
+    assert list(json.loads(response.body)) == ["error"] and b"\n" not in response.body
+
+
+def _asgi_call(app, headers: list, chunks: list[bytes]) -> tuple[int, bytes]:
+    """Drive an ASGI app with one POST: the status and body it sends back."""
+    sent: list[dict] = []
+    messages = [{"type": "http.request", "body": c, "more_body": i < len(chunks) - 1} for i, c in enumerate(chunks)]
+
+    async def receive():
+        return messages.pop(0)
+
+    async def send(message):
+        sent.append(message)
+
+    scope = {"type": "http", "method": "POST", "path": "/predict", "headers": headers}
+    asyncio.run(app(scope, receive, send))
+    status = next(m["status"] for m in sent if m["type"] == "http.response.start")
+    return status, b"".join(m.get("body", b"") for m in sent if m["type"] == "http.response.body")
+
+
+async def _reads_the_body(scope, receive, send):
+    while (await receive()).get("more_body"):
+        pass
+    await send({"type": "http.response.start", "status": 200, "headers": []})
+    await send({"type": "http.response.body", "body": b"read"})
+
+
+def test_a_body_over_the_limit_is_refused_by_its_length_before_it_is_read():
+    limit = serve.BodyLimit(_reads_the_body, max_bytes=100)
+    status, body = _asgi_call(limit, [(b"content-length", b"101")], [b"x" * 101])
+    assert status == 413
+    assert json.loads(body) == {"error": "the body is larger than this server's limit (101 bytes, over 100 bytes)"}
+    assert _asgi_call(limit, [(b"content-length", b"100")], [b"x" * 100]) == (200, b"read")
+
+
+def test_a_streamed_body_is_refused_once_it_passes_the_limit():
+    limit = serve.BodyLimit(_reads_the_body, max_bytes=100)
+    with pytest.raises(serve.HTTPException) as caught:  # FastAPI hands it to `_http_error`: 413, one line
+        _asgi_call(limit, [], [b"x" * 60, b"x" * 60])
+    assert caught.value.status_code == 413
+
+
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     """The table config with a categorical column and `missing: mean`, trained briefly, and `predict` on ROWS."""
@@ -122,16 +222,36 @@ def trained(tmp_path_factory):
 
 def test_a_batch_predicts_its_good_requests_as_predict_does_and_answers_a_bad_one_alone(trained):
     args, expected = trained
-    api = serve.RegressionAPI([*args, "--ckpt_path", "last"], "error", 100, max_batch_size=8, batch_timeout=0.0)
+    servable = serve_cli.servable([*args, "--ckpt_path", "last", "--port", str(_free_port())])
+    assert isinstance(servable.predictor, LinearPredictor)  # numpy only: the worker imports no torch
+    api = serve.RegressionAPI(servable, max_batch_size=8)
     api.setup("cpu")
     bad = [{**ROWS[0], "rooms": "three"}]
     requests = [ROWS[:2], bad, ROWS[2:]]
     inputs = api.batch([api.decode_request(serve.PredictRequest(rows=rows)) for rows in requests])
     answers = [api.encode_response(output) for output in api.predict(inputs)]
     predicted = [row["predicted_price_k"] for row in answers[0]["predictions"] + answers[2]["predictions"]]
-    np.testing.assert_allclose(predicted, expected, rtol=1e-6)
+    np.testing.assert_allclose(predicted, expected, rtol=RTOL)
     assert answers[1].status_code == 400
     assert json.loads(answers[1].body) == {"error": "rows[0], column 'rooms': \"three\" is not a number"}
+
+
+def test_a_prediction_beyond_float32_is_refused_not_answered_as_infinity(trained):
+    args, _ = trained
+    api = serve.RegressionAPI(serve_cli.servable([*args, "--ckpt_path", "last", "--port", str(_free_port())]))
+    api.setup("cpu")
+    huge = [ROWS[0], {**ROWS[0], "area_m2": 3e38}]  # within float32, but 1.9 k per m2 times it is not
+    (answer,) = api.predict(api.batch([api.decode_request(serve.PredictRequest(rows=huge))]))
+    assert answer.status == 400
+    assert answer.message.startswith("rows[1]: the prediction is beyond float32 (inf)")
+
+
+def test_the_servable_file_is_read_once_and_removed(tmp_path):
+    path = tmp_path / "model.pkl"
+    predictor = LinearPredictor(np.ones((1, 1)), np.zeros(1), [0], None, "float32")
+    Servable(predictor, SCHEMA, ["predicted_price"], "error", "x.ckpt", {"port": 8123}).save(path)
+    assert Servable.load(path).options == {"port": 8123}
+    assert not path.exists()
 
 
 # --- the real server ----------------------------------------------------------------------------------------------
@@ -153,12 +273,12 @@ def _free_port() -> int:
         return probe.getsockname()[1]
 
 
-@pytest.fixture(scope="module")
-def server(trained):
-    """`python -m lit_linreg serve` in a process of its own on a free loopback port, until the module ends."""
-    args, _ = trained
+@contextlib.contextmanager
+def _serving(args: list[str]) -> Iterator[tuple[int, subprocess.Popen]]:
+    """`python -m lit_linreg serve ARGS` in a process group of its own on a free loopback port, until the block
+    ends (Ctrl-C to the group, as a terminal sends it, unless a test stopped it)."""
     port = _free_port()
-    cmd = [sys.executable, "-m", "lit_linreg", "serve", *args, "--ckpt_path", "last", "--port", str(port)]
+    cmd = [sys.executable, "-m", "lit_linreg", "serve", *args, "--port", str(port)]
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     process = subprocess.Popen(cmd, cwd=ROOT, env=env, stderr=subprocess.PIPE, text=True, start_new_session=True)
     try:
@@ -175,7 +295,7 @@ def server(trained):
             pytest.fail("the server did not answer /health within 180 s")
         yield port, process
     finally:
-        if process.poll() is None:  # the last test stops it itself
+        if process.poll() is None:
             os.killpg(process.pid, signal.SIGINT)  # Ctrl-C: LitServe stops its workers
         try:
             process.wait(timeout=30)
@@ -184,12 +304,33 @@ def server(trained):
             process.wait()
 
 
+@pytest.fixture(scope="module")
+def server(trained):
+    """The trained model served with the defaults, until the module ends (its last test stops it)."""
+    args, _ = trained
+    with _serving([*args, "--ckpt_path", "last"]) as served:
+        yield served
+
+
+def _group(pid: int) -> dict[int, str]:
+    """The processes of process group `pid` (Linux's /proc), with their command lines."""
+    found = {}
+    for entry in Path("/proc").iterdir():
+        try:
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+            if entry.name.isdigit() and int(fields[2]) == pid:
+                found[int(entry.name)] = (entry / "cmdline").read_text().replace("\0", " ")
+        except (OSError, IndexError):
+            continue  # ended meanwhile, or not a process
+    return found
+
+
 @pytest.mark.slow
 def test_the_server_answers_what_predict_wrote_for_the_same_rows(server, trained):
     port, _ = server
     status, answer = _post(port, {"rows": ROWS})
     assert status == 200
-    np.testing.assert_allclose([p["predicted_price_k"] for p in answer["predictions"]], trained[1], rtol=1e-6)
+    np.testing.assert_allclose([p["predicted_price_k"] for p in answer["predictions"]], trained[1], rtol=RTOL)
 
 
 @pytest.mark.slow
@@ -200,7 +341,7 @@ def test_concurrent_single_row_requests_each_get_their_own_row(server, trained):
         answers = list(pool.map(lambda body: _post(port, body), requests))
     for i, (status, answer) in enumerate(answers):
         assert status == 200
-        assert answer["predictions"][0]["predicted_price_k"] == pytest.approx(trained[1][i % 3], rel=1e-6)
+        assert answer["predictions"][0]["predicted_price_k"] == pytest.approx(trained[1][i % 3], rel=RTOL)
 
 
 @pytest.mark.slow
@@ -219,7 +360,9 @@ def test_a_bad_request_gets_4xx_and_one_line_and_the_server_keeps_serving(server
     code, answer = _post(port, body)
     assert code == status
     assert answer["error"].startswith(message) and "\n" not in answer["error"]
-    assert _post(port, {"rows": ROWS[:1]})[1]["predictions"][0]["predicted_price_k"] == pytest.approx(trained[1][0])
+    assert _post(port, {"rows": ROWS[:1]})[1]["predictions"][0]["predicted_price_k"] == pytest.approx(
+        trained[1][0], rel=RTOL
+    )
     assert process.poll() is None
 
 
@@ -235,6 +378,100 @@ def test_serve_refuses_a_port_or_host_it_cannot_listen_on_in_one_line(trained, c
     capsys.readouterr()
     assert main(["serve", *args, "--ckpt_path", "last", *flags]) == 2
     assert capsys.readouterr().err == f"lit-linreg: error: {message}\n"
+
+
+def _request(port: int, method: str, path: str, body: bytes = b"", json_body: bool = True, chunked: bool = False):
+    """One request, as raw as it came: the status and the bytes of the answer."""
+    headers = {"Content-Type": "application/json"} if json_body else {}
+    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=120)
+    try:
+        if chunked:  # no Content-Length: the size shows only as the body streams in
+            pieces = iter([body[i : i + (1 << 16)] for i in range(0, len(body), 1 << 16)])
+            connection.request(method, path, body=pieces, headers=headers, encode_chunked=True)
+        else:
+            connection.request(method, path, body=body, headers=headers)
+        response = connection.getresponse()
+        return response.status, response.read()
+    finally:
+        connection.close()
+
+
+def _row_with(value: str) -> bytes:
+    """A body of one good row whose area_m2 is the JSON text `value`."""
+    return json.dumps({"rows": [{**ROWS[0], "area_m2": "VALUE"}]}).replace('"VALUE"', value).encode()
+
+
+LIMIT = serve.body_limit(features=5, max_rows=10_000)  # the table's 5 features, the default --max_rows
+BAD_REQUESTS = {  # name: (method, path, body, sent as JSON, chunked, status)
+    "an integer beyond float range": ("POST", "/predict", _row_with("1" + "0" * 400), True, False, 400),
+    "an integer of 5,000 digits": ("POST", "/predict", _row_with("9" * 5000), True, False, 400),
+    "a number beyond float32": ("POST", "/predict", _row_with("1e39"), True, False, 400),
+    "infinity": ("POST", "/predict", _row_with("Infinity"), True, False, 400),
+    "a prediction beyond float32": ("POST", "/predict", _row_with("3e38"), True, False, 400),
+    "invalid UTF-8": ("POST", "/predict", b'{"rows": [{"neighbourhood": "\xff\xfe"}]}', True, False, 400),
+    "nesting 200,000 deep": ("POST", "/predict", b"[" * 200_000 + b"]" * 200_000, True, False, 400),
+    "rows nesting 200,000 deep": (
+        "POST",
+        "/predict",
+        b'{"rows": ' + b"[" * 200_000 + b"]" * 200_000 + b"}",
+        True,
+        False,
+        400,
+    ),
+    "a value nested 900 deep": ("POST", "/predict", _row_with("[" * 900 + "]" * 900), True, False, 400),
+    "a body over the limit": ("POST", "/predict", b" " * (LIMIT + 1), True, False, 413),
+    "a streamed body over the limit": ("POST", "/predict", b" " * (LIMIT + 1), True, True, 413),
+    "an empty body": ("POST", "/predict", b"", True, False, 400),
+    "half a body": ("POST", "/predict", b'{"rows": [', True, False, 400),
+    "JSON null": ("POST", "/predict", b"null", True, False, 400),
+    "a JSON list": ("POST", "/predict", b"[1, 2]", True, False, 400),
+    "rows not a list": ("POST", "/predict", b'{"rows": "all"}', True, False, 400),
+    "a key besides rows": ("POST", "/predict", b'{"rows": [], "limit": 1}', True, False, 400),
+    "form data": ("POST", "/predict", b"rows=1", False, False, 400),
+    "a wrong method": ("GET", "/predict", b"", True, False, 405),
+    "a wrong method on /health": ("DELETE", "/health", b"", True, False, 405),
+    "a wrong path": ("POST", "/predictions", _row_with("1"), True, False, 404),
+}
+
+
+@pytest.mark.slow
+def test_every_bad_request_gets_a_4xx_and_one_line_of_json_and_the_server_keeps_serving(server, trained):
+    port, process = server
+    answers = {name: _request(port, *request[:5]) for name, request in BAD_REQUESTS.items()}
+    for name, (status, body) in answers.items():
+        assert status == BAD_REQUESTS[name][5], (name, status, body[:200])
+        assert body.count(b"\n") == 0 and list(json.loads(body)) == ["error"], (name, body[:200])
+        assert json.loads(body)["error"], name
+    assert json.loads(answers["an integer beyond float range"][1])["error"] == (
+        "rows[0], column 'area_m2': an integer of 401 digits is too large for float32"
+    )
+    assert _post(port, {"rows": ROWS[:1]})[1]["predictions"][0]["predicted_price_k"] == pytest.approx(
+        trained[1][0], rel=RTOL
+    )
+    assert process.poll() is None
+
+
+@pytest.mark.slow
+def test_no_process_of_a_linear_models_server_holds_torch_or_lightning(server):
+    port, process = server
+    processes = _group(process.pid)
+    assert len(processes) >= 4  # the server, LitServe's queue manager, its HTTP and inference workers
+    for pid, command in processes.items():
+        maps = Path(f"/proc/{pid}/maps").read_text()
+        assert "libtorch" not in maps and "/lightning/" not in maps, command
+
+
+@pytest.mark.slow
+def test_two_workers_serve_side_by_side(trained):
+    args, expected = trained
+    with _serving([*args, "--ckpt_path", "last", "--workers", "2"]) as (port, process):
+        workers = [c for c in _group(process.pid).values() if "multiprocessing.spawn" in c]
+        assert len(workers) == 2
+        with ThreadPoolExecutor(8) as pool:
+            answers = list(pool.map(lambda i: _post(port, {"rows": [ROWS[i % 3]]}), range(32)))
+    for i, (status, answer) in enumerate(answers):
+        assert status == 200
+        assert answer["predictions"][0]["predicted_price_k"] == pytest.approx(expected[i % 3], rel=RTOL)
 
 
 @pytest.mark.slow

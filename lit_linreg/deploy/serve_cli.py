@@ -1,0 +1,123 @@
+"""`python -m lit_linreg serve --config C --ckpt_path CKPT`: resolve the model with the CLI, then serve it lean.
+
+The command runs in two steps, in one process. First the whole CLI, as `predict` runs it (trained.py): the config
+and its flags parsed and checked, `--ckpt_path last` or `best` resolved, the checkpoint loaded safely and checked
+against the model, and the server's own flags checked; every mistake is one line and exit code 2. The trained
+model is then reduced to a `Servable` (servable.py): a linear model's coefficients in original units and its
+encoder's rules, as numpy arrays. Second, the process replaces itself (`os.execv`, same process id, so a signal
+sent to it still reaches the server) with `python -m lit_linreg.deploy SERVABLE`, the server of serve.py, which
+imports LitServe and numpy only: Lightning, torch, the DataModule and the model leave with the first step.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import pickle
+import socket
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from lightning.pytorch.cli import LightningArgumentParser
+from torch import nn
+
+from lit_linreg.deploy.servable import LinearPredictor, ModulePredictor, Servable
+from lit_linreg.deploy.trained import TrainedModelCLI, dtype_of, prediction_names, run_command
+from lit_linreg.errors import ConfigError
+from lit_linreg.model.module import LinearRegression
+
+HOSTS = ("127.0.0.1", "0.0.0.0", "::")  # LitServe's choices
+
+
+class ServeCLI(TrainedModelCLI):
+    """`serve`: the trained model, reduced to a `Servable` with the server's settings (`self.servable`)."""
+
+    command = "serve"
+
+    def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
+        super().add_arguments_to_parser(parser)
+        parser.add_argument("--host", type=str, default="127.0.0.1", help="127.0.0.1 (this machine), 0.0.0.0 or ::")
+        parser.add_argument("--port", type=int, default=8000, help="TCP port, 1024 to 65535")
+        parser.add_argument("--workers", type=int, default=1, help="inference worker processes (each its own copy)")
+        parser.add_argument("--max_batch_size", type=int, default=64, help="requests predicted together")
+        parser.add_argument("--batch_timeout", type=float, default=0.0, help="seconds to wait for a batch to fill")
+        parser.add_argument("--max_rows", type=int, default=10_000, help="rows one request may hold")
+
+    def use(self, model: nn.Module, datamodule: Any) -> None:
+        options = {name: self.option(name) for name in ("host", "port", "workers", "max_batch_size", "max_rows")}
+        options["batch_timeout"] = self.option("batch_timeout")
+        check_options(options)
+        self.servable = Servable(
+            predictor=predictor_of(model),
+            schema=model.schema,
+            names=prediction_names(model.schema),
+            unknown_category=getattr(datamodule, "unknown_category", "error"),
+            checkpoint=self.config[self.subcommand]["ckpt_path"],  # resolved: `last` or `best` named a file
+            options=options,
+        )
+
+
+def check_options(options: dict[str, Any]) -> None:
+    """Refuse, in one line each, the server settings LitServe would refuse later, or a port already taken."""
+    host, port = options["host"], options["port"]
+    if host not in HOSTS:
+        raise ConfigError(f"--host must be 127.0.0.1, 0.0.0.0 or :: (LitServe's choices), got {host!r}")
+    if not 1024 <= port <= 65535:
+        raise ConfigError(f"--port must be from 1024 to 65535, got {port}")
+    for name in ("workers", "max_rows", "max_batch_size"):
+        if options[name] < 1:
+            raise ConfigError(f"--{name} must be at least 1, got {options[name]}")
+    if not options["batch_timeout"] >= 0:
+        raise ConfigError(f"--batch_timeout must be >= 0 seconds, got {options['batch_timeout']}")
+    _check_port_free(host, port)
+
+
+def predictor_of(model: nn.Module) -> LinearPredictor | ModulePredictor:
+    """A linear model as its coefficients and encoder's rules (numpy); any other model whole, pickled."""
+    dtype = str(dtype_of(model)).removeprefix("torch.")
+    own_forward = type(model).forward is LinearRegression.forward  # else W and b may not be what it computes
+    coefficients = model.coefficients() if own_forward and hasattr(model, "coefficients") else None
+    if coefficients is None:
+        return ModulePredictor(pickle.dumps(model.cpu().eval()), dtype)
+    schema = model.schema
+    encoder = model.design.encoder  # the per-feature fills of `missing: mean`, set from the training rows
+    fill = encoder.fill.double().cpu().numpy() if encoder is not None and schema["missing"] == "mean" else None
+    weight, bias = (t.cpu().numpy() for t in coefficients)  # (targets, design columns), (targets,): float64
+    levels = [len(schema["categories"].get(name, ())) for name in schema["features"]]
+    return LinearPredictor(weight=weight, bias=bias, levels=levels, fill=fill, dtype=dtype)
+
+
+def _check_port_free(host: str, port: int) -> None:
+    """Refuse a port another program holds, in one line (uvicorn would log it and exit)."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn binds: a closed port is free
+        try:
+            probe.bind((host, port))
+        except OSError as err:
+            raise ConfigError(f"--port {port}: cannot listen on {host}:{port} ({err.strerror}): give another") from None
+
+
+def servable(args: list[str]) -> Servable:
+    """The `Servable` of `serve ARGS` (`--config C --ckpt_path CKPT ...`), every argument checked."""
+    return run_command(ServeCLI, args).servable
+
+
+def run(args: list[str]) -> None:
+    """`python -m lit_linreg serve ARGS`: check ARGS and reduce the model, then become the lean server (serve.py)."""
+    if importlib.util.find_spec("litserve") is None:  # the optional `serve` extra
+        raise ConfigError("serve needs LitServe: pip install 'lit_linreg[serve]' (make install installs it)")
+    reduced = servable(args)
+    handle, name = tempfile.mkstemp(prefix="lit-linreg-serve-", suffix=".pkl")  # readable by this user only
+    os.close(handle)
+    path = Path(name)
+    reduced.save(path)  # the server reads it, then removes it
+    sys.stdout.flush()
+    sys.stderr.flush()
+    try:
+        os.execv(sys.executable, [sys.executable, "-m", "lit_linreg.deploy", str(path)])
+    except OSError:
+        path.unlink(missing_ok=True)
+        raise
