@@ -113,14 +113,14 @@ def _nothing(*args, **kwargs) -> None:
 
 
 class PoisonBuffer(L.Callback):
-    """Fill the model's `y_std` buffer with inf at the end of training epoch `epoch`, before last.ckpt is written."""
+    """Fill the model's `design.y_std` with inf at the end of training epoch `epoch`, before last.ckpt is written."""
 
     def __init__(self, epoch: int) -> None:
         self.epoch = epoch
 
     def on_train_epoch_end(self, trainer, pl_module) -> None:
         if trainer.current_epoch == self.epoch:
-            pl_module.y_std.fill_(float("inf"))
+            pl_module.design.y_std.fill_(float("inf"))
 
 
 class CallsAFunction(L.Callback):

@@ -228,16 +228,16 @@ REFUSALS = [
         id="ckpt-nan-weight",
     ),
     pytest.param(
-        edited_checkpoint(lambda c: c["state_dict"]["y_std"].fill_(float("inf"))),
+        edited_checkpoint(lambda c: c["state_dict"]["design.y_std"].fill_(float("inf"))),
         ["predict", *TOY, *EDITED],
-        ["non-finite values (NaN or inf) in y_std"],
+        ["non-finite values (NaN or inf) in design.y_std"],
         2,
         id="ckpt-inf-buffer",
     ),
     pytest.param(
-        edited_checkpoint(lambda c: c["state_dict"].pop("y_std")),
+        edited_checkpoint(lambda c: c["state_dict"].pop("design.y_std")),
         ["predict", *TOY, *EDITED],
-        ["{tmp}/edited.ckpt: does not fit this model: its state_dict lacks y_std"],
+        ["{tmp}/edited.ckpt: does not fit this model: its state_dict lacks design.y_std"],
         2,
         id="ckpt-missing-tensor",
     ),
@@ -530,7 +530,7 @@ def test_signals_lightning_leaves_alone_end_the_process_by_that_signal_with_last
 def test_a_non_finite_buffer_is_never_saved(tmp_path, capsys):
     poison = ["--trainer.callbacks+", "tests.faults.PoisonBuffer", "--trainer.callbacks.epoch", "1"]
     assert run("fit", *TOY, "--trainer.max_epochs", "3", *poison, root=tmp_path) == 1
-    assert "y_std became non-finite by the end of epoch 1: nothing was saved" in capsys.readouterr().err
+    assert "design.y_std became non-finite by the end of epoch 1: nothing was saved" in capsys.readouterr().err
     record_fault("divergences")
     assert load_checkpoint(find_last(tmp_path))["epoch"] == 0  # the last finite state; loading checks every tensor
 
@@ -578,7 +578,7 @@ def test_a_scheduler_without_an_optimizer_schedules_the_default_sgd_and_resumes(
 def test_lbfgs_fits_the_toy_line_and_the_model_names_its_optimizer(tmp_path):
     cli = cli_main(["fit", *TOY, "--optimizer", "LBFGS", "--optimizer.lr", "1", *QUIET,
                     "--trainer.default_root_dir", str(tmp_path)])  # fmt: skip
-    assert cli.model.optimizer_name() == "LBFGS"
+    assert type(cli.trainer.optimizers[0]).__name__ == "LBFGS"
     assert cli.model.net.weight.item() == pytest.approx(2.0, abs=1e-4)  # the notebooks' w = 2
 
 

@@ -112,7 +112,7 @@ class LeastSquaresReference(L.Callback):
         scalars["diagnostics/condition_number"] = self.diagnostics.condition_number
         scalars["diagnostics/max_stable_lr"] = self.diagnostics.max_stable_lr
         log_epoch_scalars(trainer, scalars)
-        whitened = getattr(pl_module, "whitened_rank", None) is not None  # see LinearRegression.set_preconditioner
+        whitened = getattr(getattr(pl_module, "design", None), "whitens", False)  # see LinearRegression._precondition
         if self.stop_when_stalled:
             trained = 1.0 if whitened else self.diagnostics.condition_number
             self.stall_epochs = max(self.stop_when_stalled, int(min(np.sqrt(trained), 1e12)))
@@ -440,6 +440,6 @@ def _loader_blocks(trainer: L.Trainer, pl_module: L.LightningModule):
 
 def _float64_encoder(pl_module: L.LightningModule):
     """A float64 copy, on the CPU, of the model's encoder (see encoding.py), or None: the model's own stays as it
-    is, float32 or float64 (a table beyond float32, see `LinearRegression.set_preconditioner`)."""
-    encode = getattr(pl_module, "encoder", None)
+    is, float32 or float64 (a table beyond float32, see `LinearRegression._precondition`)."""
+    encode = getattr(getattr(pl_module, "design", None), "encoder", None)
     return copy.deepcopy(encode).cpu().double() if encode is not None else None

@@ -105,9 +105,10 @@ def give_data_the_schema(checkpoint: dict, config: Namespace) -> None:
 
 
 def give_data_the_dtype(checkpoint: dict, datamodule: Any) -> None:
-    """A model that trained in float64 (a table beyond float32, see `LinearRegression.set_preconditioner`) tests
+    """A model that trained in float64 (a table beyond float32, see `LinearRegression._precondition`) tests
     and predicts on float64 rows: rounded to float32 first, its inputs would lose what it trained to resolve."""
-    x_mean = checkpoint.get("state_dict", {}).get("x_mean")
+    state = checkpoint.get("state_dict", {})
+    x_mean = state.get("design.x_mean", state.get("x_mean"))  # the latter in checkpoints written before `design`
     if x_mean is not None and x_mean.dtype == torch.float64 and hasattr(datamodule, "dtype"):
         datamodule.dtype = torch.float64
 
@@ -189,12 +190,14 @@ class LinearRegressionCLI(LightningCLI):
         optimizer, settings = self._optimizer_settings()
         if self._checkpoint is not None:
             path = self._get(self.config, "ckpt_path")
+            self.model.on_load_checkpoint(self._checkpoint)  # as Lightning calls it before loading: older keys mapped
             check_compatible(self._checkpoint, path, self.model)
             check_tensors(self._checkpoint, path, self.model)
             if self.subcommand == "fit":
                 check_resumable(self._checkpoint, path, optimizer)
             else:
                 give_data_the_dtype(self._checkpoint, self.datamodule)
+                refuse_seen_rows(self._checkpoint, path, self.datamodule, self._experiment, self.subcommand)
         self._schedule_the_default_optimizer()
         self.trainer.callbacks.append(RunStamp(self._experiment, optimizer, settings))
         if type(self.trainer.strategy.checkpoint_io) is TorchCheckpointIO:  # unless the user chose another

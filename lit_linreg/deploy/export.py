@@ -65,8 +65,8 @@ class DesignInput(nn.Module):
 def exportable(model: nn.Module) -> nn.Module:
     """A copy of `model` whose forward takes the design matrix (N, design columns) instead of codes."""
     model = copy.deepcopy(model).cpu().eval()
-    if getattr(model, "encoder", None) is not None:
-        model.encoder = DesignInput(model.schema, model.encoder.fill).to(dtype_of(model))
+    if model.design.encoder is not None:
+        model.design.encoder = DesignInput(model.schema, model.design.encoder.fill).to(dtype_of(model))
     return model
 
 

@@ -78,7 +78,7 @@ def run_command(cli_class: type[TrainedModelCLI], args: list[str]) -> TrainedMod
 
 def dtype_of(model: torch.nn.Module) -> torch.dtype:
     """The dtype a trained model computes in: float32, or float64 for one that trained in float64 (a table beyond
-    float32's precision, see `LinearRegression.set_preconditioner`)."""
+    float32's precision, see `LinearRegression._precondition`)."""
     return next((t.dtype for t in model.parameters() if t.is_floating_point()), torch.float32)
 
 

@@ -1,6 +1,7 @@
-"""The LightningModule and its parts: `LinearRegression` (module.py), the networks it carries (nets.py), its SGD
-(optim.py), preconditioning (precondition.py), standardization (standardize.py), a full batch by row blocks
-(blocked_linear.py) and R² (metrics.py).
+"""The LightningModule and its parts: `LinearRegression` (module.py), the design transform it composes (design.py:
+raw inputs to the encoded, standardized, whitened design), the networks it carries (nets.py), its SGD (optim.py),
+preconditioning (precondition.py), standardization (standardize.py), a full batch by row blocks in memory
+(blocked_linear.py) or streamed (row_blocks.py), and R² (metrics.py).
 
 May import: `lit_linreg.errors`, `lit_linreg.statistics`, `lit_linreg.tables` (the encoding a checkpoint keeps).
 Never `data`, `callbacks`, `cli` or `deploy`: a model knows nothing of where its rows come from.

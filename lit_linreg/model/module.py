@@ -1,8 +1,8 @@
 """The LightningModule: one `nn.Linear` trained with MSE and SGD.
 
 The notebooks' loop, step by step, and where each step lives now:
-    forward      y_pred = w * x          -> `forward` / `loss_per_output` (nn.Linear)
-    loss         ((y_pred - y)**2).mean() -> `training_step`
+    forward      y_pred = w * x          -> `forward`: `Design` (design.py), then the network (nn.Linear)
+    loss         ((y_pred - y)**2).mean() -> `training_step`, by `loss_per_output`
     gradient     l.backward()             -> Lightning, on the loss `training_step` returns
     update       w -= lr * w.grad         -> `configure_optimizers` (SGD: optim.py), stepped by Lightning
     zero-grad    w.grad.zero_()           -> Lightning, before each step
@@ -19,11 +19,13 @@ from torch import nn
 from torchmetrics import MeanAbsoluteError, MeanSquaredError, MetricCollection
 
 from lit_linreg.errors import ConfigError, DivergenceError
-from lit_linreg.model import blocked_linear, optim, standardize
+from lit_linreg.model import optim, standardize
+from lit_linreg.model.design import Design, upgrade_state_dict
 from lit_linreg.model.metrics import R2, say_if_beyond_float32
 from lit_linreg.model.nets import sized_net
 from lit_linreg.model.precondition import whitening_for, why_not_qr
-from lit_linreg.tables.encoding import TableEncoder, default_schema, design_names, needs_encoder
+from lit_linreg.model.row_blocks import RowBlocks, summed_over_blocks
+from lit_linreg.tables.encoding import default_schema
 
 # What each argument allows, checked in this order; a value outside says "model.<name> must be <rule>, got <value>".
 RANGES = {
@@ -41,15 +43,10 @@ CHOICES = {"init": ("default", "zeros"), "precondition": ("none", "qr")}
 class LinearRegression(L.LightningModule):
     """Linear regression y = W x + b, trained by SGD on the mean squared error.
 
-    Inputs and outputs are always in original units. When the DataModule standardizes, the model
-    stores the training statistics as buffers (`x_mean`, `x_std`, `y_mean`, `y_std`) and learns in
-    standardized units inside (see standardize.py); a checkpoint alone therefore predicts from raw inputs. A
-    table with categorical columns or filled-in missing values is encoded first, inside the model (see
-    encoding.py), and its `schema` (names, categories) is a hyperparameter, so it travels in every checkpoint.
-
-    Long because: Lightning calls its hooks on this one class, and the statistics stay its own buffers (their
-    state_dict keys are every checkpoint's), so the few lines that use them stay beside them. The ideas themselves
-    live in standardize.py, precondition.py, optim.py and nets.py; what remains reads top to bottom as one fit.
+    Inputs and outputs are always in original units. `design` (design.py) takes raw inputs to what the network
+    sees: a table's categorical and missing cells encoded, standardized by the training statistics, whitened under
+    `precondition: qr`; it keeps those as buffers, so a checkpoint alone predicts from raw inputs. The `schema`
+    (the data's columns, see tables/encoding.py) is a hyperparameter, so it travels in every checkpoint.
 
     Args:
         in_features: Input columns; the CLI links it from the DataModule.
@@ -61,15 +58,13 @@ class LinearRegression(L.LightningModule):
         weight_decay: SGD weight decay (applies to W and b), >= 0.
         l1_strength: L1 penalty l1 * sum|W| added to the loss (W only, not b), >= 0.
         l2_strength: L2 penalty l2 * sum(W**2) added to the loss (W only, not b), >= 0.
-        schema: The data's columns (see encoding.py); the CLI links it from the DataModule.
-        net: The network from standardized inputs to standardized outputs; `nn.Linear` if None. One that
-            defines `build(in_features, out_features)` gets the data's sizes from the model (see nets.py).
-            `bias` and `init` apply to the default linear layer only; l1/l2 penalize every `weight`.
-        precondition: "qr" trains the linear layer in the coordinates that the training statistics' R factor
-            whitens, where the loss's Hessian is the identity: a few epochs whatever the condition number (see
-            precondition.py). "none" trains in standardized units, the notebooks' way. "qr" falls back to "none",
-            in one line, where it does not apply: a non-linear net, statistics too wide to keep R, no bias, or a
-            penalty.
+        schema: The data's columns (see tables/encoding.py); the CLI links it from the DataModule.
+        net: The network from the design to standardized outputs; `nn.Linear` if None. One that defines
+            `build(in_features, out_features)` gets the data's sizes from the model (see nets.py). `bias` and
+            `init` apply to the default linear layer only; l1/l2 penalize every `weight`.
+        precondition: "qr" trains the linear layer on the design whitened by the statistics' R factor: a few
+            epochs whatever the condition number (see precondition.py); "none" in standardized units, the notebooks'
+            way. "qr" falls back to "none", saying why, where it does not apply (see `precondition.why_not_qr`).
     """
 
     def __init__(
@@ -95,33 +90,15 @@ class LinearRegression(L.LightningModule):
         # Primitives only, so checkpoints load with weights_only=True: a custom net is rebuilt from the config.
         self.save_hyperparameters(ignore=["net"])
         self.schema = _checked_schema(schema, in_features, out_features)
-        self.encoder = TableEncoder(self.schema) if needs_encoder(self.schema) else None
-        self.design_names = design_names(self.schema)  # the columns the network sees, in order
-        width = len(self.design_names)
-        self.net = sized_net(net, width, out_features, bias, init)
-        standardize.add_buffers(self, width, out_features, whiten=precondition == "qr")  # identity until `setup`
-        self._scales = False  # whether the statistics are other than identity: else every step skips them
-        self._whitens = False  # whether `whiten` is other than the identity (see `set_preconditioner`)
-        self.whitened_rank: int | None = None  # the rank of the standardized design, once whitened
-        self.condition_before: float | None = None  # the Hessian's condition number that whitening took to 1
-        self.register_load_state_dict_pre_hook(_follow_checkpoint_dtype)
-        self.register_load_state_dict_post_hook(_note_scaling_after_load)
-
-        # R2: exact at any scale.
+        self.design = Design(self.schema, out_features, whiten=precondition == "qr")
+        self.design_names = self.design.names  # the columns the network sees, in order
+        self.net = sized_net(net, self.design.width, out_features, bias, init)
+        self.register_load_state_dict_pre_hook(_upgrade_and_follow_dtype)
         metrics = MetricCollection({"loss": MeanSquaredError(), "mae": MeanAbsoluteError(), "r2": R2()})
         # float64 states: squared errors of targets near 1e20 (or 1e-20) overflow (or vanish) in float32.
         self.val_metrics = metrics.clone(prefix="val/").set_dtype(torch.float64)
         self.test_metrics = metrics.clone(prefix="test/").set_dtype(torch.float64)
         self._said_beyond_float32: set[str] = set()  # metrics TensorBoard cannot hold, said once each
-
-    def __setattr__(self, name: str, value: object) -> None:
-        # Lightning sets `_current_fx_name` twice for every hook it calls, about fifty times a training step, and
-        # nn.Module.__setattr__ checks each value against parameters, buffers and submodules: for a string name,
-        # which is none of those, a plain attribute is the same thing at a tenth of the cost.
-        if name == "_current_fx_name":
-            object.__setattr__(self, name, value)
-        else:
-            super().__setattr__(name, value)
 
     def setup(self, stage: str) -> None:
         # The one place the model reads from the DataModule: statistics of the training split exist only
@@ -129,12 +106,11 @@ class LinearRegression(L.LightningModule):
         if stage != "fit":  # the checkpoint holds them
             return
         datamodule = getattr(self.trainer, "datamodule", None)
-        stats = getattr(datamodule, "statistics", None)
+        stats, moments = getattr(datamodule, "statistics", None), getattr(datamodule, "train_statistics", None)
         if stats is not None:
-            self.set_standardization(**stats)
-        moments = getattr(datamodule, "train_statistics", None)
+            self.design.set_statistics(**stats)
         if self.hparams.precondition == "qr":
-            stats = self._precondition(moments, stats)
+            stats = self._precondition(moments, stats, datamodule)
         if "auto" in (self.lr, self.momentum) and not self.is_linear:
             raise ConfigError("model.lr and model.momentum 'auto' apply to a linear model only: give numbers")
         if moments is not None and self.is_linear:
@@ -143,133 +119,47 @@ class LinearRegression(L.LightningModule):
         elif "auto" in (self.lr, self.momentum):
             raise ConfigError("model.lr and model.momentum 'auto' need a DataModule with train_statistics")
 
-    def _precondition(self, moments, stats: dict | None) -> dict | None:
-        """`precondition: qr` where it applies, saying in one line where it does not; returns the statistics used."""
-        hp = self.hparams
-        penalized = bool(hp.l1_strength or hp.l2_strength or hp.weight_decay)
-        reason = why_not_qr(moments, self.is_linear, getattr(self.net, "bias", None) is not None, penalized)
-        if reason is None:
-            if not stats:  # whitening centres, so it standardizes even where the DataModule does not
-                stats = standardize.from_moments(moments)
-                self.set_standardization(**stats)
-            reason = self.set_preconditioner(moments, getattr(self.trainer, "datamodule", None))
-            if self.x_mean.dtype == torch.float64:  # made float64 just now: the statistics, without float32's rounding
-                self.set_standardization(**stats)
-        else:
-            reason = f"precondition qr does not apply: {reason}; training without it"
-        if reason:
-            rank_zero_info(reason)
-        return stats
+    def _precondition(self, moments, stats: dict | None, datamodule) -> dict | None:
+        """`precondition: qr` where it applies, saying in one line where it does not; returns the statistics used.
 
-    @torch.no_grad()
-    def set_preconditioner(self, moments, datamodule=None) -> str | None:
-        """Whiten the standardized design by the statistics' R (see `precondition.whitening`); its line, or None.
-
-        Where float32 rows cannot resolve every direction of the table and float64 rows resolve more, a DataModule
-        that can hold its rows in float64 (`hold_float64`) is asked to, and the model trains in float64 too; where
-        it cannot, the line says why.
-        """
+        Where float32 rows cannot resolve the table and float64 rows can, the DataModule is asked to hold its rows in
+        float64 (`precondition.whitening_for`), and the model trains in float64 too."""
+        penalized = bool(self.hparams.l1_strength or self.hparams.l2_strength or self.hparams.weight_decay)
+        line = why_not_qr(moments, self.is_linear, getattr(self.net, "bias", None) is not None, penalized)
+        if line is not None:
+            rank_zero_info(f"precondition qr does not apply: {line}; training without it")
+            return stats
+        stats = stats or standardize.from_moments(moments)  # whitening centres, so it standardizes anyway
         found, line = whitening_for(moments, datamodule)
         if found.precision == "float64":
             self.double()  # the rows' precision all the way: a float32 layer would round what they resolve
-        self.whiten.copy_(found.matrix)
-        self.whitened_rank, self.condition_before = found.rank, found.condition_before
-        self._note_scaling()
-        return line
+        self.design.set_statistics(**stats)  # again if made float64 just now: without float32's rounding
+        self.design.set_whitening(found.matrix, found.rank, found.condition_before)
+        if line:
+            rank_zero_info(line)
+        return stats
 
     def tune_sgd(self, moments, standardized: bool, full_batch: bool) -> None:
         """Resolve `lr: auto` and `momentum: auto` from the loss's Hessian (see optim.py); note the lr it allows."""
         auto = "auto" in (self.lr, self.momentum)
         if moments.method == "moments" and not auto:
             return  # the passes would only serve the divergence advice
-        whitened = (self.whitened_rank, self.condition_before) if self._whitens else None
-        has_bias = self.net.bias is not None
-        eigenvalues, how = optim.hessian_eigenvalues(moments, has_bias, standardized, whitened)
+        whitened = (self.design.whitened_rank, self.design.condition_before) if self.design.whitens else None
+        eigenvalues, how = optim.hessian_eigenvalues(moments, self.net.bias is not None, standardized, whitened)
         self.max_stable_lr = optim.max_stable_lr(eigenvalues)
         if auto:
             self.lr, self.momentum, line = optim.auto_sgd(self.lr, self.momentum, eigenvalues, full_batch, how)
             rank_zero_info(line)
 
-    def set_standardization(
-        self,
-        x_mean: torch.Tensor,
-        x_std: torch.Tensor,
-        y_mean: torch.Tensor,
-        y_std: torch.Tensor,
-        fill: torch.Tensor | None = None,
-    ) -> None:
-        """Store the training statistics the model standardizes with (and the missing-value fills of the inputs)."""
-        for name, value in zip(standardize.STATISTICS, (x_mean, x_std, y_mean, y_std), strict=True):
-            getattr(self, name).copy_(value)
-        if fill is not None and self.encoder is not None:
-            self.encoder.fill.copy_(fill)
-        self._note_scaling()
-
-    def _note_scaling(self) -> None:
-        """Decide once, when the statistics change or load, whether the per-step arithmetic is needed at all."""
-        self._scales = standardize.scales(self.x_mean, self.x_std, self.y_mean, self.y_std)
-        self._whitens = standardize.whitens(getattr(self, "whiten", None))
-        if self._whitens and self.whitened_rank is None:  # loaded from a checkpoint
-            self.whitened_rank = int(torch.linalg.matrix_rank(self.whiten.double()))
-
-    def _standardized(self, x: torch.Tensor) -> torch.Tensor:
-        """Raw inputs (N, in_features) -> the standardized design (N, len(design_names)), whitened if preconditioned."""
-        if self.encoder is not None:
-            x = self.encoder(x)
-        z = standardize.forward(x, self.x_mean, self.x_std) if self._scales else x
-        return z @ self.whiten if self._whitens else z
-
-    def _net_output(self, x: torch.Tensor) -> torch.Tensor:
-        """The network on raw inputs (N, in_features): its output (N, out_features), in standardized units.
-
-        A large batch through the linear layer goes by row blocks (see blocked_linear.py): no copy of its rows.
-        """
-        if x.dtype != self.x_mean.dtype:  # float32 rows for a model trained in float64 (see `set_preconditioner`)
-            x = x.to(self.x_mean.dtype)
-        if self._scales and type(self.net) is nn.Linear and blocked_linear.applies(x):  # not a subclass's forward
-            design = self.encoder(x) if self.encoder is not None else x
-            whiten = self.whiten if self._whitens else None
-            return blocked_linear.standardized_linear(design, self.x_mean, self.x_std, whiten, self.net)
-        return self.net(self._standardized(x))
-
-    def _standardized_target(self, y: torch.Tensor) -> torch.Tensor:
-        if y.dtype != self.y_mean.dtype:  # float32 rows for a model trained in float64 (see `set_preconditioner`)
-            y = y.to(self.y_mean.dtype)
-        return standardize.forward(y, self.y_mean, self.y_std) if self._scales else y  # (B, out_features)
-
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Predict from raw inputs (N, in_features); returns (N, out_features) in original units.
-
-        A categorical input column holds codes: the position of each value in `schema["categories"][column]`.
-        """
-        y = self._net_output(x)
-        return standardize.inverse(y, self.y_mean, self.y_std) if self._scales else y
-
-    @torch.no_grad()
-    def coefficients(self) -> tuple[torch.Tensor, torch.Tensor] | None:
-        """W (out_features, design columns) and b (out_features,) in original units, as float64; None unless linear.
-
-        Callbacks that need coefficients call this and stand aside on None.
-        """
-        if not self.is_linear:
-            return None
-        whiten = self.whiten if self._whitens else None
-        return standardize.coefficients(
-            self.net.weight, self.net.bias, self.x_mean, self.x_std, self.y_mean, self.y_std, whiten
-        )
-
-    @property
-    def is_linear(self) -> bool:
-        """Whether the network is one linear layer: then coefficients, inference and the loss gap mean something."""
-        return isinstance(self.net, nn.Linear)
+        """Predict from raw inputs (N, in_features), a categorical column's cells as codes (positions in
+        `schema["categories"][column]`); returns (N, out_features) in original units."""
+        return self.design.inverse(self.design.through(self.net, x))
 
     def loss_per_output(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        """The training loss of each output, (out_features,): the mean squared error in standardized units.
-
-        Override this in a subclass for another loss (see docs/model.md, "Your own model"): `training_step`
-        averages it over the outputs, adds the penalty and checks it is finite.
-        """
-        return (self._net_output(x) - self._standardized_target(y)).pow(2).mean(dim=0)
+        """The training loss of each output, (out_features,): the mean squared error in standardized units. Override
+        it for another mean over rows (docs/model.md): `training_step` averages it and adds the penalty."""
+        return (self.design.through(self.net, x) - self.design.target(y)).pow(2).mean(dim=0)
 
     def penalty(self) -> torch.Tensor | float:
         """The L1 and L2 penalties on every `weight` (W of the linear model, never b); 0.0 when both are 0."""
@@ -279,34 +169,24 @@ class LinearRegression(L.LightningModule):
         weights = [p for name, p in self.net.named_parameters() if name.endswith("weight")]
         return sum(l1 * w.abs().sum() + l2 * w.pow(2).sum() for w in weights)
 
-    def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
-        x, y = batch
-        every = self.trainer.log_every_n_steps
-        logs = every and (self.global_step + 1) % every == 0
-        if type(self).loss_per_output is LinearRegression.loss_per_output:
-            # The default loss as one fused op, the same mean as loss_per_output(x, y).mean() (every output has
-            # B rows) at two thirds of the cost a step: the per-output means only when this step logs them.
-            prediction, target = self._net_output(x), self._standardized_target(y)
-            loss = nn.functional.mse_loss(prediction, target)
-            per_output = (prediction.detach() - target).pow(2).mean(dim=0) if logs and self._scales else loss
+    def training_step(self, batch: tuple[torch.Tensor, torch.Tensor] | RowBlocks, batch_idx: int) -> torch.Tensor:
+        # A full batch streamed from disk comes as blocks of rows, each freed before the next is read (row_blocks.py).
+        if isinstance(batch, RowBlocks):
+            per_output, loss = summed_over_blocks(self.loss_per_output, batch, self.parameters())
         else:
-            per_output = self.loss_per_output(x, y)
+            per_output = self.loss_per_output(*batch)
             loss = per_output.mean()
-        if self.hparams.l1_strength or self.hparams.l2_strength:
-            loss = loss + self.penalty()
+        loss = loss + self.penalty()
         if not torch.isfinite(loss):
             raise DivergenceError(
                 f"the training loss became {loss.item()} at epoch {self.current_epoch}, step {self.global_step}:"
                 f" training stopped; {optim.lr_advice(self.lr, self.max_stable_lr, self.lr_was_auto)}"
             )
-        # Logged in original target units and before this step's update, as the notebooks print it; only on the
-        # steps the logger writes (every `log_every_n_steps`), as a `self.log` call costs more than this step.
-        if logs:
-            if self._scales:  # in float64: the square of a y_std near 1e20 overflows float32
-                in_units = (per_output.double() * self.y_std.double().square()).mean()
-            else:
-                in_units = per_output.mean()
-            self.log("train/loss", in_units, prog_bar=True, batch_size=len(x))
+        # In original target units and before this step's update, as the notebooks print it; only on the steps the
+        # logger writes (every `log_every_n_steps`): a `self.log` call costs more than a mini-batch step.
+        every = self.trainer.log_every_n_steps
+        if every and (self.global_step + 1) % every == 0:
+            self.log("train/loss", self.design.in_target_units(per_output.detach()), prog_bar=True, batch_size=1)
         return loss
 
     def validation_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
@@ -326,10 +206,8 @@ class LinearRegression(L.LightningModule):
 
     def on_validation_epoch_end(self) -> None:
         # TensorBoard's HPARAMS tab shows `hp_metric`: make it the latest val/loss rather than Lightning's -1.
-        # compute() caches its result, so logging val/loss afterwards does not sync or compute it again.
-        # The value is already synced over DDP ranks; sync_dist only marks it as the same on every rank.
-        val_loss = self.val_metrics["loss"].compute()
-        self.log("hp_metric", val_loss, sync_dist=True)
+        val_loss = self.val_metrics["loss"].compute()  # cached: logging val/loss later does not compute it again
+        self.log("hp_metric", val_loss, sync_dist=True)  # synced over DDP ranks already: sync_dist only says so
         say_if_beyond_float32("val/loss", float(val_loss), self._said_beyond_float32)
 
     def predict_step(self, batch: tuple[torch.Tensor], batch_idx: int) -> torch.Tensor:
@@ -338,14 +216,19 @@ class LinearRegression(L.LightningModule):
     def configure_optimizers(self) -> torch.optim.Optimizer:
         return optim.sgd(self.parameters(), self.lr, self.momentum, self.hparams.weight_decay)
 
-    def optimizer_name(self) -> str:
-        """The class name of the optimizer training this model: `SGD` unless `--optimizer` chose another."""
-        return type(self.trainer.optimizers[0]).__name__
+    @torch.no_grad()
+    def coefficients(self) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """W (out_features, design columns) and b (out_features,) in original units, float64; None unless linear
+        (callbacks that need coefficients call this and stand aside on None)."""
+        return self.design.coefficients(self.net) if self.is_linear else None
+
+    @property
+    def is_linear(self) -> bool:
+        """Whether the network is one linear layer: then coefficients, inference and the loss gap mean something."""
+        return isinstance(self.net, nn.Linear)
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
-        # Never let a diverged state reach disk: the last finite checkpoint stays the newest one. Every tensor
-        # counts, the standardization buffers (y_std, ...) as much as the weights. (Resuming lets the configured
-        # optimizer settings win only where they changed: see `lit_linreg.cli.checkpoint.RunStamp`.)
+        # Never let a diverged state reach disk: the last finite checkpoint stays the newest one. Every tensor counts.
         state = checkpoint["state_dict"]
         bad = [name for name, t in state.items() if t.is_floating_point() and not torch.isfinite(t).all()]
         if bad:
@@ -353,6 +236,9 @@ class LinearRegression(L.LightningModule):
                 f"{', '.join(bad)} became non-finite by the end of epoch {self.current_epoch}: nothing was saved;"
                 " lower --model.lr or standardize the data"
             )
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        upgrade_state_dict(checkpoint["state_dict"])  # written before `design` held the statistics
 
 
 def _checked_schema(schema: dict | None, in_features: int, out_features: int) -> dict:
@@ -376,14 +262,11 @@ def _check_arguments(values: dict) -> None:
             raise ConfigError(f"model.{name} must be {' or '.join(map(repr, choices))}, got {values[name]!r}")
 
 
-def _follow_checkpoint_dtype(module: LinearRegression, state_dict: dict, prefix: str, *args) -> None:
-    """Before `load_state_dict`: a checkpoint trained in float64 (see `set_preconditioner`) makes the model float64,
-    which loading into float32 tensors would round."""
-    saved = state_dict.get(prefix + "x_mean")
-    if saved is not None and saved.dtype == torch.float64 and module.x_mean.dtype != torch.float64:
+def _upgrade_and_follow_dtype(module: LinearRegression, state_dict: dict, prefix: str, *args) -> None:
+    """Before `load_state_dict`: a state_dict written before `design` held the statistics gets its keys renamed,
+    and one trained in float64 (see `LinearRegression._precondition`) makes the model float64, which loading into
+    float32 tensors would round."""
+    upgrade_state_dict(state_dict, prefix)
+    saved = state_dict.get(prefix + "design.x_mean")
+    if saved is not None and saved.dtype == torch.float64 and module.design.x_mean.dtype != torch.float64:
         module.double()
-
-
-def _note_scaling_after_load(module: LinearRegression, incompatible_keys: object) -> None:
-    """After `load_state_dict`: the statistics changed. A function, not a lambda, so the model pickles."""
-    module._note_scaling()

@@ -1,11 +1,10 @@
 """Standardization: the training statistics the model learns inside of, and the maps between their units and the data's.
 
-The model keeps the statistics as buffers of its own, `x_mean`, `x_std`, `y_mean`, `y_std` (and `whiten`, the
-matrix M of `precondition: qr`), under the names every checkpoint has always had: a submodule would rename them.
-These functions are what it does with them. The network sees the standardized design z = (x - x_mean) / x_std,
-times M when whitened, and predicts standardized outputs, which `inverse` takes back to original units; so
-predictions, metrics and checkpoints are in original units whatever the network learns in. `coefficients` is the
-one place that maps the learned W and b back to them.
+The model's `Design` (design.py) keeps the statistics as buffers, `x_mean`, `x_std`, `y_mean`, `y_std` (and
+`whiten`, the matrix M of `precondition: qr`); these functions are what it does with them. The network sees the
+standardized design z = (x - x_mean) / x_std, times M when whitened, and predicts standardized outputs, which
+`inverse` takes back to original units; so predictions, metrics and checkpoints are in original units whatever the
+network learns in. `coefficients` is the one place that maps the learned W and b back to them.
 """
 
 from __future__ import annotations
@@ -14,7 +13,7 @@ import torch
 from torch import nn
 
 STATISTICS = ("x_mean", "x_std", "y_mean", "y_std")
-"""The statistics' buffer names, in the order `set_standardization` takes them."""
+"""The statistics' buffer names, in the order `Design.set_statistics` takes them."""
 
 
 def add_buffers(module: nn.Module, width: int, out_features: int, whiten: bool = False) -> None:

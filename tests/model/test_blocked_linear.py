@@ -54,11 +54,9 @@ def test_a_full_batch_step_saves_no_copy_of_its_rows_for_the_backward_pass(small
     generator = torch.Generator().manual_seed(1)
     x, y = torch.randn(n, d, generator=generator) * 5 + 50, torch.randn(n, 1, generator=generator)
     model = LinearRegression(in_features=d, out_features=1, precondition="qr")
-    model.set_standardization(x.mean(0), x.std(0), y.mean(0), y.std(0))
-    with torch.no_grad():
-        model.whiten.copy_(torch.eye(d) + 0.1)
-    model._note_scaling()
-    assert model._whitens
+    model.design.set_statistics(x.mean(0), x.std(0), y.mean(0), y.std(0))
+    model.design.set_whitening(torch.eye(d) + 0.1, rank=d)
+    assert model.design.whitens
 
     saved: list[torch.Tensor] = []
 
@@ -67,7 +65,7 @@ def test_a_full_batch_step_saves_no_copy_of_its_rows_for_the_backward_pass(small
         return t
 
     with torch.autograd.graph.saved_tensors_hooks(keep, lambda t: t):
-        loss = nn.functional.mse_loss(model._net_output(x), model._standardized_target(y))
+        loss = nn.functional.mse_loss(model.design.through(model.net, x), model.design.target(y))
     loss.backward()
     large = [t for t in saved if t.numel() >= n * d // 2]
     assert large and all(t.untyped_storage().data_ptr() == x.untyped_storage().data_ptr() for t in large)
@@ -76,5 +74,5 @@ def test_a_full_batch_step_saves_no_copy_of_its_rows_for_the_backward_pass(small
     # ... and the same numbers as the plain layer, in float32.
     blocked_grad = model.net.weight.grad.clone()
     model.net.zero_grad()
-    nn.functional.mse_loss(model.net(model._standardized(x)), model._standardized_target(y)).backward()
+    nn.functional.mse_loss(model.net(model.design(x)), model.design.target(y)).backward()
     torch.testing.assert_close(blocked_grad, model.net.weight.grad, rtol=1e-4, atol=1e-6)

@@ -1,9 +1,11 @@
+import csv
+
 import pytest
 import torch
 
 from lit_linreg import CropYieldDataModule, LinearRegression, ToyDataModule
 from lit_linreg.errors import ConfigError
-from tests.conftest import quiet_trainer
+from tests.conftest import ROOT, latest_version, quiet_trainer
 
 X = torch.tensor([[1.0], [2.0], [3.0], [4.0]])
 Y = 2 * X
@@ -57,7 +59,7 @@ def test_l1_penalty_applies_to_weights_not_bias():
 def test_standardized_model_predicts_in_original_units(tmp_path):
     dm = CropYieldDataModule()
     model = fit(LinearRegression(3, 2, lr=0.5), dm, 50, tmp_path)
-    assert model.x_std.sub(1).abs().max() > 1  # statistics really were stored
+    assert model.design.x_std.sub(1).abs().max() > 1  # statistics really were stored
     x, y = dm.splits["train"]
     weight, bias = model.coefficients()
     manual = x.double() @ weight.T + bias
@@ -65,13 +67,14 @@ def test_standardized_model_predicts_in_original_units(tmp_path):
     assert ((model(x) - y) ** 2).mean().item() < 0.4831 * 1.01
 
 
-def test_the_fused_training_loss_is_the_mean_of_the_per_output_losses_and_an_override_replaces_it(tmp_path):
+def test_the_training_loss_is_the_mean_of_the_per_output_losses_and_an_override_replaces_it(tmp_path):
     dm = CropYieldDataModule()
     model = fit(LinearRegression(3, 2, lr=0.5), dm, 3, tmp_path)  # standardized, two outputs: the general case
     x, y = dm.splits["train"]
-    model.trainer.fit_loop.epoch_loop._batches_that_stepped = 0  # a step that does not log: the fused path alone
+    model.trainer.fit_loop.epoch_loop._batches_that_stepped = 0  # a step that does not log
     fused = model.training_step((x, y), 0)
-    assert torch.allclose(fused, model.loss_per_output(x, y).mean(), rtol=1e-6)
+    mse = ((model.design.through(model.net, x) - model.design.target(y)) ** 2).mean()
+    assert torch.allclose(fused, mse, rtol=1e-6)
 
     class Halved(LinearRegression):
         def loss_per_output(self, x, y):
@@ -79,7 +82,7 @@ def test_the_fused_training_loss_is_the_mean_of_the_per_output_losses_and_an_ove
 
     halved = Halved(3, 2)
     halved.load_state_dict(model.state_dict())
-    halved._scales, halved.trainer = model._scales, model.trainer
+    halved.trainer = model.trainer
     assert torch.allclose(halved.training_step((x, y), 0), fused / 2, rtol=1e-6)
 
 
@@ -111,3 +114,22 @@ def test_hyperparameters_are_primitives_only():
         return v is None or isinstance(v, (int, float, str, bool))
 
     assert all(primitive(v) for v in hp.values()), hp
+
+
+OLD_CHECKPOINT = ROOT / "tests" / "fixtures" / "checkpoints" / "houses_before_design.ckpt"
+"""configs/table.yaml with `--data.categorical '[neighbourhood]' --data.missing mean`, written before `design` held
+the statistics: its state_dict has `x_mean`, ..., `whiten` and `encoder.fill` at the top."""
+
+
+def test_a_checkpoint_written_before_the_design_module_loads_and_predicts_as_it_did(run_cli, tmp_path):
+    assert "x_mean" in torch.load(OLD_CHECKPOINT, weights_only=True)["state_dict"]
+    model = LinearRegression.load_from_checkpoint(OLD_CHECKPOINT)
+    assert model.design.whitens and model.design.encoder.fill.abs().sum() > 0
+    table = ["--config", "configs/table.yaml", "--data.categorical", "[neighbourhood]", "--data.missing", "mean"]
+    args = [*table, "--data.predict_path", "data/new_houses.csv", "--ckpt_path", str(OLD_CHECKPOINT)]
+    assert run_cli("predict", *args) == 0
+    with open(latest_version(tmp_path / "runs") / "predictions.csv") as f:
+        predicted = [float(row["predicted_price_k"]) for row in csv.DictReader(f)]
+    with open(OLD_CHECKPOINT.with_name("houses_before_design_predictions.csv")) as f:
+        before = [float(row[1]) for row in csv.reader(f)]  # what the code of its time predicted
+    assert predicted == pytest.approx(before, rel=1e-6)

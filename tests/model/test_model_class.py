@@ -20,8 +20,8 @@ from lit_linreg import LinearRegression
 
 class HuberRegression(LinearRegression):
     def loss_per_output(self, x, y):
-        target = (y - self.y_mean) / self.y_std  # (B, out_features)
-        return F.huber_loss(self.net(self._standardized(x)), target, reduction="none").mean(dim=0)
+        target = self.design.target(y)  # (B, out_features), standardized
+        return F.huber_loss(self.net(self.design(x)), target, reduction="none").mean(dim=0)
 """
 
 # y = 2x + 1 on 30 rows, the last four 100 too high: outliers, where the Huber loss and the MSE part ways.
@@ -58,7 +58,7 @@ def test_a_subclass_named_by_model_trains_with_its_own_loss(run_cli, user_module
     assert run_cli("fit", *data_args(user_module), *args, "--trainer.max_epochs", "1") == 0
     run = latest_version(tmp_path / "runs")
     state = torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)
-    mean, std = state["state_dict"]["y_mean"].item(), state["state_dict"]["y_std"].item()
+    mean, std = state["state_dict"]["design.y_mean"].item(), state["state_dict"]["design.y_std"].item()
     # Step 0 predicts 0 in standardized units (W = 0, b = 0); train/loss is the loss times the target's variance.
     residual = np.abs((Y - mean) / std)
     huber = np.where(residual < 1, 0.5 * residual**2, residual - 0.5).mean() * std**2

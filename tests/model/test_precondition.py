@@ -79,7 +79,7 @@ def test_without_preconditioning_too_few_epochs_print_the_did_not_converge_line(
 def test_a_preconditioned_model_reports_and_predicts_in_original_units(tmp_path):
     write_table(tmp_path / "t.csv", 1e4, targets=2)
     model, dm = fitted(tmp_path / "t.csv", epochs=10, targets=2)  # 0.1 of the error left a step
-    assert model._whitens and model.lr == pytest.approx(0.9 * 2 / 2) and model.momentum == 0  # k = 2 outputs
+    assert model.design.whitens and model.lr == pytest.approx(0.9 * 2 / 2) and model.momentum == 0  # k = 2 outputs
     x, y = (t.double().numpy() for t in dm.splits["train"])
     exact, *_ = np.linalg.lstsq(np.column_stack([np.ones(len(x)), x]), y, rcond=None)  # (1 + d, k)
     weight, bias = (t.numpy() for t in model.coefficients())
@@ -93,9 +93,9 @@ def test_a_preconditioned_model_reports_and_predicts_in_original_units(tmp_path)
 def test_the_whitened_design_has_the_identity_as_its_covariance(tmp_path):
     write_table(tmp_path / "t.csv", 1e8)
     model, dm = fitted(tmp_path / "t.csv", epochs=1)
-    z = model._standardized(dm.splits["train"][0]).double()  # (N, d) what the layer sees
+    z = model.design(dm.splits["train"][0]).double()  # (N, d) what the layer sees
     np.testing.assert_allclose((z.T @ z / len(z)).numpy(), np.eye(5), atol=1e-3)
-    assert model.condition_before == pytest.approx(1e8, rel=0.5)
+    assert model.design.condition_before == pytest.approx(1e8, rel=0.5)
 
 
 def test_mini_batch_sgd_with_momentum_converges_in_whitened_coordinates(tmp_path):
@@ -120,7 +120,7 @@ def test_a_preconditioned_checkpoint_predicts_identically_and_resumes(run_cli, t
     checkpoint = torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)
     model = LinearRegression(**{k: v for k, v in checkpoint["hyper_parameters"].items() if k[0] != "_"})
     model.load_state_dict(checkpoint["state_dict"])
-    assert model._whitens and not torch.equal(model.whiten, torch.eye(5))
+    assert model.design.whitens and not torch.equal(model.design.whiten, torch.eye(5))
     predict = ("predict", "--config", config("table.yaml"), *data, "--data.predict_path", str(tmp_path / "t.csv"))
     assert run_cli(*predict, "--ckpt_path", str(run / "checkpoints" / "last.ckpt"), root=tmp_path) == 0
     with open(latest_version(tmp_path) / "predictions.csv") as f:
@@ -154,7 +154,7 @@ def test_qr_falls_back_for_statistics_too_wide_to_keep_r(tmp_path, caplog, monke
     monkeypatch.setattr(statistics, "EXACT_MAX_COLUMNS", 4)  # 1 + 5 + 1 columns: "moments", as above 2,048
     write_table(tmp_path / "t.csv", 1e2)
     model, dm = fitted(tmp_path / "t.csv", epochs=1)
-    assert dm.train_statistics.method == "moments" and not model._whitens
+    assert dm.train_statistics.method == "moments" and not model.design.whitens
     assert "precondition qr does not apply: 7 columns of [1, X, Y] are too wide" in caplog.text
 
 
@@ -172,7 +172,7 @@ def test_a_table_beyond_float32_is_held_and_trained_in_float64_and_reaches_the_o
     assert float(gap) <= 1e-3 and int(epochs) <= 5
     run = latest_version(tmp_path)
     state = torch.load(next((run / "checkpoints").glob("best-*.ckpt")), weights_only=True)["state_dict"]
-    assert state["net.weight"].dtype == state["x_mean"].dtype == torch.float64
+    assert state["net.weight"].dtype == state["design.x_mean"].dtype == torch.float64
 
     # Predicting from the checkpoint reads the rows in float64 too: the predictions are the optimum's.
     x = np.loadtxt(tmp_path / "t.csv", delimiter=",", skiprows=1)[:, :5]
@@ -183,7 +183,7 @@ def test_a_table_beyond_float32_is_held_and_trained_in_float64_and_reaches_the_o
     checkpoint = torch.load(next((run / "checkpoints").glob("best-*.ckpt")), weights_only=True)
     model = LinearRegression(**{k: v for k, v in checkpoint["hyper_parameters"].items() if k[0] != "_"})
     model.load_state_dict(checkpoint["state_dict"])
-    assert model.x_mean.dtype == torch.float64  # loading follows the checkpoint's dtype
+    assert model.design.x_mean.dtype == torch.float64  # loading follows the checkpoint's dtype
     # Weights of order 1e7 in original units: float32 inputs would move a prediction by about 10, float64 by 1e-7.
     weight, bias = (t.numpy() for t in model.coefficients())
     np.testing.assert_allclose(predicted, x[:20] @ weight[0] + bias[0], rtol=0, atol=1e-5)
@@ -215,10 +215,10 @@ def test_a_float64_fit_keeps_its_missing_value_fills_in_float64_through_training
     data = ("--data.path", str(tmp_path / "t.csv"), "--data.targets", "[y0]", "--data.missing", "mean")
     assert run_cli(*TABLE, *data, root=tmp_path) == 0
     checkpoint = torch.load(latest_version(tmp_path) / "checkpoints" / "last.ckpt", weights_only=True)
-    assert checkpoint["state_dict"]["encoder.fill"].dtype == torch.float64  # the reference's pass left it so
+    assert checkpoint["state_dict"]["design.encoder.fill"].dtype == torch.float64  # the reference's pass left it so
     model = LinearRegression(**{k: v for k, v in checkpoint["hyper_parameters"].items() if k[0] != "_"})
     model.load_state_dict(checkpoint["state_dict"])
-    assert exportable(model).encoder.fill.dtype == torch.float64
+    assert exportable(model).design.encoder.fill.dtype == torch.float64
 
 
 def test_precision_64_true_reads_the_rows_in_float64_from_the_start(run_cli, tmp_path, caplog):
@@ -227,7 +227,7 @@ def test_precision_64_true_reads_the_rows_in_float64_from_the_start(run_cli, tmp
     assert run_cli(*TABLE, *data, root=tmp_path) == 0
     assert "float32 rows" not in caplog.text  # nothing to switch: the rows were float64 already
     state = torch.load(latest_version(tmp_path) / "checkpoints" / "last.ckpt", weights_only=True)["state_dict"]
-    assert state["whiten"].dtype == torch.float64 and torch.linalg.matrix_rank(state["whiten"]) == 5
+    assert state["design.whiten"].dtype == torch.float64 and torch.linalg.matrix_rank(state["design.whiten"]) == 5
 
 
 def test_rows_that_float64_would_not_fit_in_memory_stay_float32_and_the_line_says_why(

@@ -170,7 +170,7 @@ def test_a_text_column_is_used_only_when_listed_as_categorical_and_then_one_hot(
     x, _ = dm.load("fit")["train"]
     codes = x[:, 2]
     assert set(codes.tolist()) == {0.0, 1.0, 2.0}
-    design = model.encoder(x)
+    design = model.design.encoder(x)
     assert torch.equal(design[:, 2], (codes == 1).float()) and torch.equal(design[:, 3], (codes == 2).float())
 
 
@@ -183,8 +183,8 @@ def test_categorical_levels_and_fills_travel_in_a_weights_only_checkpoint(tmp_pa
     assert raw["hyper_parameters"]["schema"]["categories"] == {"origin": ["Europe", "Japan", "USA"]}
     model = LinearRegression.load_from_checkpoint(ckpt, weights_only=True)
     table_means = numeric(cars(), ["weight", "hp"]).mean(axis=0)  # the fills are the training rows' means
-    np.testing.assert_allclose(model.encoder.fill[:2].numpy(), table_means, rtol=0.1)
-    assert model.encoder.fill[2].item() == 0.0  # nothing fills a categorical column
+    np.testing.assert_allclose(model.design.encoder.fill[:2].numpy(), table_means, rtol=0.1)
+    assert model.design.encoder.fill[2].item() == 0.0  # nothing fills a categorical column
 
 
 def test_an_unseen_category_is_refused_naming_value_and_column_unless_mapped_to_zeros(tmp_path, run_cli, capsys):
