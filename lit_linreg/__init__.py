@@ -18,7 +18,7 @@ _EXPORTS = {
     "CropYieldDataModule": "lit_linreg.data.datamodules",
     "InMemoryDataModule": "lit_linreg.data.datamodules",
     "SyntheticDataModule": "lit_linreg.data.datamodules",
-    "TableDataModule": "lit_linreg.data.datamodules",
+    "TableDataModule": "lit_linreg.data.table_datamodule",
     "ToyDataModule": "lit_linreg.data.datamodules",
     "LinearRegression": "lit_linreg.model.module",
     "MLP": "lit_linreg.model.nets",
@@ -39,9 +39,9 @@ if TYPE_CHECKING:
         CropYieldDataModule,
         InMemoryDataModule,
         SyntheticDataModule,
-        TableDataModule,
         ToyDataModule,
     )
+    from lit_linreg.data.table_datamodule import TableDataModule
     from lit_linreg.model.module import LinearRegression
     from lit_linreg.model.nets import MLP
 

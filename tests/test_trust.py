@@ -37,7 +37,8 @@ from lit_linreg.cli import main as cli
 from lit_linreg.cli.checkpoint import BestCheckpoint, LastCheckpoint, claim_run_dir, find_last, load_checkpoint
 from lit_linreg.cli.constraints import constraints_of
 from lit_linreg.cli.main import cli_main, main
-from lit_linreg.data.datamodules import SyntheticDataModule, TableDataModule
+from lit_linreg.data.datamodules import SyntheticDataModule
+from lit_linreg.data.table_datamodule import TableDataModule
 from lit_linreg.model import metrics
 from lit_linreg.model.metrics import R2
 from lit_linreg.model.nets import MLP

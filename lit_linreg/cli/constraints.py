@@ -25,7 +25,7 @@ from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
 
 from lit_linreg.callbacks import CoefficientLogger, FitFigure, LeastSquaresReference
 from lit_linreg.cli.checkpoint import LastCheckpoint
-from lit_linreg.data.datamodules import InMemoryDataModule, SyntheticDataModule, TableDataModule
+from lit_linreg.data.datamodules import InMemoryDataModule, SyntheticDataModule
 from lit_linreg.errors import ConfigError
 from lit_linreg.model.module import LinearRegression
 from lit_linreg.model.nets import MLP
@@ -103,7 +103,6 @@ CONSTRAINTS: dict[type, dict[str, Interval]] = {
     FitFigure: {"max_points": COUNT},
     InMemoryDataModule: {"batch_size": Interval(1, null="full batch"), "seed": SEED},
     SyntheticDataModule: {"n_samples": COUNT, "n_features": COUNT, "n_targets": COUNT},
-    TableDataModule: {"shuffle_buffer": COUNT},
     LinearRegression: {"in_features": COUNT, "out_features": COUNT},
     MLP: {"hidden": COUNT},  # each width
     # torch's optimizers and schedulers a config may name (`--optimizer LBFGS`, `--lr_scheduler StepLR`)
@@ -121,11 +120,17 @@ CONSTRAINTS: dict[type, dict[str, Interval]] = {
 }
 
 
+# Classes named rather than imported: a toy fit does not load the table reader (pyarrow) to check its options.
+CONSTRAINTS_BY_NAME: dict[str, dict[str, Interval]] = {
+    "lit_linreg.data.table_datamodule.TableDataModule": {"shuffle_buffer": COUNT},
+}
+
+
 def constraints_of(cls: type) -> dict[str, Interval]:
     """The rules of `cls`'s integer options: its own entry over those of its bases."""
     rules: dict[str, Interval] = {}
     for base in reversed(cls.__mro__):
-        rules |= CONSTRAINTS.get(base, {})
+        rules |= CONSTRAINTS.get(base, {}) | CONSTRAINTS_BY_NAME.get(f"{base.__module__}.{base.__qualname__}", {})
     return rules
 
 

@@ -15,10 +15,19 @@ import torch
 from lit_linreg.data.in_memory import InMemoryDataModule
 from lit_linreg.data.loader import mixed_seed
 from lit_linreg.data.splits import check_fraction, contiguous_share, split_sizes
-from lit_linreg.data.table_datamodule import TableDataModule
 from lit_linreg.errors import ConfigError
 
-__all__ = ["CropYieldDataModule", "InMemoryDataModule", "SyntheticDataModule", "TableDataModule", "ToyDataModule"]
+__all__ = ["CropYieldDataModule", "InMemoryDataModule", "SyntheticDataModule", "ToyDataModule"]
+
+
+def __getattr__(name: str):
+    # `lit_linreg.datamodules.TableDataModule`, as configs of the flat layout name it, imported on first use: the
+    # notebooks' tables need none of the table reader (pyarrow)
+    if name == "TableDataModule":
+        from lit_linreg.data.table_datamodule import TableDataModule
+
+        return TableDataModule
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 class ToyDataModule(InMemoryDataModule):

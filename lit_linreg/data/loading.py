@@ -11,16 +11,18 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterable, Iterator
+from typing import TYPE_CHECKING
 
 import numpy as np
-import pyarrow as pa
 import torch
 from lightning.pytorch.utilities import rank_zero_info
 
 from lit_linreg.data.rows import RowReader
 from lit_linreg.data.splits import TEST, TRAIN, VAL, check_split_sizes, permuted_splits, split_of
 from lit_linreg.errors import DataError
-from lit_linreg.tables.table import Table
+
+if TYPE_CHECKING:  # a table is read here only when one is given: the notebooks' tables need no pyarrow
+    from lit_linreg.tables.table import Table
 
 STATISTICS_BLOCK = 16384  # rows per update of the statistics pass, at most: a block's float64 copies stay in cache
 STATISTICS_BLOCK_VALUES = 1 << 22  # values per update, at most: 32 MiB of float64 whatever the width
@@ -183,6 +185,8 @@ def load_parquet(
         # message, whatever the blocks. The error path alone reads the table whole.
         reader.read(table, with_targets=True, report=False)
         raise
+    import pyarrow as pa
+
     pa.default_memory_pool().release_unused()  # what pyarrow's allocator kept of the blocks (see parquet.py)
     dropped = n_rows - int(filled.sum())
     if dropped:

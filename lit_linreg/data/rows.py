@@ -7,12 +7,16 @@ for `missing: mean` to fill (NaN), and a value float32 cannot hold refused, nami
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
 from lightning.pytorch.utilities import rank_zero_info
 
 from lit_linreg.errors import ConfigError, DataError
 from lit_linreg.tables.encoding import category_codes
-from lit_linreg.tables.table import Table
+
+if TYPE_CHECKING:  # a table is read here only when one is given: the notebooks' tables need no pyarrow
+    from lit_linreg.tables.table import Table
 
 MISSING = ("drop", "error", "mean")
 UNKNOWN_CATEGORY = ("error", "zeros")

@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import functools
 from pathlib import Path
-
-import pyarrow as pa
-import pyarrow.compute as pc
-import pyarrow.csv as pcsv
+from typing import TYPE_CHECKING
 
 from lit_linreg.errors import DataError
+
+if TYPE_CHECKING:
+    import pyarrow as pa
+
+# pyarrow is imported by the functions that read columns: a toy fit names its prediction columns here too.
 
 # A number as a person writes one in a table: what the text/number vote counts (pyarrow does the parsing).
 _NUMBER = r"^\s*[+-]?(\d+\.?\d*([eE][+-]?\d+)?|\.\d+([eE][+-]?\d+)?|inf|infinity|nan)\s*$"
@@ -22,6 +24,8 @@ _NUMBER = r"^\s*[+-]?(\d+\.?\d*([eE][+-]?\d+)?|\.\d+([eE][+-]?\d+)?|inf|infinity
 
 def kind_of(dtype: pa.DataType) -> str:
     """'number' for integer, float, decimal and all-null columns; 'text' for everything else (dates included)."""
+    import pyarrow as pa
+
     if pa.types.is_integer(dtype) or pa.types.is_floating(dtype) or pa.types.is_decimal(dtype):
         return "number"
     if pa.types.is_null(dtype):
@@ -33,11 +37,17 @@ def kind_of(dtype: pa.DataType) -> str:
 def _null_spellings() -> pa.Array:
     """Blank and pyarrow's null spellings. Made on first use: `pa.array` imports pandas where it is installed,
     about 0.25 s of every run's start-up."""
+    import pyarrow as pa
+    import pyarrow.csv as pcsv
+
     return pa.array(["", *pcsv.ConvertOptions().null_values])
 
 
 def mostly_numbers(column: pa.Array) -> bool:
     """Whether most non-empty cells of a text column are numbers: then a stray word is a bad cell, not text."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
     if pa.types.is_binary(column.type):  # bytes that are not UTF-8: the vote counts the cells that are
         column = pa.array([v.decode("utf-8", "replace") if v is not None else None for v in column.to_pylist()])
     present = pc.drop_null(column)

@@ -27,7 +27,7 @@ from hypothesis import strategies as st
 
 from lit_linreg.cli.checkpoint import find_last
 from lit_linreg.cli.main import main
-from lit_linreg.data.datamodules import TableDataModule
+from lit_linreg.data.table_datamodule import TableDataModule
 from lit_linreg.errors import UserError, find_user_error
 from tests.conftest import QUIET, config, record_fault
 
