@@ -18,6 +18,7 @@ One idea a module:
 - `exact`: the double-double arithmetic behind the exact sums and the refined gradient;
 - `passes`: `RowPasses`, matrix-vector products over the rows for statistics too wide for p x p matrices;
 - `solve`: `LeastSquares`, `solve` (QR with refinement, or conjugate gradient) and `train_mse`;
+- `aliasing`: which columns of a rank-deficient design are estimable, as R's lm keeps them, and the others;
 - `diagnostics`: `Diagnostics`, `diagnose`, the Hessian's and the correlation matrix's spectra, collinear groups;
 - `inference`: `Summary`, `summarize`, as R's summary(lm) and statsmodels' OLS report a fit.
 

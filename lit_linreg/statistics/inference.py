@@ -136,7 +136,7 @@ def summarize(
             df_resid=df_resid,
             df_model=df_model,
             aliased=aliased,
-            singularities=fit.aliasing(names),
+            singularities=fit.singularities(names),
         )
         for i in range(k)
     ]

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from lit_linreg import statistics  # the limits, read through the package when they are used
+from lit_linreg.statistics import aliasing
 from lit_linreg.statistics.exact import _exact_gradient
 from lit_linreg.statistics.moments import SufficientStatistics, _triangular, _uncentred
 
@@ -68,22 +69,15 @@ class LeastSquares:
         """
         weight = np.asarray(weight, dtype=np.float64).reshape(self.weight.shape)
         bias = np.zeros(len(self.bias)) if bias is None else np.asarray(bias, dtype=np.float64).reshape(-1)
-        if not self.aliased:
-            return weight, bias
-        moved = weight[:, list(self.aliased)]  # (k, a)
-        weight = weight.copy()
-        weight[:, list(self.aliased)] = 0.0
-        return weight + moved @ self._alias[:, 1:], bias + moved @ self._alias[:, 0]
+        return aliasing.fold(weight, bias, self.aliased, self._alias) if self.aliased else (weight, bias)
 
-    def aliasing(self, names: Sequence[str] | None = None, most: int = 8) -> str | None:
+    def singularities(self, names: Sequence[str] | None = None, most: int = 8) -> str | None:
         """One line naming the aliased coefficients and what each is a combination of, as R's summary(lm) says
         "2 not defined because of singularities"; None when there are none."""
         if not self.aliased:
             return None
         names = list(names) if names is not None else [f"x{j}" for j in range(self.weight.shape[1])]
-        said = [_combination(names, j, row) for j, row in zip(self.aliased[:most], self._alias, strict=False)]
-        more = f"; and {len(self.aliased) - most} more" if len(self.aliased) > most else ""
-        return f"{len(self.aliased)} not defined because of singularities (NA): {'; '.join(said)}{more}"
+        return aliasing.describe(self.aliased, self._alias, names, most)
 
     @property
     def mse(self) -> float:
@@ -297,64 +291,19 @@ def _estimable_solve(stats: SufficientStatistics, fit_intercept: bool, b: np.nda
     Returns the kept columns' indices, u (len(kept), k), the kept columns' condition number, and the aliased
     columns as combinations (a, 1 + d) of [1, X] (None when none is aliased). The singular values judge the
     rank (below rtol times the largest, q * eps is numpy's `matrix_rank` rule): full rank is back substitution,
-    the most accurate for an ill-conditioned triangle; otherwise `_kept_columns` chooses the columns.
+    the most accurate for an ill-conditioned triangle; otherwise `aliasing.kept_columns` chooses the columns.
     """
     singular = _design_svd(stats, fit_intercept)[1]
     if (singular > singular[0] * rtol).all():
         d = len(singular)
         return np.arange(d), _solve_upper(_standardized(stats, fit_intercept), b), singular[0] / singular[-1], None
     t = _standardized(stats, fit_intercept)
-    kept = _kept_columns(t, singular[0] * rtol)
-    aliased = np.setdiff1d(np.arange(t.shape[1]), kept)
+    kept = aliasing.kept_columns(t, singular[0] * rtol)
     q, r = np.linalg.qr(t[:, kept])  # (d, r), (r, r)
-    u = _solve_upper(r, q.T @ b)
-    beta = _solve_upper(r, q.T @ t[:, aliased])  # (r, a): z_j = sum_k beta_kj z_k, z the standardized columns
-    scale, mean = stats.x_std, stats.x_mean
-    alias = np.zeros((len(aliased), 1 + t.shape[1]))
-    alias[:, 1 + kept] = (beta * scale[aliased] / scale[kept, None]).T  # x_j = sum_k alias_jk x_k (+ constant)
-    if fit_intercept:  # centred columns: the means make up the constant, 0 where it is their rounding
-        alias[:, 0] = mean[aliased] - alias[:, 1:] @ mean
-        alias[np.abs(alias[:, 0]) <= 1e-9 * (np.abs(mean[aliased]) + np.abs(alias[:, 1:]) @ np.abs(mean)), 0] = 0.0
+    beta = _solve_upper(r, q.T @ t[:, np.setdiff1d(np.arange(t.shape[1]), kept)])  # (r, a): the aliased in the kept
+    alias = aliasing.alias_matrix(beta, kept, stats.x_std, stats.x_mean, centred=fit_intercept)
     singular = np.linalg.svd(r, compute_uv=False)
-    return kept, u, singular[0] / singular[-1] if singular[-1] > 0 else np.inf, alias
-
-
-def _kept_columns(t: np.ndarray, tol: float) -> np.ndarray:
-    """The columns of t (q, q) kept in order, each unless it lies within tol of the span of those kept before it.
-
-    As R's lm (LINPACK's dqrdc2 with its limited pivoting) keeps them, so that the first of two equal columns
-    stays and the later one is aliased. Gram-Schmidt, orthogonalized twice (twice is enough): O(q^2 r).
-    """
-    basis = np.empty_like(t)
-    kept: list[int] = []
-    for j in range(t.shape[1]):
-        v = t[:, j].copy()
-        for _ in range(2):
-            done = basis[:, : len(kept)]
-            v -= done @ (done.T @ v)
-        norm = np.linalg.norm(v)
-        if norm > tol:
-            basis[:, len(kept)] = v / norm
-            kept.append(j)
-    return np.array(kept, dtype=np.intp)
-
-
-def _combination(names: list[str], j: int, alias: np.ndarray) -> str:
-    """`b = 2·a - 0.5·x + 3`: aliased feature j as the combination `alias` (1 + d,) of [1, X], to 4 digits;
-    a coefficient below 1e-9 of the largest, rounding, left out."""
-    coefficients = alias[1:]
-    terms = [(c, names[i]) for i, c in enumerate(coefficients) if abs(c) > 1e-9 * np.abs(coefficients).max()]
-    if alias[0] != 0.0:
-        terms.append((alias[0], ""))
-    text = "".join(
-        ("-" if c < 0 else "") * (i == 0)
-        + (" - " if c < 0 else " + ") * (i > 0)
-        + (name if name and f"{abs(c):.4g}" == "1" else f"{abs(c):.4g}" + (f"·{name}" if name else ""))
-        for i, (c, name) in enumerate(terms)
-    )
-    if all(not name for _, name in terms):  # a constant column beside the intercept
-        return f"{names[j]} = {text or 0} (constant)"
-    return f"{names[j]} = {text}"
+    return kept, _solve_upper(r, q.T @ b), singular[0] / singular[-1] if singular[-1] > 0 else np.inf, alias
 
 
 def _refine(

@@ -144,7 +144,7 @@ def test_constant_and_duplicated_columns_are_aliased_and_the_answer_gradient_des
     np.testing.assert_allclose(mapped[1], fit.bias, rtol=1e-9)
     np.testing.assert_allclose(fit.sse, np.square(y - x @ fit.weight.T - fit.bias).sum(0), rtol=1e-10)
     assert (
-        fit.aliasing(["a", "b", "c", "k", "a2"])
+        fit.singularities(["a", "b", "c", "k", "a2"])
         == "2 not defined because of singularities (NA): k = 7 (constant); a2 = a"
     )
 
