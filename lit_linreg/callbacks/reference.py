@@ -90,6 +90,7 @@ class LeastSquaresReference(L.Callback):
         stats = getattr(trainer.datamodule, "train_statistics", None) or statistics_from_loader(trainer, pl_module)
         self.stats, self.has_bias, self.gaps = stats, _has_bias(pl_module), []
         self.stall_epochs: int | None = None  # see `stop_when_stalled`; set with the diagnostics
+        self.stalled = False  # whether `stop_when_stalled` ended the run
         self.log_dir = Path(trainer.log_dir or trainer.default_root_dir)  # a collective: every rank asks here
         if stats.method != "moments":
             self.fit = statistics.solve(stats, self.has_bias)
@@ -180,7 +181,8 @@ class LeastSquaresReference(L.Callback):
             trainer.should_stop |= relative <= self.stop_at_relative_gap
         if self.stall_epochs is not None and len(self.gaps) > self.stall_epochs:
             before = min(self.gaps[: -self.stall_epochs])  # the best gap until `stall_epochs` epochs ago
-            trainer.should_stop |= min(self.gaps[-self.stall_epochs :]) > 0.99 * before
+            self.stalled = min(self.gaps[-self.stall_epochs :]) > 0.99 * before
+            trainer.should_stop |= self.stalled
 
     @rank_zero_only
     def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
@@ -213,7 +215,7 @@ class LeastSquaresReference(L.Callback):
             else:
                 print(line)
                 faster = _faster(pl_module, self.stats, self.has_bias)
-                short = shortfall(self.gaps, self.stop_at_relative_gap, epochs, faster)
+                short = shortfall(self.gaps, self.stop_at_relative_gap, epochs, faster, self.stalled)
                 if short:
                     print(short)
         print(format_table(rows, optimizer))
@@ -237,7 +239,7 @@ class LeastSquaresReference(L.Callback):
         if self.gaps[-1] <= 1.0:
             resolve = f"within the {self.floor.mse:.3g} that {precision} rows resolve"
             return f"reached the {precision} floor: {reached}, {resolve}{closer}"
-        more = _epochs_to(self.gaps, 1.0, epochs)
+        more = None if self.stalled else _epochs_to(self.gaps, 1.0, epochs)
         if more is not None:
             return (
                 f"did not converge: {reached}, {self.gaps[-1]:.3g} times the {precision} floor above the optimum"
@@ -277,7 +279,9 @@ def _val_loss(fit: statistics.LeastSquares, trainer: L.Trainer, pl_module: L.Lig
     return float(total[0] / total[1]) if total[1] > 0 else None
 
 
-def shortfall(gaps: list[float], goal: float | None, epochs: int, faster: str | None = None) -> str | None:
+def shortfall(
+    gaps: list[float], goal: float | None, epochs: int, faster: str | None = None, stalled: bool = False
+) -> str | None:
     """One line for a fit that ended above the relative gap it was asked for; None when it reached it.
 
     It gives the gap reached, the epochs the goal would take at the rate of the later half of the run (heavy
@@ -289,10 +293,11 @@ def shortfall(gaps: list[float], goal: float | None, epochs: int, faster: str | 
         goal: The relative gap asked for (`stop_at_relative_gap`); None asks for none.
         epochs: The epochs the fit ran.
         faster: A flag that converges much faster, e.g. "--model.precondition qr".
+        stalled: Whether `stop_when_stalled` ended the run: its gap has stopped falling, whatever its last rate.
     """
     if goal is None or not gaps or gaps[-1] <= goal:
         return None
-    more = _epochs_to(gaps, goal, epochs)
+    more = None if stalled else _epochs_to(gaps, goal, epochs)
     if more is not None:
         pace = f"at this rate it needs about {more} more epochs"
         flags = [faster, f"--trainer.max_epochs {epochs + more}"]

@@ -24,9 +24,10 @@ def write(path, columns: dict[str, np.ndarray]) -> None:
 
 def fit(run_cli, capsys, tmp_path, columns: dict[str, np.ndarray], *args: str) -> dict:
     """Train the table config on every row of `columns` (target y); what it printed, and both MSEs computed here."""
+    tmp_path.mkdir(exist_ok=True)
     write(tmp_path / "t.csv", columns)
     data = ("--data.path", str(tmp_path / "t.csv"), "--data.targets", "[y]", "--data.val_fraction", "0")
-    assert run_cli("fit", "--config", config("table.yaml"), *data, *args) == 0
+    assert run_cli("fit", "--config", config("table.yaml"), *data, *args, root=tmp_path / "runs") == 0
     out = capsys.readouterr().out
     with open(latest_version(tmp_path / "runs") / "coefficients.csv") as f:
         fitted = {row["term"]: float(row["sgd"]) for row in csv.DictReader(f)}
@@ -113,3 +114,19 @@ def test_an_exact_polynomial_in_float64_gets_closer_than_float32(run_cli, capsys
     said = re.search(r"^relative gap: over the float64 floor (\S+),", run["out"], re.M)
     assert float(said[1]) == pytest.approx(floor, rel=1e-2)
     assert run["train"] - run["optimum"] <= floor and "reached the float64 floor" in run["out"]
+
+
+def test_wampler1_says_which_float32_floor_it_stopped_at_and_float64_rows_get_closer(run_cli, capsys, tmp_path):
+    from tests.statistics.test_statistics import nist
+
+    *_, x, y = nist("Wampler1")  # y = 1 + x + ... + x^5 exactly, x = 0..20: integers float32 holds exactly
+    columns = {f"x{j}": x[:, j] for j in range(5)} | {"y": y}
+    runs = [fit(run_cli, capsys, tmp_path / p, columns, "--trainer.precision", p) for p in ("32-true", "64-true")]
+    for run, eps, name in zip(runs, (FLOAT32_EPS, FLOAT64_EPS), ("float32", "float64"), strict=True):
+        floor = (eps * run["scale"]) ** 2
+        line = re.search(rf"^did not converge: the fit stopped at its {name} floor, train MSE (\S+),", run["out"], re.M)
+        assert float(line[1]) == pytest.approx(run["train"], rel=1e-4)  # the MSE it stopped at, as computed here
+        assert run["gap"] == pytest.approx((run["train"] - run["optimum"]) / floor, rel=1e-2) and run["gap"] > 1
+        assert run["epochs"] <= 40  # stalled: 10 epochs without a 1 % gain
+    assert "--trainer.precision 64-true gets closer" in runs[0]["out"]
+    assert runs[1]["train"] < 1e-12 * runs[0]["train"]  # float64 rows get 1e17 times closer
