@@ -3,7 +3,8 @@
 `experiment` reduces the data config to a fingerprint, so `--ckpt_path last` and `best` resume the same
 experiment and never one trained on other data (see checkpoint_find.py), and a resume says which data files
 changed since. The stamp also records the optimizer and its settings, so a resumed run applies the ones its
-config changed.
+config changed, and the split the fit drew, so that `test` and `validate` refuse rows it trained or validated
+on (`refuse_seen_rows`).
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from typing import Any
 import lightning as L
 from lightning.pytorch.utilities import rank_zero_info
 
+from lit_linreg.data.splits import seen_rows
 from lit_linreg.errors import DataError
 from lit_linreg.tables.table import _parquet_files
 
@@ -82,6 +84,39 @@ def changed_contents(saved: str | None, current: str) -> list[str]:
     return [path for path, content in now.items() if content and before.get(path) and before[path] != content]
 
 
+def split_of(datamodule: Any, experiment: dict[str, str]) -> dict[str, Any] | None:
+    """The split a DataModule draws (its `split`, see `TableDataModule.split`), with its table's [bytes,
+    modification time] from `experiment`'s contents (None if unknown); None for a DataModule without one."""
+    split = getattr(datamodule, "split", None)
+    if not isinstance(split, Mapping):
+        return None
+    try:
+        contents = json.loads(experiment["contents"])
+    except (KeyError, TypeError, ValueError):
+        contents = {}
+    return {**split, "content": contents.get(split.get("table"))}
+
+
+def refuse_seen_rows(checkpoint: Mapping[str, Any], path: str, datamodule: Any, experiment: dict, stage: str) -> None:
+    """Refuse a `test` or `validate` whose rows the checkpoint's fit trained or validated on, in one line.
+
+    What the fit drew is the stamp's `split`; a checkpoint written before the stamp kept it is let through, with
+    one line saying it cannot be checked. A DataModule without a `split` (synthetic data) is not checked.
+    """
+    now = split_of(datamodule, experiment)
+    if stage not in ("test", "validate") or now is None:
+        return
+    stamp = stamp_of(checkpoint)
+    if "split" not in stamp:
+        rank_zero_info(
+            f"{path}: written before checkpoints kept their split: whether its fit saw the {stage} rows is unknown"
+        )
+        return
+    why = seen_rows(stamp["split"], now, stage) if isinstance(stamp["split"], Mapping) else None
+    if why:
+        raise DataError(f"{path}: {why}")
+
+
 def _real_path(value: Any) -> Any:
     if isinstance(value, str | os.PathLike) and os.path.exists(value):  # a file or a Parquet directory
         return os.path.realpath(value)
@@ -120,6 +155,7 @@ class RunStamp(L.Callback):
             "best_model_path": best or "",
             "optimizer": self.optimizer,
             "settings": self.settings,
+            "split": split_of(trainer.datamodule, self.experiment),  # None: a DataModule without one
         }
 
     def on_load_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict) -> None:

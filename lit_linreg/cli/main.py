@@ -49,6 +49,7 @@ from lit_linreg.cli.checkpoint import (
     find_checkpoint,
     load_checkpoint,
 )
+from lit_linreg.cli.checkpoint_stamp import refuse_seen_rows
 from lit_linreg.cli.config_guards import (
     _SECTIONS,
     IMPORT_DENYLIST,

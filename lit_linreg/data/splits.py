@@ -10,9 +10,15 @@ memory, and the splits are the same whatever the world size or whether the table
 
 Under DDP a rank keeps every world_size-th row of a split it read whole (`every_nth`), or makes a contiguous run
 of rows alone (`contiguous_share`, synthetic data).
+
+A checkpoint keeps the split its fit drew (`TableDataModule.split`): `seen_rows` says why a later `test` or
+`validate` would score rows that fit trained or validated on.
 """
 
 from __future__ import annotations
+
+import os
+from collections.abc import Mapping
 
 import numpy as np
 import torch
@@ -114,3 +120,63 @@ def contiguous_share(start: int, stop: int, rank: int, world_size: int) -> tuple
     """The contiguous run of rows `start .. stop - 1` that `rank` of `world_size` holds: equal within one row."""
     n = stop - start
     return start + rank * n // world_size, start + (rank + 1) * n // world_size
+
+
+DRAWN_BY = ("seed", "val_fraction", "test_fraction", "missing")  # what decides, with the table, which rows go where
+
+
+def split_record(datamodule) -> dict:
+    """Which rows each split of a `TableDataModule` holds, as a checkpoint keeps it: `table` (the real path, or the
+    URL), its `DRAWN_BY` settings, and `test_table`, the separate table `test` reads (`test_path`), or None."""
+    test_path = datamodule.test_path if datamodule.test_fraction == 0 else None
+    drawn = {key: getattr(datamodule, key) for key in DRAWN_BY}
+    return {"table": _real_path(datamodule.path), **drawn, "test_table": test_path and _real_path(test_path)}
+
+
+def seen_rows(fit: Mapping, now: Mapping, stage: str) -> str | None:
+    """Why the rows `stage` ("test" or "validate") would score include rows the fit trained or validated on; None
+    when they do not, or cannot have (rows of another table).
+
+    `fit` and `now` are split records (`TableDataModule.split`): `table` (its real path or URL), `content`
+    ([bytes, modification time] or None), the `DRAWN_BY` settings, and `test_table`, the separate table `test`
+    reads (`--data.test_path`), or None. The fit's own held-out rows are those the same table, unchanged, split
+    the same way gives: test its test rows, validate its validation rows.
+    """
+    table = fit.get("table")
+    separate = "on a separate table with --data.test_path"
+    if stage == "test" and now.get("test_table") is not None:
+        if now["test_table"] != table:
+            return None
+        return f"--data.test_path {table} is the table the fit drew its training and validation rows from"
+    if now.get("table") != table:
+        return None
+    if fit.get("content") and now.get("content") and list(fit["content"]) != list(now["content"]):
+        return (
+            f"{table} changed since the fit (its size or modification time), so which of its rows the fit held out"
+            f" is not known: test {separate}, or fit again"
+        )
+    if stage == "test" and not fit.get("test_fraction"):
+        return (
+            f"the fit held out no test rows (--data.test_fraction 0): every row of {table} trained or validated it;"
+            f" hold rows out with --data.test_fraction at fit time, or test {separate}"
+        )
+    if stage == "validate" and not fit.get("val_fraction"):
+        return (
+            "the fit held out no validation rows (--data.val_fraction 0): its validation rows were its training"
+            " rows; hold rows out with --data.val_fraction at fit time"
+        )
+    differ = [key for key in DRAWN_BY if fit.get(key) != now.get(key)]
+    if differ:
+        ours, theirs = (", ".join(f"{key} {split.get(key)}" for key in differ) for split in (now, fit))
+        flags = " ".join(f"--data.{key} {fit.get(key)}" for key in differ)
+        rows, other = ("trained or validated on", f", or {separate}") if stage == "test" else ("trained on", "")
+        return (
+            f"this {stage} splits {table} with {ours}, the fit split it with {theirs}: its {stage} rows include rows"
+            f" the fit {rows}; {stage} with the fit's split ({flags}){other}"
+        )
+    return None
+
+
+def _real_path(path) -> str:
+    """A file's or directory's real path, as the checkpoint's stamp names it; a URL, or a missing path, as given."""
+    return os.path.realpath(path) if os.path.exists(path) else str(path)

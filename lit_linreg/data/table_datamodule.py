@@ -21,7 +21,7 @@ from lightning.pytorch.utilities import rank_zero_info
 from lit_linreg.data.in_memory import InMemoryDataModule
 from lit_linreg.data.loading import Rows, load_csv, load_file, load_parquet, reread_blocks
 from lit_linreg.data.rows import RowReader, check_rules
-from lit_linreg.data.splits import TEST, TRAIN, VAL, check_fractions, every_nth, with_stand_ins
+from lit_linreg.data.splits import TEST, TRAIN, VAL, check_fractions, every_nth, split_record, with_stand_ins
 from lit_linreg.data.streamed_table import StreamedTable, too_large_for_memory
 from lit_linreg.errors import ConfigError
 from lit_linreg.tables.encoding import default_schema
@@ -71,6 +71,7 @@ class TableDataModule(InMemoryDataModule):
     # What a value costs a full-batch fit in memory, measured (`make bench`, the `table` group): its float32 tensor
     # (4), and at most 1.22x that again for the blocks being read and the training step's blocks (2.2x in all).
     BYTES_PER_VALUE = 9
+    split = property(split_record)  # the rows' split, as a checkpoint keeps it (see splits.seen_rows)
 
     def __init__(
         self,
