@@ -26,6 +26,7 @@ from lit_linreg.data.streamed_table import StreamedTable, too_large_for_memory
 from lit_linreg.errors import ConfigError
 from lit_linreg.tables.encoding import default_schema
 from lit_linreg.tables.schema import table_schema
+from lit_linreg.tables.storage import is_url
 from lit_linreg.tables.table import Format, Table
 
 
@@ -42,7 +43,8 @@ class TableDataModule(InMemoryDataModule):
     rows; `predict` uses `predict_path`, else the validation rows.
 
     Args:
-        path: The table: a file, or a directory of Parquet files.
+        path: The table: a file, or a directory of Parquet files; or its URL in an object store
+            (`s3://bucket/prefix/`, `gs://`, `abfs://`, `az://`; see tables/storage.py).
         targets: Columns to predict (numbers).
         features: Input columns; every numeric column that is not a target if None.
         categorical: Text columns to one-hot encode inside the model (added to the features).
@@ -65,6 +67,8 @@ class TableDataModule(InMemoryDataModule):
             rank 0 decides for every rank.
         shuffle_buffer: Rows per shuffle window when streaming, at least (whole row groups).
         schema: The columns a trained model expects; set by the CLI from `--ckpt_path`, never by hand.
+        storage_options: For tables in an object store: its `endpoint` (else AWS_ENDPOINT_URL_S3 or AWS_ENDPOINT_URL
+            for s3://) and `region`. Credentials come from the store's own environment and config files.
     """
 
     MEMORY_SHARE = 0.5  # of the memory available: more than this streams (in_memory: null)
@@ -93,6 +97,7 @@ class TableDataModule(InMemoryDataModule):
         in_memory: bool | None = None,
         shuffle_buffer: int = 262_144,
         schema: dict | None = None,
+        storage_options: dict | None = None,
     ) -> None:
         super().__init__(batch_size=batch_size, standardize=standardize, seed=seed)
         if shuffle_buffer < 1:
@@ -103,12 +108,13 @@ class TableDataModule(InMemoryDataModule):
         self._reread: Table | None = None  # in memory: the table the statistics pass reads its float64 rows from
         check_fractions(val_fraction, test_fraction)
         check_rules(missing, unknown_category)
-        self.path, self.format, self.delimiter = Path(path), format, delimiter
+        self.path, self.format, self.delimiter = _location(path), format, delimiter
+        self.storage_options = storage_options
         self.missing, self.unknown_category = missing, unknown_category
         self.val_fraction, self.test_fraction = val_fraction, test_fraction
         self.test_path, self.predict_path = test_path, predict_path
         self.predict_table = None  # the predict file as written, for predictions.csv
-        self._tables: dict[Path, Table] = {}
+        self._tables: dict[Path | str, Table] = {}
         if schema is not None:  # a trained model's columns: the training file need not exist any more
             self._schema = {**default_schema(schema["features"], schema["targets"]), **schema}
         elif not targets:
@@ -130,10 +136,11 @@ class TableDataModule(InMemoryDataModule):
         """What reads the rows, with the rules as they are now (a test may change `missing` after building)."""
         return RowReader(self._schema, self.missing, self.unknown_category)
 
-    def _table(self, path: Path) -> Table:
-        """The `Table` of `path`, opened (its columns and kinds read) once."""
+    def _table(self, path: Path | str) -> Table:
+        """The `Table` of `path` (or URL), opened (its columns and kinds read) once."""
+        path = _location(path)
         if path not in self._tables:
-            self._tables[path] = Table(path, self.format, self.delimiter)
+            self._tables[path] = Table(path, self.format, self.delimiter, self.storage_options)
         return self._tables[path]
 
     # --- in memory or streamed ----------------------------------------------------------------------------------
@@ -187,12 +194,12 @@ class TableDataModule(InMemoryDataModule):
         """
         reader = self._reader()
         if stage == "predict" and self.predict_path is not None:
-            table = self._table(Path(self.predict_path))
+            table = self._table(self.predict_path)
             predict = load_file(reader, table, dtype=self.dtype)
             self.predict_table = table.read_as_written()
             return every_nth({"predict": predict}, rank, world_size)
         if stage == "test" and self.test_fraction == 0 and self.test_path is not None:
-            test = load_file(reader, self._table(Path(self.test_path)), with_targets=True, dtype=self.dtype)
+            test = load_file(reader, self._table(self.test_path), with_targets=True, dtype=self.dtype)
             return every_nth({"test": test}, rank, world_size)
         table = self._table(self.path)
         if table.format == "parquet":
@@ -229,3 +236,8 @@ class TableDataModule(InMemoryDataModule):
         super().teardown(stage)
         if self._streamed is not None:
             self._streamed.close()
+
+
+def _location(path: str | Path) -> Path | str:
+    """A table's path on this machine, or its URL in an object store as given."""
+    return path if is_url(path) else Path(path)

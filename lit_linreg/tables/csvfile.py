@@ -17,12 +17,14 @@ import pyarrow.csv as pcsv
 
 from lit_linreg.errors import DataError
 from lit_linreg.tables.columns import check_names, kind_of, mostly_numbers
+from lit_linreg.tables.storage import StoredFile, store_error
 
 
 class CsvTable(Protocol):
     """What the reading here needs of a `Table` (table.py), which calls it: no import back up."""
 
-    path: Path
+    path: Path | str  # a URL, in an object store
+    source: Path | StoredFile  # what pyarrow reads (see `source_of`)
     delimiter: str
     columns: list[str]
 
@@ -39,13 +41,19 @@ def parse_options(delimiter: str, handler=None) -> pcsv.ParseOptions:
     return pcsv.ParseOptions(delimiter=delimiter, newlines_in_values=True, invalid_row_handler=handler)
 
 
-def sample(path: Path) -> str:
+def source_of(path: Path | StoredFile) -> str | pa.NativeFile:
+    """What pyarrow reads a CSV file from: its path (pyarrow decompresses as the name says), or an object store's
+    stream of it, read once from start to end (decompressed alike; see storage.py)."""
+    return path.stream() if isinstance(path, StoredFile) else str(path)
+
+
+def sample(path: Path | StoredFile) -> str:
     """The first lines of a (possibly compressed) text file, whole lines only, for sniffing."""
     try:
-        with pa.input_stream(str(path), compression="detect") as stream:
+        with pa.input_stream(source_of(path), compression="detect") as stream:
             data = stream.read(SAMPLE_BYTES // 16)
     except (pa.ArrowInvalid, OSError) as err:
-        raise DataError(f"{path}: cannot read: {err}") from None
+        raise DataError(store_error(str(path), err) or f"{path}: cannot read: {err}") from None
     if not data.strip():
         raise DataError(f"{path}: the file is empty; expected a header line of column names")
     text = data.decode("utf-8-sig", errors="replace")
@@ -75,11 +83,11 @@ def sniff_delimiter(sample: str) -> str:
     return best
 
 
-def column_kinds(path: Path, delimiter: str) -> tuple[pa.Schema, dict[str, str]]:
+def column_kinds(path: Path | StoredFile, delimiter: str) -> tuple[pa.Schema, dict[str, str]]:
     """Column kinds from the first block: pyarrow's inference, then a vote for columns it calls text."""
     try:
         reader = pcsv.open_csv(
-            path,
+            source_of(path),
             read_options=pcsv.ReadOptions(block_size=SAMPLE_BYTES, use_threads=False),
             parse_options=parse_options(delimiter),
         )
@@ -115,7 +123,7 @@ def read_columns(table: CsvTable, numeric: list[str], text: list[str], as_writte
         types = {n: pa.string() if n in as_text or n in text else pa.float64() for n in columns}
         try:
             read = pcsv.read_csv(
-                table.path,
+                source_of(table.source),
                 parse_options=parse_options(table.delimiter),
                 convert_options=pcsv.ConvertOptions(
                     include_columns=columns, column_types=types, strings_can_be_null=not as_written
@@ -127,18 +135,20 @@ def read_columns(table: CsvTable, numeric: list[str], text: list[str], as_writte
             if found and "invalid UTF8" in str(err):
                 _refuse_invalid_utf8(table, table.columns[int(found.group(1))])
             if not found or table.columns[int(found.group(1))] in as_text:
-                raise DataError(explain(table.path, table.delimiter, err)) from None
+                raise DataError(explain(table.source, table.delimiter, err)) from None
             as_text.add(table.columns[int(found.group(1))])
         except OSError as err:
-            raise DataError(explain(table.path, table.delimiter, err)) from None
+            raise DataError(explain(table.source, table.delimiter, err)) from None
     for name in as_text:  # a cell of spaces is missing; anything else that is not a number is refused
         read = read.set_column(read.schema.get_field_index(name), name, table.to_float(read.column(name), name))
     return read
 
 
-def explain(path: Path, delimiter: str, err: Exception) -> str:
+def explain(path: Path | StoredFile, delimiter: str, err: Exception) -> str:
     """One line for what pyarrow refused while parsing CSV text (not a value's conversion)."""
     message = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+    if isinstance(path, StoredFile) and (said := store_error(path.url, err)):
+        return said
     if isinstance(err, OSError) and not isinstance(err, pa.ArrowException):
         return f"{path}: cannot read: {err.strerror or err}"
     if "Empty CSV file" in message:
@@ -152,7 +162,7 @@ def explain(path: Path, delimiter: str, err: Exception) -> str:
     return f"{path}: {message.removeprefix('CSV parse error: ')}"
 
 
-def _first_bad_row(path: Path, delimiter: str) -> tuple[int, int, int] | None:
+def _first_bad_row(path: Path | StoredFile, delimiter: str) -> tuple[int, int, int] | None:
     """(row, expected, actual) of the first row with the wrong number of fields, read single-threaded.
 
     Only the single-threaded reader knows row numbers, so this runs on the error path alone.
@@ -165,7 +175,9 @@ def _first_bad_row(path: Path, delimiter: str) -> tuple[int, int, int] | None:
 
     try:
         pcsv.read_csv(
-            path, read_options=pcsv.ReadOptions(use_threads=False), parse_options=parse_options(delimiter, handler)
+            source_of(path),
+            read_options=pcsv.ReadOptions(use_threads=False),
+            parse_options=parse_options(delimiter, handler),
         )
     except (pa.ArrowInvalid, OSError):  # the handler saw the bad row first, if there is one
         pass
@@ -175,7 +187,7 @@ def _first_bad_row(path: Path, delimiter: str) -> tuple[int, int, int] | None:
 def _refuse_invalid_utf8(table: CsvTable, name: str) -> None:
     """Raise a DataError naming the first cell of column `name` that is not UTF-8 text (error path only)."""
     cells = pcsv.read_csv(
-        table.path,
+        source_of(table.source),
         parse_options=parse_options(table.delimiter),
         convert_options=pcsv.ConvertOptions(include_columns=[name], column_types={name: pa.binary()}),
     ).column(name)

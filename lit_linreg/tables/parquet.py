@@ -6,13 +6,18 @@ contiguous in the table's order (files sorted by name, row groups in file order)
 groups allow. The shares cover every row group exactly once, whatever the world size. Only the files' footers
 are read to decide it, on every rank alike, so the ranks agree without talking. Which split a row belongs to is
 a hash of its row number (see splits.py), so a rank or a stream decides its rows alone.
+
+A table in an object store (storage.py) is read the same way, a file at a time through its `StoredFile`: the
+footers, then only the byte ranges of the row groups read, each row group's column chunks fetched together
+(pre-buffered: a few ranged requests a row group, not one a page).
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from itertools import groupby
 from pathlib import Path
 
@@ -20,6 +25,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from lit_linreg.errors import DataError
+from lit_linreg.tables.storage import StoredFile, store_error
 
 READ_BUFFER = 1 << 16  # bytes a file is read by when a table is read block by block (`read_blocks`)
 
@@ -32,6 +38,7 @@ class RowGroup:
     index: int
     first_row: int
     n_rows: int
+    stored: StoredFile | None = field(default=None, compare=False, repr=False)  # in an object store: how to open it
 
 
 def parquet_files(path: Path) -> list[Path]:
@@ -48,15 +55,15 @@ def parquet_files(path: Path) -> list[Path]:
     return files
 
 
-def read_schema(path: Path) -> pa.Schema:
-    """The columns of a Parquet file or directory, refusing files whose columns differ."""
-    files = parquet_files(path)
+def read_schema(files: list[Path | StoredFile]) -> pa.Schema:
+    """The columns of a table's Parquet files, refusing files whose columns differ."""
     schema = None
     for file in files:
         try:
-            read = pq.read_schema(file)
+            with _opened(file) as source:
+                read = pq.read_schema(source)
         except (pa.ArrowInvalid, OSError) as err:
-            raise DataError(f"{file}: not a readable Parquet file ({str(err).strip().splitlines()[0]})") from None
+            raise _unreadable(file, err) from None
         if schema is None:
             schema = read
         elif [(f.name, f.type) for f in read] != [(f.name, f.type) for f in schema]:  # nullable or not: alike
@@ -69,29 +76,34 @@ def read_schema(path: Path) -> pa.Schema:
     return schema
 
 
-def read_table(path: Path, columns: list[str], groups: list[RowGroup] | None = None) -> pa.Table:
+def read_table(files: list[Path | StoredFile], columns: list[str], groups: list[RowGroup] | None = None) -> pa.Table:
     """The named columns of the whole table, or of `groups` alone."""
     if groups is not None:
         return read_groups(groups, columns)
-    try:
-        parts = [pq.read_table(file, columns=columns) for file in parquet_files(path)]
-        return pa.concat_tables(parts, promote_options="default")  # a column required in one file, nullable in another
-    except (pa.ArrowInvalid, OSError) as err:
-        raise DataError(f"{path}: not a readable Parquet file ({str(err).strip().splitlines()[0]})") from None
+    parts = []
+    for file in files:
+        try:
+            with _opened(file) as source:
+                parts.append(pq.read_table(source, columns=columns))
+        except (pa.ArrowInvalid, OSError) as err:
+            raise _unreadable(file, err) from None
+    return pa.concat_tables(parts, promote_options="default")  # a column required in one file, nullable in another
 
 
-def row_groups(files: list[Path]) -> list[RowGroup]:
+def row_groups(files: list[Path | StoredFile]) -> list[RowGroup]:
     """Every row group of `files`, in table order, from the footers alone."""
     groups, first = [], 0
     for file in files:
         try:
-            metadata = pq.ParquetFile(file).metadata
+            with _opened(file) as source:
+                metadata = pq.ParquetFile(source).metadata
         except (pa.ArrowInvalid, OSError) as err:
-            raise DataError(f"{file}: not a readable Parquet file ({str(err).strip().splitlines()[0]})") from None
+            raise _unreadable(file, err) from None
+        stored = file if isinstance(file, StoredFile) else None
         for index in range(metadata.num_row_groups):
             n = metadata.row_group(index).num_rows
             if n:
-                groups.append(RowGroup(str(file), index, first, n))
+                groups.append(RowGroup(str(file), index, first, n, stored))
                 first += n
     return groups
 
@@ -104,8 +116,8 @@ def rank_share(groups: list[RowGroup], rank: int, world_size: int) -> list[RowGr
     ]
     if not share:
         raise DataError(
-            f"{Path(groups[0].file).parent if groups else 'the table'}: {len(groups)} row groups cannot give each of"
-            f" {world_size} ranks one; rewrite it with smaller row groups"
+            f"{os.path.dirname(groups[0].file) if groups else 'the table'}: {len(groups)} row groups cannot give"
+            f" each of {world_size} ranks one; rewrite it with smaller row groups"
             " (python -m lit_linreg.tables.convert TABLE DIR --rows-per-group N)"
         )
     return share
@@ -121,19 +133,16 @@ def read_groups(
     `use_threads`: decode the columns in pyarrow's thread pool, or in the calling thread alone.
     """
     files = {} if files is None else files
-
-    def opened(file: str) -> pq.ParquetFile:
-        if file not in files:
-            files[file] = pq.ParquetFile(file).metadata
-        return pq.ParquetFile(file, metadata=files[file])
-
-    try:
-        parts = [
-            opened(file).read_row_groups([g.index for g in run], columns=columns, use_threads=use_threads)
-            for file, run in ((file, list(run)) for file, run in groupby(groups, key=lambda g: g.file))
-        ]
-    except (pa.ArrowInvalid, OSError) as err:
-        raise DataError(f"{groups[0].file}: not a readable Parquet file ({str(err).strip().splitlines()[0]})") from None
+    parts = []
+    for file, run in groupby(groups, key=lambda g: g.file):
+        run = list(run)
+        try:
+            with _opened(run[0].stored or file) as source:
+                reader = pq.ParquetFile(source, metadata=files.get(file))  # pre-buffered: see the module docstring
+                files.setdefault(file, reader.metadata)
+                parts.append(reader.read_row_groups([g.index for g in run], columns=columns, use_threads=use_threads))
+        except (pa.ArrowInvalid, OSError) as err:
+            raise _unreadable(run[0].stored or file, err) from None
     return pa.concat_tables(parts, promote_options="default")  # a column required in one file, nullable in another
 
 
@@ -147,16 +156,37 @@ def read_blocks(groups: list[RowGroup], columns: list[str], rows: int) -> Iterat
     for file, run in groupby(groups, key=lambda g: g.file):
         run = list(run)
         first = run[0].first_row
+        # Local: not pre-buffered, or pyarrow would read every requested row group's bytes at once (the whole file,
+        # 69 MiB held for a 49 MiB file of pyarrow's defaults, measured); a 64 KiB buffered stream holds 22. In an
+        # object store, a 64 KiB read is a request: each row group's column chunks are fetched together instead,
+        # one row group at a time, so what is held is one row group's compressed bytes.
+        stored = run[0].stored
+        runs = [[g.index] for g in run] if stored is not None else [[g.index for g in run]]
         try:
-            # Not pre-buffered: pyarrow would read every requested row group's bytes at once (the whole file,
-            # 69 MiB held for a 49 MiB file of pyarrow's defaults, measured); a 64 KiB buffered stream holds 22.
-            with pq.ParquetFile(file, pre_buffer=False, buffer_size=READ_BUFFER) as reader:
-                groups_read = [g.index for g in run]
-                for batch in reader.iter_batches(rows, row_groups=groups_read, columns=columns, use_threads=False):
-                    yield first, pa.Table.from_batches([batch])
-                    first += batch.num_rows
-                    # pyarrow's allocator (mimalloc) keeps what the block's decoding freed for reuse: given back
-                    # now, a table read block after block leaves about one block resident, not a few hundred MiB.
-                    pa.default_memory_pool().release_unused()
+            with _opened(stored or file) as source:
+                options = {"pre_buffer": stored is not None, "buffer_size": 0 if stored is not None else READ_BUFFER}
+                with pq.ParquetFile(source, **options) as reader:
+                    for indices in runs:
+                        for batch in reader.iter_batches(rows, row_groups=indices, columns=columns, use_threads=False):
+                            yield first, pa.Table.from_batches([batch])
+                            first += batch.num_rows
+                            # pyarrow's allocator (mimalloc) keeps what the block's decoding freed for reuse: given
+                            # back now, a table read block after block leaves about one block resident, not a few
+                            # hundred MiB.
+                            pa.default_memory_pool().release_unused()
         except (pa.ArrowInvalid, OSError) as err:
-            raise DataError(f"{file}: not a readable Parquet file ({str(err).strip().splitlines()[0]})") from None
+            raise _unreadable(stored or file, err) from None
+
+
+def _opened(file: str | Path | StoredFile):
+    """A context giving what pyarrow reads `file` from: its path, or an object store's file opened (and closed)."""
+    if isinstance(file, StoredFile):
+        return contextlib.closing(file.open())
+    return contextlib.nullcontext(str(file))
+
+
+def _unreadable(file: str | Path | StoredFile, err: Exception) -> DataError:
+    """One line for a file pyarrow could not read: what the store answered, or why it is not Parquet."""
+    if isinstance(file, StoredFile) and (message := store_error(file.url, err)):
+        return DataError(message)
+    return DataError(f"{file}: not a readable Parquet file ({str(err).strip().splitlines()[0]})")

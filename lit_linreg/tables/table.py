@@ -1,4 +1,5 @@
-"""Reading a user's table: CSV (any one-character delimiter), TSV, either gzipped, Parquet files and directories.
+"""Reading a user's table: CSV (any one-character delimiter), TSV, either gzipped, Parquet files and directories,
+on this machine or in an object store (`s3://bucket/prefix/`, `gs://`, `abfs://`, `az://`: see storage.py).
 
 pyarrow does the reading (see csvfile.py and parquet.py for what each format needs). A `Table` knows its
 columns and their kinds (see columns.py) before any row is read in full, turns what pyarrow refuses into one
@@ -24,7 +25,7 @@ import pyarrow.compute as pc
 import pyarrow.csv as pcsv
 
 from lit_linreg.errors import DataError
-from lit_linreg.tables import csvfile
+from lit_linreg.tables import csvfile, storage
 from lit_linreg.tables.columns import check_names, kind_of
 from lit_linreg.tables.csvfile import sniff_delimiter
 
@@ -33,13 +34,16 @@ FORMATS = ("csv", "tsv", "parquet")
 BLOCK_ROWS = 16384  # rows of a Parquet table read at a time (`Table.blocks`): 4 MiB of float64 for 33 columns
 
 
-def table_format(path: Path, format: Format | None = None) -> Format:
-    """The format of `path`: `format` if given, else from its extension (after `.gz`); a directory is Parquet."""
+def table_format(path: Path, format: Format | None = None, is_dir: bool | None = None) -> Format:
+    """The format of `path`: `format` if given, else from its extension (after `.gz`); a directory is Parquet.
+
+    `is_dir`: whether `path` is a directory (an object store's prefix), if known; else asked of the file system.
+    """
     if format is not None:
         if format not in FORMATS:
             raise DataError(f"data.format must be one of {', '.join(FORMATS)}, got {format!r}")
         return format
-    if path.is_dir():
+    if path.is_dir() if is_dir is None else is_dir:
         return "parquet"
     suffixes = [s.lower() for s in path.suffixes]
     if suffixes[-1:] in ([".gz"], [".bz2"]):
@@ -72,16 +76,32 @@ class Table:
     """A user's table, known by its columns and their kinds before any row is read in full.
 
     Args:
-        path: A CSV/TSV file (optionally `.gz`), a Parquet file, or a directory of Parquet files.
+        path: A CSV/TSV file (optionally `.gz`), a Parquet file, or a directory of Parquet files; or the URL of one
+            in an object store (a directory: a prefix).
         format: "csv", "tsv" or "parquet"; chosen from the extension if None.
         delimiter: One character separating CSV fields; sniffed from the first lines if None.
+        storage_options: For a URL, the store's `endpoint` and `region` (see storage.py); never credentials.
     """
 
-    def __init__(self, path: str | Path, format: Format | None = None, delimiter: str | None = None) -> None:
-        self.path = Path(path)
-        check_readable(self.path)
-        self.format = table_format(self.path, format)
-        if self.format != "parquet" and self.path.is_dir():
+    def __init__(
+        self,
+        path: str | Path,
+        format: Format | None = None,
+        delimiter: str | None = None,
+        storage_options: dict | None = None,
+    ) -> None:
+        self._files: list | None = None  # the Parquet files, once listed (see `files`)
+        self.source: Path | storage.StoredFile  # what pyarrow reads: a path, or a file or prefix in an object store
+        if storage.is_url(path):
+            self.path = str(path)  # the URL as given, as messages name it
+            self.source = storage.locate(self.path, storage_options)
+            is_dir = self.source.is_dir
+        else:
+            self.path = self.source = Path(path)
+            check_readable(self.path)
+            is_dir = self.path.is_dir()
+        self.format = table_format(Path(self.path), format, is_dir)
+        if self.format != "parquet" and is_dir:
             raise DataError(f"{self.path}: is a directory; a directory is read as Parquet (--data.format parquet)")
         if delimiter is not None and len(delimiter) != 1:
             raise DataError(f"data.delimiter must be one character, got {delimiter!r}")
@@ -89,14 +109,15 @@ class Table:
             from lit_linreg.tables.parquet import read_schema
 
             self.delimiter = None
-            self.schema = read_schema(self.path)
+            self.schema = read_schema(self.files())
             self.kinds = {f.name: kind_of(f.type) for f in self.schema}
         else:
-            sample = csvfile.sample(self.path)
+            sample = csvfile.sample(self.source)
             self.delimiter = delimiter or ("\t" if self.format == "tsv" else sniff_delimiter(sample))
-            self.schema, self.kinds = csvfile.column_kinds(self.path, self.delimiter)
+            self.schema, self.kinds = csvfile.column_kinds(self.source, self.delimiter)
         self.columns = list(self.kinds)
         self.groups = None  # the row groups this view reads (see `share`); None: every row
+        self._all_groups: list | None = None  # every row group, once read from the footers (see `row_groups`)
         self.first_row = 0  # the table's row number of this view's first row
         if self.format == "parquet":
             check_names(self.path, self.schema.names)
@@ -108,10 +129,29 @@ class Table:
         return self.view(parquet.rank_share(self.row_groups(), rank, world_size))
 
     def row_groups(self) -> list:
-        """Every row group of a Parquet table, in the table's order, from the files' footers (see parquet.py)."""
+        """Every row group of a Parquet table, in the table's order, from the files' footers (see parquet.py).
+
+        Read once: over a network, each file's footer is a request or two.
+        """
         from lit_linreg.tables import parquet
 
-        return parquet.row_groups(_parquet_files(self.path))
+        if self._all_groups is None:
+            self._all_groups = parquet.row_groups(self.files())
+        return self._all_groups
+
+    def files(self) -> list[Path | storage.StoredFile]:
+        """The Parquet files of this table (see parquet.py): its local paths, or its files in an object store.
+
+        Listed once: an object store's files keep the versions first read of them (see storage.py).
+        """
+        if self._files is None:
+            if isinstance(self.source, Path):
+                self._files = _parquet_files(self.source)
+            else:
+                self._files = self.source.listing() if self.source.is_dir else [self.source]
+                if not self._files:
+                    raise DataError(f"{self.path}: the prefix holds no Parquet files")
+        return self._files
 
     def view(self, groups: list) -> Table:
         """The same table, reading only `groups`: contiguous row groups, in the table's order."""
@@ -177,7 +217,7 @@ class Table:
             return csvfile.read_columns(self, numeric, text, as_written)
         from lit_linreg.tables.parquet import read_table
 
-        table = read_table(self.path, list(dict.fromkeys([*numeric, *text])), self.groups)
+        table = read_table(self.files(), list(dict.fromkeys([*numeric, *text])), self.groups)
         return table if as_written else self._parquet_types(table, numeric, text)
 
     def _parquet_types(self, table: pa.Table, numeric: list[str], text: list[str]) -> pa.Table:

@@ -1,0 +1,153 @@
+"""Tables in an object store, read from a real S3-compatible server on a loopback port (see conftest.py)."""
+
+from __future__ import annotations
+
+import re
+import uuid
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+import torch
+
+from lit_linreg import TableDataModule
+from lit_linreg.cli.checkpoint import find_last
+from lit_linreg.data.streamed_table import StreamedTable
+from lit_linreg.errors import ConfigError
+from tests.conftest import config, record_fault
+
+
+def regression_table(directory, n_rows: int = 16_000, rows_per_group: int = 1000, files: int = 4):
+    """A generated regression table as a Parquet directory of `files` files (x0..x5, y)."""
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(n_rows, 6)) * rng.uniform(0.5, 20, size=6)
+    y = x @ rng.normal(size=6) + 3.0 + rng.normal(scale=5.0, size=n_rows)
+    columns = {f"x{j}": x[:, j] for j in range(6)} | {"y": y}
+    directory.mkdir()
+    for i, rows in enumerate(np.array_split(np.arange(n_rows), files)):
+        part = pa.table({name: values[rows] for name, values in columns.items()})
+        pq.write_table(part, directory / f"part-{i}.parquet", row_group_size=rows_per_group)
+    return directory
+
+
+def bucket_name() -> str:
+    return f"t-{uuid.uuid4().hex[:12]}"
+
+
+def refused(run_cli, capsys, args: list[str]) -> str:
+    """The one-line error of a fit that must be refused with exit 2."""
+    capsys.readouterr()
+    code = run_cli("fit", "--config", config("table.yaml"), "--data.targets", "[y]", *args)
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and "Traceback" not in err, err
+    assert err.splitlines()[-1].startswith("lit-linreg: error: "), err
+    record_fault("bad_inputs")
+    return err.splitlines()[-1]
+
+
+def weights(root):
+    return torch.load(find_last(root), weights_only=True)["state_dict"]
+
+
+# --- The same answer from a bucket as from disk ----------------------------------------------------------------------
+def test_a_table_in_a_bucket_loads_the_bit_identical_rows_of_the_same_table_on_disk_in_memory_and_streamed(
+    store, tmp_path
+):
+    local = regression_table(tmp_path / "table", n_rows=8000)
+    url = store.upload(local, bucket_name(), "sales/table/")
+    on_disk, in_bucket = (TableDataModule(str(path), targets=["y"], seed=3) for path in (local, url))
+    for split, tensors in on_disk.load("fit").items():
+        assert all(torch.equal(a, b) for a, b in zip(tensors, in_bucket.load("fit")[split], strict=True)), split
+    streams = [
+        StreamedTable(dm._table(dm.path), dm._reader(), 3, dm._fractions, 0, 1, 1000) for dm in (on_disk, in_bucket)
+    ]
+    for streamed in streams:
+        streamed.count()
+    assert np.array_equal(*(s.counts for s in streams))
+    for a, b in zip(*(s.groups for s in streams), strict=True):
+        (xa, ya), _ = streams[0].split_rows(a, 0)
+        (xb, yb), _ = streams[1].split_rows(b, 0)
+        assert torch.equal(xa, xb) and torch.equal(ya, yb)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("in_memory", ["true", "false"], ids=["memory", "stream"])
+def test_a_table_in_a_bucket_fits_to_the_bit_identical_weights_of_the_same_table_on_disk(
+    store, run_cli, tmp_path, in_memory
+):
+    local = regression_table(tmp_path / "table")
+    url = store.upload(local, bucket_name(), "sales/table/")
+    fit = ["--config", config("table.yaml"), "--data.targets", "[y]", "--data.in_memory", in_memory]
+    fit += ["--data.batch_size", "2000", "--trainer.max_epochs", "3"]
+    assert run_cli("fit", *fit, "--data.path", str(local), root=tmp_path / "disk") == 0
+    assert run_cli("fit", *fit, "--data.path", url, root=tmp_path / "bucket") == 0
+    on_disk, in_bucket = weights(tmp_path / "disk"), weights(tmp_path / "bucket")
+    assert on_disk.keys() == in_bucket.keys()
+    assert all(torch.equal(on_disk[k], in_bucket[k]) for k in on_disk)
+    assert store.requests_for(url.removeprefix("s3://").split("/")[0])  # read from the store, not from a cache
+
+
+def test_the_endpoint_and_region_come_from_storage_options_and_credentials_never_do(store, run_cli, tmp_path, capsys):
+    url = store.upload(regression_table(tmp_path / "table", n_rows=4000), bucket_name(), "t")
+    with pytest.MonkeyPatch.context() as env:
+        env.delenv("AWS_ENDPOINT_URL")
+        options = {"endpoint": store.endpoint, "region": "eu-west-1"}
+        assert len(TableDataModule(url, targets=["y"], storage_options=options).load("fit")["train"][0]) > 3000
+    with pytest.raises(ConfigError, match=r"takes endpoint and region, not secret_key: credentials come from"):
+        TableDataModule(url, targets=["y"], storage_options={"secret_key": "s"})
+    err = refused(run_cli, capsys, ["--data.path", f"{url}?access_key=a&secret_key=s"])
+    assert "a URL with a query (?...) is refused" in err and "secret" not in err
+
+
+# --- Each rank fetches only its own row groups ------------------------------------------------------------------------
+def group_ranges(local_file) -> list[tuple[int, int]]:
+    """The byte range [start, end) of each row group's column chunks in a local Parquet file."""
+    metadata = pq.ParquetFile(local_file).metadata
+    ranges = []
+    for g in range(metadata.num_row_groups):
+        chunks = [metadata.row_group(g).column(c) for c in range(metadata.num_columns)]
+        starts = [c.dictionary_page_offset if c.has_dictionary_page else c.data_page_offset for c in chunks]
+        ranges.append((min(starts), max(s + c.total_compressed_size for s, c in zip(starts, chunks, strict=True))))
+    return ranges
+
+
+def fetched(store, key: str, size: int) -> list[tuple[int, int]]:
+    """The byte ranges [start, end) of object `key` that GET requests fetched, but those ending at its end (footers)."""
+    ranges = []
+    for request in store.requests_for(key):
+        start, end = map(int, re.fullmatch(r"bytes=(\d+)-(\d+)", request.range).groups())
+        if end + 1 < size:
+            ranges.append((start, end + 1))
+    return ranges
+
+
+@pytest.mark.parametrize("streamed", [False, True], ids=["memory", "stream"])
+def test_two_ranks_each_fetch_only_their_own_row_groups_from_the_bucket(store, tmp_path, streamed):
+    local = regression_table(tmp_path / "table", n_rows=32_000, rows_per_group=2000, files=2)
+    bucket = bucket_name()
+    url = store.upload(local, bucket, "t")
+    files = sorted(local.glob("*.parquet"))
+    groups = {f.name: group_ranges(f) for f in files}  # 8 row groups a file, 16 in all: 8 a rank
+    mine = {}
+    for rank in (0, 1):
+        dm = TableDataModule(url, targets=["y"], val_fraction=0.25, seed=1)
+        table = dm._table(url)
+        share = table.share(rank, 2).groups
+        store.served.clear()
+        if streamed:
+            streamed_table = StreamedTable(table, dm._reader(), dm.seed, dm._fractions, rank, 2, 1000)
+            streamed_table.count()
+            for group in streamed_table.groups:
+                streamed_table.split_rows(group, 0)
+        else:
+            dm.load_share("fit", rank, 2)
+        mine[rank] = {(g.file.rsplit("/", 1)[1], g.index) for g in share}
+        for f in files:
+            ranges = fetched(store, f"{bucket}/t/{f.name}", f.stat().st_size)
+            own = [groups[f.name][i] for name, i in mine[rank] if name == f.name]
+            others = [r for i, r in enumerate(groups[f.name]) if (f.name, i) not in mine[rank]]
+            assert all(any(s >= a and e <= b for a, b in own) for s, e in ranges), (rank, f.name, ranges, own)
+            assert not any(s < b and a < e for s, e in ranges for a, b in others)
+            assert all(any(s <= a and b <= e for s, e in ranges) for a, b in own)  # each own group fetched whole
+    assert len(mine[0]) == len(mine[1]) == 8 and not mine[0] & mine[1]
