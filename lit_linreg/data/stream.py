@@ -17,6 +17,9 @@ a table sorted by a column stays roughly sorted at the scale of windows. Row gro
 and a window much larger than a batch, make batches closer to uniform samples; `python -m lit_linreg.tables.convert`
 rewrites a table with small row groups.
 
+A full batch (`batch_size` None) is never gathered: the epoch's one batch is a `StreamedBatch` that reads the
+rows block by block as the model uses it (`block_rows`), so its memory does not grow with the table's rows.
+
 Like `TensorLoader`, a training stream cuts the same number of batches on every rank (`n_batches`), and is
 stateful in Lightning's sense: a checkpoint records the epoch and the batches handed out, and a resumed
 stream replays the epoch's reads and hands out the rest.
@@ -36,6 +39,7 @@ import numpy as np
 import torch
 
 from lit_linreg.data.loader import EpochBatches, mixed_seed
+from lit_linreg.model.row_blocks import RowBlocks
 
 Batch = tuple[torch.Tensor, ...]
 
@@ -60,7 +64,7 @@ class RowGroupStream(EpochBatches):
             for all n. Batches come out rows first, (B, in_features).
         groups: This rank's row groups, in the table's order.
         n_rows: How many rows `read` returns over all `groups` (the statistics pass counted them).
-        batch_size: Rows per batch; None for all rows in one batch.
+        batch_size: Rows per batch; None for all rows in one batch (see `block_rows`).
         shuffle: Reshuffle every epoch (see the module docstring); else the table's order.
         seed: Seed of the shuffle.
         rank: This process's rank: ranks shuffle differently.
@@ -68,6 +72,8 @@ class RowGroupStream(EpochBatches):
             rank); None cuts `batch_size` rows at a time.
         buffer_rows: Rows per shuffle window, at least.
         prefetch: Shuffle windows read ahead of the one in use.
+        block_rows: With `batch_size` None, hand out the epoch's one batch as a `StreamedBatch` that reads its
+            rows in blocks of this many as it is used: a full batch whatever the table's size. None gathers it.
     """
 
     def __init__(
@@ -82,18 +88,33 @@ class RowGroupStream(EpochBatches):
         n_batches: int | None = None,
         buffer_rows: int = 262_144,
         prefetch: int = 1,
+        block_rows: int | None = None,
     ) -> None:
+        if block_rows is not None and (batch_size is not None or shuffle):
+            raise ValueError("block_rows cuts the one batch of an unshuffled stream with batch_size None")
         self.read, self.groups, self.n_rows = read, list(groups), n_rows
+        self.block_rows = block_rows
         self.batch_size, self.shuffle, self.seed, self.rank = batch_size, shuffle, seed, rank
         self.n_batches, self.buffer_rows, self.prefetch = n_batches, buffer_rows, prefetch
         self.sampler = StreamEpoch()
         self._pool: dict | None = None  # the shuffle's tensors, kept for the next epoch (see `_windows`)
         self._ahead: tuple[int, _ReadAhead] | None = None  # the next epoch's reader, started early
 
-    def __iter__(self) -> Iterator[Batch]:
-        epoch = self.sampler.epoch
-        bounds, first = self._bounds(), self._first_batch()
+    def __iter__(self) -> Iterator[Batch | StreamedBatch]:
+        epoch, first = self.sampler.epoch, self._first_batch()
         self._yielded = first
+        if self.block_rows is not None:  # the epoch's one batch, its rows read as it is used
+            if first == 0:
+                self._yielded = 1
+                yield StreamedBatch(self, epoch)
+            return
+        for i, batch in self._batches(epoch, self._bounds(), first):
+            self._yielded = i + 1
+            yield batch
+            del batch  # before the next is gathered
+
+    def _batches(self, epoch: int, bounds: list[int], first: int) -> Iterator[tuple[int, Batch]]:
+        """(i, batch i) for the batches `bounds` cut from the epoch's rows, from batch `first` on."""
         # Windows are read, joined and shuffled in the background, one ahead of the one batches are cut from. A
         # shuffled stream's reader goes on from one epoch's last window to the next epoch's first, so an epoch
         # finds its first window read already (if it is the next epoch: else the reader is stopped).
@@ -119,7 +140,6 @@ class RowGroupStream(EpochBatches):
                     offset, need = offset + take, need - take
                 if i < first:
                     continue
-                self._yielded = i + 1
                 # A batch is gathered from one window, or joins the end of one and the start of the next;
                 # either way its tensors are its own (the window's are refilled a few windows on).
                 batch = pieces[0] if len(pieces) == 1 else tuple(torch.cat(p) for p in zip(*pieces, strict=True))
@@ -134,7 +154,8 @@ class RowGroupStream(EpochBatches):
                         windows.close()
                     windows = None
                     cores.restore()
-                yield batch
+                yield i, batch
+                batch = pieces = None  # let go before the next is gathered: one batch of rows at a time
         finally:
             cores.restore()
             if windows is not None:
@@ -201,6 +222,28 @@ class RowGroupStream(EpochBatches):
         if picks:
             yield join.window(picks, generator if self.shuffle else None)
             pool.advance()
+
+
+class StreamedBatch(RowBlocks):
+    """A stream's full batch: iterating it reads the epoch's rows again, in (x, y) blocks of `block_rows`, each let
+    go before the next is gathered (see model/row_blocks.py, which trains on it block by block).
+
+    Lightning moves a batch to the training device by calling its `to`: the blocks are moved as they are read.
+    """
+
+    def __init__(self, stream: RowGroupStream, epoch: int) -> None:
+        self.stream, self.epoch, self.n_rows = stream, epoch, stream.n_rows
+        self.device: torch.device | None = None
+
+    def __iter__(self) -> Iterator[Batch]:
+        bounds = [*range(0, self.n_rows, self.stream.block_rows), self.n_rows]
+        for _, block in self.stream._batches(self.epoch, bounds, 0):
+            yield block if self.device is None else tuple(t.to(self.device) for t in block)
+            del block  # before the next is gathered
+
+    def to(self, device: torch.device | str, **kwargs: Any) -> StreamedBatch:
+        self.device = torch.device(device)
+        return self
 
 
 class _TrainingCores:

@@ -25,6 +25,9 @@ from lit_linreg.errors import DataError
 from lit_linreg.tables.parquet import RowGroup, read_groups
 from lit_linreg.tables.table import Table
 
+BLOCK_VALUES = 1 << 22
+"""Values a block of a streamed full batch holds: 16 MiB in float32, whatever the table's rows."""
+
 
 def too_large_for_memory(table: Table, world_size: int, row_bytes: float, share: float) -> bool:
     """Whether this rank's share of a Parquet table's rows, at `row_bytes` a row, would take more than `share` of
@@ -143,9 +146,14 @@ class StreamedTable:
     ) -> RowGroupStream:
         """The batches of one split's rows (TRAIN, VAL or TEST), read from the row groups as the epoch goes.
 
-        A held-out split of fraction 0 is stood in for as in memory (see `splits.with_stand_ins`).
+        A full batch (`batch_size` None) is read in blocks of `BLOCK_VALUES` values, never whole: training (given
+        `n_batches`) takes the blocks as one `StreamedBatch` a step, validation and test as batches of their own,
+        whose metrics add up. A held-out split of fraction 0 is stood in for as in memory (see `splits.with_stand_ins`).
         """
         split = stand_in(split, *self.fractions)
+        block_rows = max(1, BLOCK_VALUES // (len(self.reader.feature_names) + len(self.reader.target_names)))
+        if batch_size is None and n_batches is None:
+            batch_size = block_rows
         return RowGroupStream(
             functools.partial(self.split_rows, split=split),
             self.groups,
@@ -156,6 +164,7 @@ class StreamedTable:
             rank=self.rank,
             n_batches=n_batches,
             buffer_rows=self.shuffle_buffer,
+            block_rows=block_rows if batch_size is None else None,
         )
 
     def train_stream(self, max_train_rows: int, batch_size: int | None) -> RowGroupStream:
