@@ -4,6 +4,8 @@ A CSV file is read whole by every rank; a Parquet directory is split across rank
 reads only its share (see parquet.py). This streams the table in batches, never holding it whole, and writes
 files of `--rows-per-file` rows, each in row groups of `--rows-per-group` rows. Use at least as many row groups
 as you will run ranks (many more balance them better). Columns keep the types pyarrow infers for the CSV file.
+The table may be in an object store (`s3://bucket/sales.csv`, read as `--data.path` reads it: see storage.py);
+the directory is written on this machine or a shared file system, to be copied to the bucket after.
 
 Written to be streamed (`--data.in_memory false`), each epoch: a column with no missing value anywhere is
 declared required, not nullable, so that no reader decodes its definition levels (pyarrow then decodes a
@@ -23,18 +25,24 @@ import pyarrow as pa
 import pyarrow.csv as pcsv
 import pyarrow.parquet as pq
 
-from lit_linreg.errors import DataError
-from lit_linreg.tables.table import Table, _parquet_files
+from lit_linreg.errors import ConfigError, DataError
+from lit_linreg.tables.csvfile import source_of
+from lit_linreg.tables.parquet import opened
+from lit_linreg.tables.storage import is_url
+from lit_linreg.tables.table import Table
 
 
 def batches(table: Table):
     """The table's record batches, streamed: CSV in blocks, Parquet by row group."""
     if table.format == "parquet":
-        for file in _parquet_files(table.path):
-            yield from pq.ParquetFile(file).iter_batches()
+        for file in table.files():
+            with opened(file) as source:
+                yield from pq.ParquetFile(source).iter_batches()
         return
     reader = pcsv.open_csv(
-        table.path, parse_options=table._parse_options(), convert_options=pcsv.ConvertOptions(column_types=table.schema)
+        source_of(table.source),
+        parse_options=table._parse_options(),
+        convert_options=pcsv.ConvertOptions(column_types=table.schema),
     )
     yield from reader
 
@@ -44,9 +52,13 @@ def with_nulls(table: Table) -> set[str]:
     count nulls and every column is flat (a footer counts the nulls of each leaf of a nested one), else from
     one pass over the rows."""
     if table.format == "parquet" and not any(pa.types.is_nested(field.type) for field in table.schema):
+        footers = []
+        for file in table.files():
+            with opened(file) as source:
+                footers.append(pq.ParquetFile(source).metadata)
         columns = [
             group.column(i)
-            for metadata in (pq.ParquetFile(file).metadata for file in _parquet_files(table.path))
+            for metadata in footers
             for group in map(metadata.row_group, range(metadata.num_row_groups))
             for i in range(group.num_columns)
         ]
@@ -76,11 +88,16 @@ def convert(source: str, target: str, rows_per_group: int = 65536, rows_per_file
     """Write `source` as Parquet files `part-00000.parquet`, ... in the new directory `target`; returns them."""
     if rows_per_group < 1 or rows_per_file < rows_per_group:
         raise DataError("--rows-per-group must be at least 1 and --rows-per-file at least --rows-per-group")
+    if is_url(target):
+        raise DataError(
+            f"{target}: convert writes to a directory on this machine or a shared file system; copy it to the bucket"
+            " after (aws s3 cp --recursive DIR s3://bucket/prefix/, gcloud storage cp -r, azcopy copy --recursive)"
+        )
     table = Table(source)
     out = Path(target)
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise DataError(f"{out}: exists and is not an empty directory")
-    if table.path.is_dir() and out.resolve().is_relative_to(table.path.resolve()):
+    if isinstance(table.path, Path) and table.path.is_dir() and out.resolve().is_relative_to(table.path.resolve()):
         raise DataError(f"{out}: is inside {source}, whose files would then be read twice as one table")
     made = not out.exists()
     out.mkdir(parents=True, exist_ok=True)
@@ -127,14 +144,16 @@ def convert(source: str, target: str, rows_per_group: int = 65536, rows_per_file
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m lit_linreg.tables.convert", description=__doc__.splitlines()[0])
-    parser.add_argument("table", help="a CSV, TSV (optionally .gz) or Parquet file or directory")
+    parser.add_argument(
+        "table", help="a CSV, TSV (optionally .gz) or Parquet file or directory, or its URL (s3://bucket/sales.csv)"
+    )
     parser.add_argument("directory", help="the Parquet directory to create (new or empty)")
     parser.add_argument("--rows-per-group", type=int, default=65536, help="rows per row group (default 65536)")
     parser.add_argument("--rows-per-file", type=int, default=1 << 22, help="rows per file (default 4194304)")
     args = parser.parse_args(argv)
     try:
         files = convert(args.table, args.directory, args.rows_per_group, args.rows_per_file)
-    except DataError as err:
+    except (DataError, ConfigError) as err:
         print(f"lit-linreg: error: {err}", file=sys.stderr)
         return 2
     n_rows = sum(pq.ParquetFile(f).metadata.num_rows for f in files)

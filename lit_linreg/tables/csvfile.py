@@ -86,14 +86,10 @@ def sniff_delimiter(sample: str) -> str:
 def column_kinds(path: Path | StoredFile, delimiter: str) -> tuple[pa.Schema, dict[str, str]]:
     """Column kinds from the first block: pyarrow's inference, then a vote for columns it calls text."""
     try:
-        reader = pcsv.open_csv(
-            source_of(path),
-            read_options=pcsv.ReadOptions(block_size=SAMPLE_BYTES, use_threads=False),
-            parse_options=parse_options(delimiter),
-        )
-        first = reader.read_next_batch()
-    except StopIteration:
-        first = None
+        try:
+            reader, first = _first_block(_head(path), delimiter)
+        except pa.ArrowInvalid:  # the head was cut inside a quoted field: read on as a local file is read
+            reader, first = _first_block(source_of(path), delimiter)
     except (pa.ArrowInvalid, OSError) as err:
         raise DataError(explain(path, delimiter, err)) from None
     try:
@@ -110,6 +106,31 @@ def column_kinds(path: Path | StoredFile, delimiter: str) -> tuple[pa.Schema, di
             kind = "number" if mostly_numbers(column) else "text"
         kinds[field.name] = kind
     return reader.schema, kinds
+
+
+def _first_block(source: str | pa.NativeFile, delimiter: str) -> tuple[pcsv.CSVStreamingReader, pa.RecordBatch | None]:
+    """pyarrow's reader of `source`, and its first block of rows (None if there are none)."""
+    reader = pcsv.open_csv(
+        source,
+        read_options=pcsv.ReadOptions(block_size=SAMPLE_BYTES, use_threads=False),
+        parse_options=parse_options(delimiter),
+    )
+    try:
+        return reader, reader.read_next_batch()
+    except StopIteration:
+        return reader, None
+
+
+def _head(path: Path | StoredFile) -> str | pa.NativeFile:
+    """What the first block is read from: a local file itself, or an object store's first `SAMPLE_BYTES`, cut
+    after its last whole line: read as a stream, pyarrow's reader would fetch a few blocks ahead of the first."""
+    if not isinstance(path, StoredFile):
+        return str(path)
+    with path.stream() as stream:
+        data = stream.read(SAMPLE_BYTES)
+    if len(data) == SAMPLE_BYTES and (cut := data.rfind(b"\n")) > 0:
+        data = data[: cut + 1]
+    return pa.BufferReader(data)
 
 
 def read_columns(table: CsvTable, numeric: list[str], text: list[str], as_written: bool = False) -> pa.Table:

@@ -60,7 +60,7 @@ def read_schema(files: list[Path | StoredFile]) -> pa.Schema:
     schema = None
     for file in files:
         try:
-            with _opened(file) as source:
+            with opened(file) as source:
                 read = pq.read_schema(source)
         except (pa.ArrowInvalid, OSError) as err:
             raise _unreadable(file, err) from None
@@ -83,7 +83,7 @@ def read_table(files: list[Path | StoredFile], columns: list[str], groups: list[
     parts = []
     for file in files:
         try:
-            with _opened(file) as source:
+            with opened(file) as source:
                 parts.append(pq.read_table(source, columns=columns))
         except (pa.ArrowInvalid, OSError) as err:
             raise _unreadable(file, err) from None
@@ -95,7 +95,7 @@ def row_groups(files: list[Path | StoredFile]) -> list[RowGroup]:
     groups, first = [], 0
     for file in files:
         try:
-            with _opened(file) as source:
+            with opened(file) as source:
                 metadata = pq.ParquetFile(source).metadata
         except (pa.ArrowInvalid, OSError) as err:
             raise _unreadable(file, err) from None
@@ -137,7 +137,7 @@ def read_groups(
     for file, run in groupby(groups, key=lambda g: g.file):
         run = list(run)
         try:
-            with _opened(run[0].stored or file) as source:
+            with opened(run[0].stored or file) as source:
                 reader = pq.ParquetFile(source, metadata=files.get(file))  # pre-buffered: see the module docstring
                 files.setdefault(file, reader.metadata)
                 parts.append(reader.read_row_groups([g.index for g in run], columns=columns, use_threads=use_threads))
@@ -163,7 +163,7 @@ def read_blocks(groups: list[RowGroup], columns: list[str], rows: int) -> Iterat
         stored = run[0].stored
         runs = [[g.index] for g in run] if stored is not None else [[g.index for g in run]]
         try:
-            with _opened(stored or file) as source:
+            with opened(stored or file) as source:
                 options = {"pre_buffer": stored is not None, "buffer_size": 0 if stored is not None else READ_BUFFER}
                 with pq.ParquetFile(source, **options) as reader:
                     for indices in runs:
@@ -178,7 +178,7 @@ def read_blocks(groups: list[RowGroup], columns: list[str], rows: int) -> Iterat
             raise _unreadable(stored or file, err) from None
 
 
-def _opened(file: str | Path | StoredFile):
+def opened(file: str | Path | StoredFile):
     """A context giving what pyarrow reads `file` from: its path, or an object store's file opened (and closed)."""
     if isinstance(file, StoredFile):
         return contextlib.closing(file.open())

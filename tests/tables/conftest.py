@@ -7,6 +7,7 @@ which object a reader fetched. Nothing of the client (pyarrow's S3 filesystem, t
 
 from __future__ import annotations
 
+import logging
 import threading
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,6 +34,7 @@ class Store:
         from moto.server import DomainDispatcherApplication, MotoRequestHandler, create_backend_app
         from werkzeug.serving import make_server
 
+        logging.getLogger("werkzeug").setLevel(logging.WARNING)  # a line a request otherwise
         self.served: list[Served] = []
         self._lock = threading.Lock()
         app = DomainDispatcherApplication(create_backend_app)

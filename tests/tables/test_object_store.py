@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import re
+import socket
+import time
 import uuid
 
 import numpy as np
@@ -14,7 +16,7 @@ import torch
 from lit_linreg import TableDataModule
 from lit_linreg.cli.checkpoint import find_last
 from lit_linreg.data.streamed_table import StreamedTable
-from lit_linreg.errors import ConfigError
+from lit_linreg.errors import ConfigError, DataError
 from tests.conftest import config, record_fault
 
 
@@ -151,3 +153,94 @@ def test_two_ranks_each_fetch_only_their_own_row_groups_from_the_bucket(store, t
             assert not any(s < b and a < e for s, e in ranges for a, b in others)
             assert all(any(s <= a and b <= e for s, e in ranges) for a, b in own)  # each own group fetched whole
     assert len(mine[0]) == len(mine[1]) == 8 and not mine[0] & mine[1]
+
+
+# --- One line for what the store answers -----------------------------------------------------------------------------
+def test_a_missing_bucket_a_missing_prefix_and_an_unreachable_store_are_each_one_line(store, run_cli, tmp_path, capsys):
+    url = store.upload(regression_table(tmp_path / "table", n_rows=4000), bucket_name(), "t")
+    bucket = url.split("/")[2]
+    assert refused(run_cli, capsys, ["--data.path", "s3://no-such-bucket-here/t/"]).endswith(
+        "s3://no-such-bucket-here/t/: no such bucket 'no-such-bucket-here'"
+    )
+    with pytest.raises(DataError, match=rf"^s3://{bucket}/nothing/: no such file or prefix$"):
+        TableDataModule(f"s3://{bucket}/nothing/", targets=["y"])
+    with socket.socket() as sock:  # a loopback port nothing listens on
+        sock.bind(("127.0.0.1", 0))
+        dead = sock.getsockname()[1]
+    started = time.monotonic()
+    with pytest.raises(DataError) as refused_at:
+        TableDataModule(url, targets=["y"], storage_options={"endpoint": f"http://127.0.0.1:{dead}"})
+    err = str(refused_at.value)
+    assert time.monotonic() - started < 15  # connections time out, and retry, briefly
+    assert err.startswith(f"{url}: cannot reach the store (Failed to connect to 127.0.0.1:{dead}")
+    assert "check the network, and the endpoint" in err
+
+
+def test_access_denied_names_where_the_credentials_come_from_and_never_shows_them(store, run_cli, tmp_path, capsys):
+    import boto3
+
+    url = store.upload(regression_table(tmp_path / "table", n_rows=4000), bucket_name(), "t")
+    iam = boto3.client("iam", endpoint_url=store.endpoint, region_name="us-east-1")
+    user = f"reader-{uuid.uuid4().hex[:8]}"
+    iam.create_user(UserName=user)  # a user with no policy: every read is denied
+    key = iam.create_access_key(UserName=user)["AccessKey"]
+    with pytest.MonkeyPatch.context() as env:
+        env.setenv("AWS_ACCESS_KEY_ID", key["AccessKeyId"])
+        env.setenv("AWS_SECRET_ACCESS_KEY", key["SecretAccessKey"])
+        store.set_auth(enforced=True)
+        try:
+            err = refused(run_cli, capsys, ["--data.path", url])
+        finally:
+            store.set_auth(enforced=False)
+    assert err.startswith(f"lit-linreg: error: {url}: access denied (ACCESS_DENIED during HeadObject operation)")
+    assert err.endswith(
+        "the credentials come from AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, AWS_PROFILE or ~/.aws/credentials"
+    )
+    assert key["AccessKeyId"] not in err and key["SecretAccessKey"] not in err
+
+
+@pytest.mark.parametrize("streamed", [False, True], ids=["memory", "stream"])
+def test_an_object_rewritten_during_the_run_is_refused_not_read_half_old_half_new(store, tmp_path, streamed):
+    local = regression_table(tmp_path / "table", n_rows=8000)
+    url = store.upload(local, bucket_name(), "t")
+    dm = TableDataModule(url, targets=["y"])  # the footers read: each file's version recorded
+    table = dm._table(url)
+    streamed_table = StreamedTable(table, dm._reader(), dm.seed, dm._fractions, 0, 1, 1000) if streamed else None
+    if streamed:
+        streamed_table.count()
+    fs = store.filesystem()
+    part = f"{url.removeprefix('s3://')}/part-1.parquet"
+    with fs.open_output_stream(part) as out:  # the same columns, other rows
+        pq.write_table(pq.read_table(local / "part-1.parquet").slice(0, 1500), out, row_group_size=500)
+    with pytest.raises(DataError, match=rf"^{url}/part-1.parquet: changed since this run first read it \(") as err:
+        if streamed:
+            for group in streamed_table.groups:
+                streamed_table.split_rows(group, 0)
+        else:
+            dm.load("fit")
+    sizes = (local / "part-1.parquet").stat().st_size, fs.get_file_info(part).size
+    assert "size {} then {}".format(*sizes) in str(err.value) and "start again once it is written" in str(err.value)
+    record_fault("bad_inputs")
+
+
+# --- A CSV file in a bucket -------------------------------------------------------------------------------------------
+def test_a_csv_file_in_a_bucket_is_read_once_and_converts_to_the_same_parquet_as_on_disk(store, tmp_path, capsys):
+    from lit_linreg.tables.convert import main as convert_main
+
+    local = tmp_path / "sales.csv"
+    pq.read_table(regression_table(tmp_path / "table", n_rows=60_000)).to_pandas().to_csv(local, index=False)
+    bucket = bucket_name()
+    url = store.upload(local, bucket, "raw/sales.csv")
+    store.served.clear()
+    in_bucket = TableDataModule(url, targets=["y"]).load("fit")
+    sent, size = sum(r.sent for r in store.requests_for(f"{bucket}/raw/")), local.stat().st_size
+    # The whole file once, after its first 64 KiB (the delimiter) and MiB (the columns' kinds), read to sniff.
+    assert size <= sent <= size + (1 << 20) + (1 << 16), (sent, size)
+    on_disk = TableDataModule(str(local), targets=["y"]).load("fit")
+    assert all(torch.equal(a, b) for split in on_disk for a, b in zip(on_disk[split], in_bucket[split], strict=True))
+    assert convert_main([url, str(tmp_path / "from_bucket"), "--rows-per-group", "5000"]) == 0
+    assert convert_main([str(local), str(tmp_path / "from_disk"), "--rows-per-group", "5000"]) == 0
+    assert pq.read_table(tmp_path / "from_bucket").equals(pq.read_table(tmp_path / "from_disk"))
+    capsys.readouterr()
+    assert convert_main([url, f"s3://{bucket}/sales_parquet/"]) == 2
+    assert "copy it to the bucket after (aws s3 cp --recursive DIR" in capsys.readouterr().err
