@@ -60,6 +60,34 @@ def check_seed(seed: Any) -> None:
         raise ConfigError(f"seed_everything must be in [0, 2**32 - 1], got {seed}")
 
 
+def refuse_run_dirs_in_object_stores(config: Namespace) -> None:
+    """Refuse, in one line, a run directory or checkpoint named by an object-store URL (`s3://`, `gs://`, ...).
+
+    A run writes where Lightning's fsspec could reach, but two guarantees would not hold there: a run claims its
+    `version_N` by an atomic mkdir, and a checkpoint is written beside its place and renamed over it, so that a
+    kill leaves the last one whole (see checkpoint.py). An object store has neither an atomic mkdir nor a rename.
+    Tables may be read from a bucket (`--data.path`); runs go to a file system, and are copied to a bucket after.
+    """
+    trainer = config.get("trainer") or {}
+    logger = trainer.get("logger")
+    named = {
+        "--trainer.default_root_dir": trainer.get("default_root_dir"),
+        "--trainer.logger.init_args.save_dir": logger.get("init_args", {}).get("save_dir")
+        if isinstance(logger, Namespace | dict)
+        else None,
+        "--ckpt_path": config.get("ckpt_path"),
+    }
+    for flag, value in named.items():
+        if isinstance(value, str) and re.match(r"^[A-Za-z][A-Za-z0-9+.-]*://", value):
+            what = "read a checkpoint from" if flag == "--ckpt_path" else "write runs to"
+            raise ConfigError(
+                f"{flag} {value}: this project cannot {what} an object store (a run directory is claimed by an"
+                " atomic mkdir and each checkpoint written by an atomic rename, which object stores lack): give a"
+                " path on a local or shared file system and copy the run to the bucket after"
+                " (aws s3 sync runs/ s3://bucket/runs/), or mount the bucket"
+            )
+
+
 def refuse_launches_that_hang(trainer: Trainer) -> None:
     """Refuse process layouts that would wait forever or swamp the machine.
 

@@ -57,6 +57,7 @@ from lit_linreg.cli.config_guards import (
     check_seed,
     refuse_functions,
     refuse_launches_that_hang,
+    refuse_run_dirs_in_object_stores,
 )
 from lit_linreg.cli.constraints import check_config
 from lit_linreg.cli.dashboard import TensorBoardLayout
@@ -146,6 +147,7 @@ class LinearRegressionCLI(LightningCLI):
         config = self.config[self.config.subcommand]
         refuse_functions(config)
         check_seed(config.get("seed_everything"))
+        refuse_run_dirs_in_object_stores(config)
         check_config(config, {"trainer": self.trainer_class, **group_classes(self._parser(self.config.subcommand))})
         self._experiment = experiment(config.get("data"))
         self._checkpoint = self._resolve_checkpoint(config)

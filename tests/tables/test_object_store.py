@@ -244,3 +244,22 @@ def test_a_csv_file_in_a_bucket_is_read_once_and_converts_to_the_same_parquet_as
     capsys.readouterr()
     assert convert_main([url, f"s3://{bucket}/sales_parquet/"]) == 2
     assert "copy it to the bucket after (aws s3 cp --recursive DIR" in capsys.readouterr().err
+
+
+# --- Runs are written to a file system -------------------------------------------------------------------------------
+@pytest.mark.parametrize(
+    "flag", ["--trainer.default_root_dir", "--trainer.logger.init_args.save_dir", "--ckpt_path"], ids=lambda f: f[2:]
+)
+def test_a_run_directory_or_checkpoint_in_a_bucket_is_refused_in_one_line_saying_what_to_do(tmp_path, capsys, flag):
+    from lit_linreg.cli.main import main
+
+    args = ["fit", "--config", config("table.yaml"), "--trainer.default_root_dir", str(tmp_path / "runs")]
+    if flag == "--trainer.logger.init_args.save_dir":
+        args += ["--trainer.logger", "TensorBoardLogger"]
+    assert main([*args, flag, "s3://bucket/runs/last.ckpt"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.splitlines() == [err] and "Traceback" not in err
+    assert err.startswith(f"lit-linreg: error: {flag} s3://bucket/runs/last.ckpt: this project cannot")
+    assert err.endswith("copy the run to the bucket after (aws s3 sync runs/ s3://bucket/runs/), or mount the bucket")
+    assert not (tmp_path / "runs").exists()  # refused before any run directory is made
+    record_fault("refusals")
