@@ -75,13 +75,14 @@ class StreamedTable:
         return round(n_rows * (1 - val_fraction - test_fraction))
 
     def train_rows(self) -> Iterator[Rows]:
-        """This rank's training rows, a row group at a time, in float64; counts every split's rows on the way."""
+        """This rank's training rows in float64, a block at a time; counts every split's rows on the way."""
         counts, dropped, seen = np.zeros(3, dtype=np.int64), 0, 0
         for group in self.groups:
-            x, y, codes, n_dropped = self._read_group(group)
-            counts += np.bincount(codes, minlength=3)
-            dropped, seen = dropped + n_dropped, seen + group.n_rows
-            yield x[codes == TRAIN], y[codes == TRAIN]
+            for x, y, codes, n_dropped in self._read_group(group):
+                counts += np.bincount(codes, minlength=3)
+                dropped += n_dropped
+                yield x[codes == TRAIN], y[codes == TRAIN]
+            seen += group.n_rows
         self.dropped = dropped
         if self.counts is None and dropped:
             rank_zero_info(
@@ -97,15 +98,21 @@ class StreamedTable:
         for _ in self.train_rows():
             pass
 
-    def _read_group(self, group: RowGroup) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
-        """One row group's rows: x and y in float64, the split code of each, and how many rows were dropped."""
-        x, y, rows = self.reader.read(self.table.view([group]), with_targets=True, report=False)
-        return x, y, split_of(self.seed, rows, *self.fractions), group.n_rows - len(rows)
+    def _read_group(self, group: RowGroup) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray, int]]:
+        """One row group's rows a block at a time (`Table.blocks`), whatever the group's size (pyarrow writes groups
+        of 1,048,576 rows): x and y in float64, the split code of each, and how many rows were dropped."""
+        view = self.table.view([group])
+        for part, columns in view.blocks(*self.reader.columns_to_read(view, with_targets=True)):
+            x, y, rows = self.reader.rows(part, columns, with_targets=True, report=False)
+            yield x, y, split_of(self.seed, rows, *self.fractions), len(next(iter(columns.values()))) - len(rows)
 
-    def split_rows(self, group: RowGroup, split: int) -> tuple[tuple[torch.Tensor, torch.Tensor], torch.Tensor | None]:
+    def split_rows(
+        self, group: RowGroup, split: int, threads: bool = False
+    ) -> tuple[tuple[torch.Tensor, torch.Tensor], torch.Tensor | None]:
         """One row group as a stream reads it every epoch (see stream.py): `((x, y), rows)`, its columns first as
         float32, (in_features, n) and (out_features, n), and the positions of its rows of `split` among the n
-        (None: all of them).
+        (None: all of them). `threads`: decode in pyarrow's thread pool, for a stream whose training leaves the cores
+        free while it reads (a full batch's blocks, validation); else in the reader's thread alone.
 
         The statistics pass has read and checked every cell already, so numeric columns of a numeric type take a
         fast path: cast to float32 by pyarrow (the same rounding as float64 then float32) and laid out columns
@@ -116,11 +123,10 @@ class StreamedTable:
         in_features = len(self.reader.feature_names)
         names = [*self.reader.feature_names, *self.reader.target_names]
         if self.reader.schema["categories"] or any(self.table.kinds.get(name) != "number" for name in names):
-            x, y, codes, _ = self._read_group(group)
-            keep = codes == split
-            x, y = (torch.from_numpy(values[keep].T.astype(np.float32)) for values in (x, y))
+            kept = [(x[codes == split], y[codes == split]) for x, y, codes, _ in self._read_group(group)]
+            x, y = (torch.from_numpy(np.concatenate(values).T.astype(np.float32)) for values in zip(*kept, strict=True))
             return (x, y), None
-        columns = read_groups([group], names, self._open_files, use_threads=False)  # one core (see stream.py)
+        columns = read_groups([group], names, self._open_files, use_threads=threads)
         if not all(pa.types.is_floating(t) for t in columns.schema.types):  # integers: exactly as float64 first
             columns = columns.cast(pa.schema([(name, pa.float64()) for name in names]), safe=False)  # as `read`
         columns = columns.cast(pa.schema([(name, pa.float32()) for name in names])).combine_chunks()
@@ -155,7 +161,7 @@ class StreamedTable:
         if batch_size is None and n_batches is None:
             batch_size = block_rows
         return RowGroupStream(
-            functools.partial(self.split_rows, split=split),
+            functools.partial(self.split_rows, split=split, threads=not shuffle),
             self.groups,
             int(self.counts[split]),
             batch_size=batch_size,
