@@ -158,6 +158,31 @@ def test_two_ranks_each_fetch_only_their_own_row_groups_from_the_bucket(store, t
     assert len(mine[0]) == len(mine[1]) == 8 and not mine[0] & mine[1]
 
 
+@pytest.mark.slow
+def test_two_gloo_processes_reading_their_halves_from_the_bucket_reach_the_weights_they_reach_from_disk(
+    store, run_process, tmp_path
+):
+    local = regression_table(tmp_path / "table")
+    bucket = bucket_name()
+    url = store.upload(local, bucket, "t/")
+    ddp = ["--trainer.strategy", "ddp", "--trainer.devices", "2", "--trainer.accelerator", "cpu"]
+    fit = ["fit", "--config", config("table.yaml"), "--data.targets", "[y]", "--trainer.max_epochs", "3"]
+    fetches = {}  # each row group's fetches, by the run: how many of its bytes' ranges were asked for
+    for path, root, launch in ((str(local), "disk", ddp), (url, "bucket", ddp), (url, "single", [])):
+        store.served.clear()
+        done = run_process(*fit, *launch, "--data.path", path, root=tmp_path / root, timeout=240)
+        assert done.returncode == 0, done.stderr[-2000:]
+        fetches[root] = [
+            sum(a <= s and e <= b for s, e in fetched(store, f"{bucket}/t/{f.name}", f.stat().st_size))
+            for f in sorted(local.glob("*.parquet"))
+            for a, b in group_ranges(f)
+        ]
+    on_disk, in_bucket = weights(tmp_path / "disk"), weights(tmp_path / "bucket")
+    assert all(torch.equal(on_disk[k], in_bucket[k]) for k in on_disk)
+    # Two ranks together fetch each row group as often as one process alone: each fetched only its own.
+    assert fetches["bucket"] == fetches["single"] and min(fetches["single"]) >= 1, fetches
+
+
 # --- One line for what the store answers -----------------------------------------------------------------------------
 def test_a_missing_bucket_a_missing_prefix_and_an_unreachable_store_are_each_one_line(store, run_cli, tmp_path, capsys):
     url = store.upload(regression_table(tmp_path / "table", n_rows=4000), bucket_name(), "t")
