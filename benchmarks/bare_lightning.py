@@ -21,9 +21,12 @@ if __name__ == "__main__":
     parser.add_argument("--n-features", type=int, default=32)
     parser.add_argument("--batch-size", type=int, default=8192)
     parser.add_argument("--epochs", type=int, default=5)
+    parser.add_argument("--accelerator", default="auto", help="as --trainer.accelerator; the rows move there once")
     args = parser.parse_args()
 
     L.seed_everything(0)
     x, y = SyntheticDataModule(n_samples=args.n_samples, n_features=args.n_features).load("fit")["train"]
-    loader = TensorLoader(x, y, batch_size=args.batch_size, shuffle=True)
-    bare_trainer(args.epochs, EpochTimer()).fit(Linear(args.n_features), loader)
+    trainer = bare_trainer(args.epochs, EpochTimer(), accelerator=args.accelerator)
+    device = trainer.strategy.root_device  # the rows held where the model trains, as lit_linreg's DataModules hold them
+    loader = TensorLoader(x.to(device), y.to(device), batch_size=args.batch_size, shuffle=True)
+    trainer.fit(Linear(args.n_features), loader)

@@ -20,10 +20,12 @@ class Linear(L.LightningModule):
         return torch.optim.SGD(self.parameters(), lr=0.1)
 
 
-def bare_trainer(epochs: int, *callbacks: L.Callback) -> L.Trainer:
+def bare_trainer(epochs: int, *callbacks: L.Callback, accelerator: str = "auto") -> L.Trainer:
     """A Trainer with nothing a run does not need: no logger, checkpoints, validation, progress bar or summary."""
     return L.Trainer(
         max_epochs=epochs,
+        accelerator=accelerator,
+        devices=1,
         logger=False,
         enable_checkpointing=False,
         enable_progress_bar=False,
