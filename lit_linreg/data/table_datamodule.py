@@ -32,6 +32,7 @@ from lit_linreg.tables.table import Format, Table
 
 class TableDataModule(InMemoryDataModule):
     """The user's own table: CSV (any delimiter), TSV, gzipped either, a Parquet file or directory of them.
+    Long because: it composes every piece a table needs (see the module docstring), each in a few lines.
 
     Only what decides the model's size is read when the module is built: the columns, their kinds (from the
     first MiB of a CSV file, from the schema of a Parquet one) and the levels of the categorical columns. The
@@ -43,8 +44,7 @@ class TableDataModule(InMemoryDataModule):
     rows; `predict` uses `predict_path`, else the validation rows.
 
     Args:
-        path: The table: a file, or a directory of Parquet files; or its URL in an object store
-            (`s3://bucket/prefix/`, `gs://`, `abfs://`, `az://`; see tables/storage.py).
+        path: The table: a file or a directory of Parquet files, or its URL (`s3://bucket/prefix/`: tables/storage.py).
         targets: Columns to predict (numbers).
         features: Input columns; every numeric column that is not a target if None.
         categorical: Text columns to one-hot encode inside the model (added to the features).
@@ -67,8 +67,7 @@ class TableDataModule(InMemoryDataModule):
             rank 0 decides for every rank.
         shuffle_buffer: Rows per shuffle window when streaming, at least (whole row groups).
         schema: The columns a trained model expects; set by the CLI from `--ckpt_path`, never by hand.
-        storage_options: For tables in an object store: its `endpoint` (else AWS_ENDPOINT_URL_S3 or AWS_ENDPOINT_URL
-            for s3://) and `region`. Credentials come from the store's own environment and config files.
+        storage_options: The object store's `endpoint` and `region`; credentials come from its own environment.
     """
 
     MEMORY_SHARE = 0.5  # of the memory available: more than this streams (in_memory: null)
@@ -109,10 +108,9 @@ class TableDataModule(InMemoryDataModule):
         check_fractions(val_fraction, test_fraction)
         check_rules(missing, unknown_category)
         self.path, self.format, self.delimiter = _location(path), format, delimiter
-        self.storage_options = storage_options
         self.missing, self.unknown_category = missing, unknown_category
         self.val_fraction, self.test_fraction = val_fraction, test_fraction
-        self.test_path, self.predict_path = test_path, predict_path
+        self.test_path, self.predict_path, self.storage_options = test_path, predict_path, storage_options
         self.predict_table = None  # the predict file as written, for predictions.csv
         self._tables: dict[Path | str, Table] = {}
         if schema is not None:  # a trained model's columns: the training file need not exist any more
@@ -138,7 +136,6 @@ class TableDataModule(InMemoryDataModule):
 
     def _table(self, path: Path | str) -> Table:
         """The `Table` of `path` (or URL), opened (its columns and kinds read) once."""
-        path = _location(path)
         if path not in self._tables:
             self._tables[path] = Table(path, self.format, self.delimiter, self.storage_options)
         return self._tables[path]
