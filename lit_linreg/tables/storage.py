@@ -29,7 +29,8 @@ from lit_linreg.errors import ConfigError, DataError
 SCHEME = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*)://")
 OPTIONS = ("endpoint", "region")  # what `storage_options` may set: no credentials
 CONNECT_TIMEOUT = 3.0  # seconds to open a connection to the store
-ATTEMPTS = 3  # tries of a request, the first included
+ATTEMPTS = 3  # tries of an S3 request, the first included
+GCS_RETRY_SECONDS = 10  # how long a GCS request is retried
 DENIED = (
     r"ACCESS_DENIED|AccessDenied|Forbidden|INVALID_ACCESS_KEY|InvalidAccessKeyId|SIGNATURE_DOES_NOT_MATCH|"
     r"HTTP status 403|PERMISSION_DENIED|AuthorizationFailure"
@@ -68,6 +69,8 @@ def filesystem(url: str, storage_options: dict | None = None) -> tuple[pafs.File
         if scheme in ("s3", "s3a"):
             fs, path = _s3(options, url), url.split("://", 1)[1]
         elif scheme in ("gs", "gcs"):
+            if "region" in options:
+                raise ConfigError(f"{url}: data.storage_options region applies to s3:// tables, not to gs://")
             fs, path = _gcs(options), url.split("://", 1)[1]
         else:
             if options:
@@ -111,7 +114,7 @@ def _gcs(options: dict) -> pafs.GcsFileSystem:
     if endpoint and "://" in endpoint:
         scheme, endpoint = endpoint.split("://", 1)
     return pafs.GcsFileSystem(
-        endpoint_override=endpoint, scheme=scheme, retry_time_limit=datetime.timedelta(seconds=10 * ATTEMPTS)
+        endpoint_override=endpoint, scheme=scheme, retry_time_limit=datetime.timedelta(seconds=GCS_RETRY_SECONDS)
     )
 
 
@@ -226,6 +229,9 @@ def store_error(url: str, err: Exception) -> str | None:
     text, scheme = str(err), url.split("://", 1)[0].lower()
     if re.search(r"NO_SUCH_BUCKET|NoSuchBucket|bucket does not exist|ContainerNotFound", text):
         return f"{url}: no such bucket {url.split('://', 1)[-1].split('/', 1)[0]!r}"
+    if "access token" in text:  # no credentials found, or their server out of reach
+        where = next((v for k, v in CREDENTIALS.items() if scheme.startswith(k)), "the store's own environment")
+        return f"{url}: no credentials ({_detail(text)}); they come from {where}"
     if re.search(DENIED, text):
         where = next((v for k, v in CREDENTIALS.items() if scheme.startswith(k)), "the store's own environment")
         return f"{url}: access denied ({_detail(text)}); the credentials come from {where}"

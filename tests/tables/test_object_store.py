@@ -103,6 +103,21 @@ def test_the_endpoint_and_region_come_from_storage_options_and_credentials_never
         TableDataModule(url, targets=["y"], storage_options={"secret_key": "s"})
     err = refused(run_cli, capsys, ["--data.path", f"{url}?access_key=a&secret_key=s"])
     assert "a URL with a query (?...) is refused" in err and "secret" not in err
+    with pytest.raises(ConfigError, match=r"^gs://b/t: data.storage_options region applies to s3:// tables, not to gs"):
+        TableDataModule("gs://b/t", targets=["y"], storage_options={"region": "eu-west-1"})
+
+
+def test_a_scheme_read_through_fsspec_names_the_package_it_needs_or_says_none_reads_it():
+    pytest.importorskip("fsspec")  # Lightning's dependency
+    try:
+        import adlfs  # noqa: F401
+    except ImportError:
+        with pytest.raises(DataError, match=r"^az://c/t: reading az:// needs fsspec's package for it \(Install adlfs"):
+            TableDataModule("az://c/t", targets=["y"])
+    with pytest.raises(
+        DataError, match=r"^nosuch://c/t: no filesystem reads nosuch:// here \(pyarrow's nor fsspec's\)$"
+    ):
+        TableDataModule("nosuch://c/t", targets=["y"])
 
 
 # --- Each rank fetches only its own row groups ------------------------------------------------------------------------
