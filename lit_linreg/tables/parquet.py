@@ -60,8 +60,11 @@ def read_schema(files: list[Path | StoredFile]) -> pa.Schema:
     schema = None
     for file in files:
         try:
-            with opened(file) as source:
-                read = pq.read_schema(source)
+            if isinstance(file, StoredFile):  # the footer kept: `row_groups` needs it next, and a read is a request
+                read = footer(file).schema.to_arrow_schema()
+            else:
+                with opened(file) as source:
+                    read = pq.read_schema(source)
         except (pa.ArrowInvalid, OSError) as err:
             raise _unreadable(file, err) from None
         if schema is None:
@@ -95,8 +98,7 @@ def row_groups(files: list[Path | StoredFile]) -> list[RowGroup]:
     groups, first = [], 0
     for file in files:
         try:
-            with opened(file) as source:
-                metadata = pq.ParquetFile(source).metadata
+            metadata = footer(file)
         except (pa.ArrowInvalid, OSError) as err:
             raise _unreadable(file, err) from None
         stored = file if isinstance(file, StoredFile) else None
@@ -138,7 +140,8 @@ def read_groups(
         run = list(run)
         try:
             with opened(run[0].stored or file) as source:
-                reader = pq.ParquetFile(source, metadata=files.get(file))  # pre-buffered: see the module docstring
+                metadata = files.get(file) or (run[0].stored and run[0].stored.footer)
+                reader = pq.ParquetFile(source, metadata=metadata)  # pre-buffered: see the module docstring
                 files.setdefault(file, reader.metadata)
                 parts.append(reader.read_row_groups([g.index for g in run], columns=columns, use_threads=use_threads))
         except (pa.ArrowInvalid, OSError) as err:
@@ -165,7 +168,7 @@ def read_blocks(groups: list[RowGroup], columns: list[str], rows: int) -> Iterat
         try:
             with opened(stored or file) as source:
                 options = {"pre_buffer": stored is not None, "buffer_size": 0 if stored is not None else READ_BUFFER}
-                with pq.ParquetFile(source, **options) as reader:
+                with pq.ParquetFile(source, metadata=stored and stored.footer, **options) as reader:
                     for indices in runs:
                         for batch in reader.iter_batches(rows, row_groups=indices, columns=columns, use_threads=False):
                             yield first, pa.Table.from_batches([batch])
@@ -176,6 +179,17 @@ def read_blocks(groups: list[RowGroup], columns: list[str], rows: int) -> Iterat
                             pa.default_memory_pool().release_unused()
         except (pa.ArrowInvalid, OSError) as err:
             raise _unreadable(stored or file, err) from None
+
+
+def footer(file: Path | StoredFile) -> pq.FileMetaData:
+    """A Parquet file's footer: read from the file, or kept from the first read of a file in an object store."""
+    if isinstance(file, StoredFile) and file.footer is not None:
+        return file.footer
+    with opened(file) as source:
+        metadata = pq.ParquetFile(source).metadata
+    if isinstance(file, StoredFile):
+        file.footer = metadata
+    return metadata
 
 
 def opened(file: str | Path | StoredFile):

@@ -165,6 +165,7 @@ class StoredFile:
     def __init__(self, fs: pafs.FileSystem, path: str, url: str, is_dir: bool = False) -> None:
         self.fs, self.path, self.url, self.is_dir = fs, path, url, is_dir
         self.version: tuple | None = None  # what the store said of the file at its first open (see `open`)
+        self.footer = None  # a Parquet file's footer, once read (parquet.py): each read of it is a request
 
     def __str__(self) -> str:
         return self.url
