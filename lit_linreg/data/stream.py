@@ -27,11 +27,8 @@ stream replays the epoch's reads and hands out the rest.
 
 from __future__ import annotations
 
-import atexit
 import itertools
-import queue
 import threading
-import weakref
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
@@ -39,6 +36,7 @@ import numpy as np
 import torch
 
 from lit_linreg.data.loader import EpochBatches, mixed_seed
+from lit_linreg.data.read_ahead import ReadAhead
 from lit_linreg.model.row_blocks import RowBlocks
 
 Batch = tuple[torch.Tensor, ...]
@@ -98,7 +96,7 @@ class RowGroupStream(EpochBatches):
         self.n_batches, self.buffer_rows, self.prefetch = n_batches, buffer_rows, prefetch
         self.sampler = StreamEpoch()
         self._pool: dict | None = None  # the shuffle's tensors, kept for the next epoch (see `_windows`)
-        self._ahead: tuple[int, _ReadAhead] | None = None  # the next epoch's reader, started early
+        self._ahead: tuple[int, ReadAhead] | None = None  # the next epoch's reader, started early
 
     def __iter__(self) -> Iterator[Batch | StreamedBatch]:
         epoch, first = self.sampler.epoch, self._first_batch()
@@ -168,17 +166,17 @@ class RowGroupStream(EpochBatches):
         if ahead is not None:
             ahead[1].close()
 
-    def _end_of_epoch(self, windows: _ReadAhead) -> None:
+    def _end_of_epoch(self, windows: ReadAhead) -> None:
         """Takes what the reader hands on after the epoch's last batch, up to the end marker: windows with no
         rows of this split, if any."""
         while (window := next(windows, _EPOCH_END)) is not _EPOCH_END:
             if len(window.picks):
                 raise RuntimeError(f"the row groups held more rows than the {self.n_rows} counted")
 
-    def _read_ahead(self, epoch: int) -> _ReadAhead:
+    def _read_ahead(self, epoch: int) -> ReadAhead:
         """The background reader of the windows of `epoch` (and, shuffled, of the epochs after it), each epoch's
         followed by `_EPOCH_END`."""
-        return _ReadAhead(lambda: self._epochs(epoch), held=self.prefetch + 1, free_items=(_EPOCH_END,))
+        return ReadAhead(lambda: self._epochs(epoch), held=self.prefetch + 1, free_items=(_EPOCH_END,))
 
     def _epochs(self, epoch: int) -> Iterator[Any]:
         """The windows of `epoch` and, when shuffling, of every epoch after it, in each epoch's order from the
@@ -204,7 +202,7 @@ class RowGroupStream(EpochBatches):
 
         Shuffled, a window joins whole row groups until it holds `buffer_rows` of this split's rows; in order, it
         is one row group. The join buffers rotate among `prefetch + 1`, from window to window and from epoch
-        to epoch: the one batches are gathered from and those read ahead of it, and `_ReadAhead` refills one
+        to epoch: the one batches are gathered from and those read ahead of it, and `ReadAhead` refills one
         only once the loop has taken the next window (see `__iter__`). A shuffled stream keeps them from epoch to
         epoch: refilling a tensor costs no page faults, and a fresh one does.
         """
@@ -337,83 +335,3 @@ class _JoinPool:
 
 
 _EPOCH_END = object()  # what a stream's reader hands on after an epoch's last window
-
-
-class _ReadAhead:
-    """Runs `produce()` in a background thread; an iterator here, re-raising its errors.
-
-    At most `held` items exist at once: the one the consumer took last, which is in use until it takes the
-    next, and those made after it. So a producer that fills `held` buffers in turn never refills one in use.
-    Items in `free_items` (markers) hold no buffer: they are not counted, and taking one lets the last go.
-    `close()` (also on garbage collection of an abandoned epoch) stops the thread and waits for it.
-    """
-
-    _DONE = object()
-    _LIVE: weakref.WeakSet[_ReadAhead] = weakref.WeakSet()  # stopped at exit (see `_stop_all`)
-
-    def __init__(self, produce: Callable[[], Iterator[Any]], held: int, free_items: tuple = ()) -> None:
-        self.produce, self.free_items = produce, free_items
-        self.queue: queue.Queue = queue.Queue()  # bounded by `free`
-        self.free = threading.Semaphore(max(1, held))  # items that may still be made
-        self.taken = False  # whether the consumer holds an item
-        self.stop = threading.Event()
-        self.thread = threading.Thread(target=self._run, name="lit-linreg-read-ahead", daemon=True)
-        self._LIVE.add(self)
-        self.thread.start()
-
-    @classmethod
-    def _stop_all(cls) -> None:
-        """At exit: a reader still running (the next epoch's, read ahead after the last) is stopped and waited
-        for, as the interpreter would otherwise kill its thread inside pyarrow or torch, which aborts the process."""
-        for reader in list(cls._LIVE):
-            reader.close()
-
-    def _run(self) -> None:
-        items = self.produce()
-        try:
-            while True:
-                while not self.free.acquire(timeout=0.1):
-                    if self.stop.is_set():
-                        return
-                if self.stop.is_set():
-                    return
-                try:
-                    item = next(items)
-                except StopIteration:
-                    break
-                if any(item is free for free in self.free_items):
-                    self.free.release()
-                self.queue.put(item)
-        except BaseException as err:  # handed to the consumer, which raises it as its own
-            self.queue.put(err)
-            return
-        finally:
-            items.close()  # here, in this thread: what the producer holds is let go before `close()` returns
-        self.queue.put(self._DONE)
-
-    def __iter__(self) -> _ReadAhead:
-        return self
-
-    def __next__(self) -> Any:
-        item = self.queue.get()
-        if item is self._DONE:
-            self.queue.put(item)  # asked again, it stays done
-            raise StopIteration
-        if isinstance(item, BaseException):
-            raise item
-        if self.taken:  # the item taken before this one is let go: the producer may make one more
-            self.free.release()
-        self.taken = not any(item is free for free in self.free_items)
-        return item
-
-    def close(self) -> None:
-        self.stop.set()
-        self.free.release()  # a reader waiting for a buffer wakes to stop now
-        self.thread.join()
-
-    def __del__(self) -> None:
-        self.stop.set()
-        self.free.release()
-
-
-atexit.register(_ReadAhead._stop_all)
