@@ -22,8 +22,11 @@ from lit_linreg.data.rows import RowReader
 from lit_linreg.data.splits import TEST, TRAIN, VAL, check_split_sizes, split_of, stand_in
 from lit_linreg.data.stream import RowGroupStream
 from lit_linreg.errors import DataError
-from lit_linreg.tables.parquet import RowGroup, read_groups
+from lit_linreg.tables.parquet import RowGroup, read_blocks, read_groups
 from lit_linreg.tables.table import Table
+
+SLICE_ROWS = 262_144
+"""Rows of a row group decoded at a time by a stream; a larger group is decoded in slices."""
 
 BLOCK_VALUES = 1 << 22
 """Values a block of a streamed full batch holds: 16 MiB in float32, whatever the table's rows."""
@@ -126,19 +129,17 @@ class StreamedTable:
             kept = [(x[codes == split], y[codes == split]) for x, y, codes, _ in self._read_group(group)]
             x, y = (torch.from_numpy(np.concatenate(values).T.astype(np.float32)) for values in zip(*kept, strict=True))
             return (x, y), None
-        columns = read_groups([group], names, self._open_files, use_threads=threads)
-        if not all(pa.types.is_floating(t) for t in columns.schema.types):  # integers: exactly as float64 first
-            columns = columns.cast(pa.schema([(name, pa.float64()) for name in names]), safe=False)  # as `read`
-        columns = columns.cast(pa.schema([(name, pa.float32()) for name in names])).combine_chunks()
-        if columns.num_rows:  # (n, columns) laid out columns first, so that its transpose is contiguous; nulls NaN
-            values = torch.from_numpy(
-                np.asarray(columns.to_batches()[0].to_tensor(null_to_nan=True, row_major=False)).T
-            )
-        else:
-            values = torch.empty(len(names), 0)
+        if group.n_rows <= SLICE_ROWS:
+            values = _float32_columns(read_groups([group], names, self._open_files, use_threads=threads), names)
+        else:  # a large row group (pyarrow writes 1,048,576 rows) decoded a slice at a time, into one tensor: pyarrow's
+            # allocator keeps what it decoded for reuse, and a whole group's worth of it grew by each group read
+            values = torch.empty(len(names), group.n_rows)
+            for first, part in read_blocks([group], names, SLICE_ROWS):
+                start = first - group.first_row
+                values[:, start : start + part.num_rows] = _float32_columns(part, names)
         key = (group.file, group.index)
         if key not in self._group_splits:  # a row's split is a hash of its number: the same every epoch
-            rows = group.first_row + np.arange(columns.num_rows)
+            rows = group.first_row + np.arange(values.shape[1])
             self._group_splits[key] = split_of(self.seed, rows, *self.fractions)
         chosen = self._group_splits[key] == split
         if self.dropped:  # the statistics pass found rows to drop: find them again
@@ -190,3 +191,14 @@ class StreamedTable:
         for stream in self._train_streams:
             stream.close()
         self._train_streams.clear()
+
+
+def _float32_columns(columns: pa.Table, names: list[str]) -> torch.Tensor:
+    """Numeric columns (n rows) as one float32 tensor laid out columns first, (len(names), n); nulls NaN."""
+    if not all(pa.types.is_floating(t) for t in columns.schema.types):  # integers: exactly as float64 first
+        columns = columns.cast(pa.schema([(name, pa.float64()) for name in names]), safe=False)  # as `read`
+    columns = columns.cast(pa.schema([(name, pa.float32()) for name in names])).combine_chunks()
+    if not columns.num_rows:
+        return torch.empty(len(names), 0)
+    # (n, columns) laid out columns first, so that its transpose is contiguous
+    return torch.from_numpy(np.asarray(columns.to_batches()[0].to_tensor(null_to_nan=True, row_major=False)).T)
