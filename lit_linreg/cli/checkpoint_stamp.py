@@ -21,7 +21,6 @@ from lightning.pytorch.utilities import rank_zero_info
 
 from lit_linreg.data.splits import seen_rows
 from lit_linreg.errors import DataError
-from lit_linreg.tables.table import _parquet_files
 
 STAMP = "lit_linreg"  # the checkpoint key of RunStamp's record
 
@@ -65,9 +64,11 @@ def experiment(data: Mapping[str, Any] | None) -> dict[str, str]:
 
 def _content(path: str) -> list[int] | None:
     """[bytes, newest modification time in ns] of a file, or of the files of a directory as a Parquet table
-    reads them (`tables._parquet_files`); None if unreadable (reading the data, later, says why)."""
+    reads them (`parquet_files`); None if unreadable (reading the data, later, says why)."""
+    from lit_linreg.tables.parquet import parquet_files  # imported on use: a run without a table needs no pyarrow
+
     try:
-        stats = [file.stat() for file in _parquet_files(Path(path))]
+        stats = [file.stat() for file in parquet_files(Path(path))]
     except (OSError, DataError):
         return None
     return [sum(s.st_size for s in stats), max(s.st_mtime_ns for s in stats)]
