@@ -51,7 +51,7 @@ bench: install  ## time and measure lit_linreg against plain PyTorch and Lightni
 	$(PY) benchmarks/wide.py  # the exact reference at 16,384 x 2,046 against one numpy.linalg.qr
 	$(PY) benchmarks/full_batch_step.py  # a full-batch step by row blocks against the plain layer
 	$(PY) benchmarks/streamed_full_batch.py  # configs/table.yaml streamed: peak RSS at 4x the rows, epoch against read + in memory
-	$(PY) benchmarks/serve.py  # requests/s and latency of `serve`, batching on and off
+	$(PY) benchmarks/serve.py  # `serve` against a bare LitServe API: memory, ready time, requests/s, p99
 
 SERVE_CONFIG ?= configs/table.yaml
 serve: install  ## serve the newest best checkpoint of SERVE_CONFIG (configs/table.yaml) on 127.0.0.1:8000
