@@ -213,6 +213,7 @@ class RowGroupStream(EpochBatches):
             filled = join.append(columns)
             picks.append(np.arange(filled, join.filled) if selected is None else selected.numpy() + filled)
             rows += len(picks[-1])
+            del columns, selected  # copied: let go before the next group is read
             if not self.shuffle or rows >= self.buffer_rows:
                 yield join.window(picks, generator if self.shuffle else None)
                 picks, rows = [], 0

@@ -25,7 +25,7 @@ from lit_linreg.errors import DataError
 from lit_linreg.tables.parquet import RowGroup, read_blocks, read_groups
 from lit_linreg.tables.table import Table
 
-SLICE_ROWS = 262_144
+SLICE_ROWS = 65_536
 """Rows of a row group decoded at a time by a stream; a larger group is decoded in slices."""
 
 BLOCK_VALUES = 1 << 22
