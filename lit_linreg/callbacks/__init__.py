@@ -15,8 +15,9 @@ from lit_linreg.callbacks.coefficients import (
     write_coefficients,
 )
 from lit_linreg.callbacks.figure import FitFigure, draw_fit
+from lit_linreg.callbacks.gap import shortfall
 from lit_linreg.callbacks.predictions import PredictionWriter
-from lit_linreg.callbacks.reference import LeastSquaresReference, format_table, shortfall, statistics_from_loader
+from lit_linreg.callbacks.reference import LeastSquaresReference, format_table, statistics_from_loader
 from lit_linreg.callbacks.scalars import log_epoch_scalars
 
 __all__ = [
