@@ -370,6 +370,7 @@ def test_a_bad_request_gets_4xx_and_one_line_and_the_server_keeps_serving(server
     ("flags", "message"),
     [
         (["--port", "80"], "--port must be from 1024 to 65535, got 80"),
+        (["--workers", "0"], "--workers must be at least 1, got 0"),
         (["--host", "example.com"], "--host must be 127.0.0.1, 0.0.0.0 or :: (LitServe's choices), got 'example.com'"),
     ],
 )
