@@ -10,6 +10,7 @@ import http.client
 import json
 import math
 import os
+import pickle
 import signal
 import socket
 import subprocess
@@ -23,13 +24,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from lit_linreg.cli.main import main
 from tests.conftest import QUIET, ROOT, config, latest_version
 
 pytest.importorskip("litserve")  # the `serve` extra
 from lit_linreg.deploy import serve, serve_cli  # noqa: E402
-from lit_linreg.deploy.servable import LinearPredictor, Servable  # noqa: E402
+from lit_linreg.deploy.servable import LinearPredictor, ModulePredictor, Servable  # noqa: E402
 
 SCHEMA = {
     "features": ["area", "hood"],
@@ -244,6 +246,22 @@ def test_a_prediction_beyond_float32_is_refused_not_answered_as_infinity(trained
     (answer,) = api.predict(api.batch([api.decode_request(serve.PredictRequest(rows=huge))]))
     assert answer.status == 400
     assert answer.message.startswith("rows[1]: the prediction is beyond float32 (inf)")
+
+
+def test_a_non_linear_network_is_served_whole_by_its_own_forward(tmp_path):
+    args = ["--config", config("mlp.yaml"), "--data.n_samples", "256", *QUIET, "--figure.enabled", "false"]
+    args += ["--trainer.default_root_dir", str(tmp_path)]
+    assert main(["fit", *args, "--trainer.max_epochs", "1"]) == 0
+    servable = serve_cli.servable([*args, "--ckpt_path", "last", "--port", str(_free_port())])
+    assert isinstance(servable.predictor, ModulePredictor)
+    api = serve.RegressionAPI(servable)
+    api.setup("cpu")
+    rows = [dict.fromkeys(servable.schema["features"], 0.5), dict.fromkeys(servable.schema["features"], -1.0)]
+    (answer,) = api.predict(api.batch([api.decode_request(serve.PredictRequest(rows=rows))]))
+    model = pickle.loads(servable.predictor.pickled)
+    with torch.inference_mode():
+        expected = model(torch.tensor([[0.5] * 4, [-1.0] * 4]))
+    np.testing.assert_array_equal(answer, expected.numpy())
 
 
 def test_the_servable_file_is_read_once_and_removed(tmp_path):
