@@ -19,14 +19,14 @@ one is answered alone while the good ones of its batch are predicted.
 
 # No `from __future__ import annotations`: LitServe reads `decode_request`'s annotation, PredictRequest, as a
 # class, to have FastAPI check the body.
-import contextlib
 import json
 import math
 import multiprocessing
 import os
-import signal
+import pickle
 import sys
-from collections.abc import Iterator
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -39,6 +39,7 @@ from pydantic import BaseModel, ConfigDict, field_validator
 from starlette.exceptions import HTTPException
 
 from lit_linreg.deploy.servable import Servable
+from lit_linreg.deploy.stopping import end_quietly_on_signals, stop_gracefully, stopped
 
 BYTES_PER_VALUE = 128  # the request body allowed per value of --max_rows full rows: room for long category names
 ROUTES = "POST /predict, GET /health"
@@ -157,18 +158,21 @@ class RegressionAPI(ls.LitAPI):
     carries the `Servable`, a few arrays for a linear model, and `setup` readies its predictor there.
 
     Args:
-        servable: The model and the server's settings (see servable.py).
+        servable: The model and the server's settings (see servable.py); or the file it will be handed over in,
+            once resolved, which `setup` waits for.
         max_batch_size: Requests predicted together (1: each alone).
         batch_timeout: Seconds to wait for a batch to fill; 0 takes the requests waiting, never waits.
     """
 
-    def __init__(self, servable: Servable, max_batch_size: int = 64, batch_timeout: float = 0.0) -> None:
+    def __init__(self, servable: Servable | Path, max_batch_size: int = 64, batch_timeout: float = 0.0) -> None:
         super().__init__(max_batch_size=max_batch_size, batch_timeout=batch_timeout)
-        self.servable = servable
+        self.servable, self.handed_over = (None, servable) if isinstance(servable, Path) else (servable, None)
 
     def setup(self, device: str) -> None:
         if multiprocessing.parent_process() is not None:
-            _end_quietly_on_signals()
+            end_quietly_on_signals()
+        if self.servable is None:  # still being resolved (launch.py): LitServe's /health answers 503 meanwhile
+            self.servable = _await_servable(self.handed_over)
         self.predictor = self.servable.predictor.ready()
         self.max_rows = self.servable.options.get("max_rows", 10_000)
 
@@ -203,6 +207,16 @@ class RegressionAPI(ls.LitAPI):
         if isinstance(output, RequestError):
             return output.response()
         return {"predictions": [dict(zip(self.servable.names, row, strict=True)) for row in output.tolist()]}
+
+
+def _await_servable(path: Path) -> Servable:
+    """The Servable handed over in `path` once it appears (written whole, by a rename); exits if the server is gone."""
+    parent = multiprocessing.parent_process()
+    while not path.exists():
+        if parent is not None and not parent.is_alive():
+            os._exit(1)
+        time.sleep(0.01)
+    return pickle.loads(path.read_bytes())
 
 
 def _finite(y: np.ndarray) -> np.ndarray | RequestError:
@@ -277,15 +291,18 @@ class BodyLimit:
 
     Args:
         app: The ASGI app it guards.
-        max_bytes: The largest body allowed.
+        max_bytes: The largest body allowed; or a function giving it, asked at the first request (the model's
+            features, which it depends on, may be known only once the server runs).
     """
 
-    def __init__(self, app: Any, max_bytes: int) -> None:
+    def __init__(self, app: Any, max_bytes: int | Callable[[], int]) -> None:
         self.app, self.max_bytes = app, max_bytes
 
     async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
+        if callable(self.max_bytes):
+            self.max_bytes = self.max_bytes()
         declared = dict(scope["headers"]).get(b"content-length", b"0")
         if declared.isdigit() and int(declared) > self.max_bytes:
             response = JSONResponse(self._error(f"{int(declared)} bytes"), status_code=413)
@@ -311,17 +328,15 @@ def body_limit(features: int, max_rows: int) -> int:
     return max_rows * (features + 1) * BYTES_PER_VALUE + (1 << 20)
 
 
-def server(servable: Servable) -> ls.LitServer:
-    """The LitServer of a servable: its API, its workers and batching, and every error answered as one line."""
-    options = servable.options
-    api = RegressionAPI(servable, options.get("max_batch_size", 64), options.get("batch_timeout", 0.0))
-    limit = body_limit(len(servable.schema["features"]), options.get("max_rows", 10_000))
-    lit_server = ls.LitServer(
-        api,
-        accelerator="cpu",
-        workers_per_device=options.get("workers", 1),
-        middlewares=[(BodyLimit, {"max_bytes": limit})],
-    )
+def server(api: RegressionAPI, options: dict[str, Any]) -> ls.LitServer:
+    """The LitServer of an API: its workers, and every error answered as one line; `options` as a Servable's."""
+    max_rows = options.get("max_rows", 10_000)
+
+    def limit() -> int:  # the model's features, known by the first request (see launch.py)
+        return body_limit(len(api.servable.schema["features"]), max_rows)
+
+    workers, middlewares = options.get("workers", 1), [(BodyLimit, {"max_bytes": limit})]
+    lit_server = ls.LitServer(api, accelerator="cpu", workers_per_device=workers, middlewares=middlewares)
     lit_server.app.add_exception_handler(RequestValidationError, _invalid_body)
     lit_server.app.add_exception_handler(HTTPException, _http_error)
     lit_server.app.add_exception_handler(Exception, _server_error)
@@ -336,52 +351,21 @@ def main(argv: list[str] | None = None) -> int:
     (path,) = sys.argv[1:] if argv is None else argv
     servable = Servable.load(Path(path))
     options = servable.options
+    api = RegressionAPI(servable, options.get("max_batch_size", 64), options.get("batch_timeout", 0.0))
+    with stop_gracefully() as stopped_by:
+        lit_server = server(api, options)
+        print(serving_line(servable), file=sys.stderr, flush=True)
+        run(lit_server, options)
+    return stopped(stopped_by)
+
+
+def serving_line(servable: Servable) -> str:
+    options = servable.options
+    where = f"{options.get('host', '127.0.0.1')}:{options.get('port', 8000)}"
+    return f"serving {servable.checkpoint} on http://{where}/predict ({ROUTES})"
+
+
+def run(lit_server: ls.LitServer, options: dict[str, Any]) -> None:
+    """Serve until LitServe's shutdown, which a signal starts (see `stop_gracefully`)."""
     host, port = options.get("host", "127.0.0.1"), options.get("port", 8000)
-    lit_server = server(servable)
-    print(f"serving {servable.checkpoint} on http://{host}:{port}/predict ({ROUTES})", file=sys.stderr, flush=True)
-    with _stop_gracefully() as stopped_by:
-        lit_server.run(host=host, port=port, generate_client_file=False, log_level="warning", access_log=False)
-    if not stopped_by:
-        return 0
-    what = "stopped by SIGTERM" if stopped_by == [signal.SIGTERM] else "interrupted"
-    print(f"lit-linreg: error: {what}", file=sys.stderr)
-    return 128 + stopped_by[0]
-
-
-@contextlib.contextmanager
-def _stop_gracefully() -> Iterator[list[int]]:
-    """Let SIGTERM, as Ctrl-C, run LitServe's shutdown, which ends its workers; yields the signal that came.
-
-    Left to its default, SIGTERM (what a scheduler or `docker stop` sends) ended this process at once and left
-    the inference and HTTP workers serving the port as orphans.
-    """
-    stopped_by: list[int] = []
-    server_pid = os.getpid()
-
-    def stop(signum: int, frame: object) -> None:
-        if os.getpid() != server_pid:
-            # A process LitServe forked, inheriting this handler: its queue manager, or an HTTP worker once
-            # uvicorn has shut it down. The server's shutdown ends them in order; a manager killed first (by a
-            # SIGTERM to the whole group, as systemd sends it) would fail the inference worker mid-read.
-            return
-        if not stopped_by:
-            stopped_by.append(signum)
-            raise KeyboardInterrupt  # LitServe's run catches it and shuts its workers down
-
-    previous = {signum: signal.signal(signum, stop) for signum in (signal.SIGINT, signal.SIGTERM)}
-    try:
-        yield stopped_by
-    finally:
-        for signum, handler in previous.items():
-            signal.signal(signum, handler)
-
-
-def _end_quietly_on_signals() -> None:
-    """In the inference worker: leave Ctrl-C to the server, and end at once, without a traceback, on SIGTERM.
-
-    Ctrl-C reaches every process of the terminal's group: the server's shutdown then ends this worker, by
-    SIGTERM, and a worker gone before it would read as a crash. Exiting on SIGTERM at once spares the traceback
-    of the request queue torn down under a worker still waiting on it.
-    """
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, lambda signum, frame: os._exit(0))
+    lit_server.run(host=host, port=port, generate_client_file=False, log_level="warning", access_log=False)

@@ -7,6 +7,9 @@ model is then reduced to a `Servable` (servable.py): a linear model's coefficien
 encoder's rules, as numpy arrays. Second, the process replaces itself (`os.execv`, same process id, so a signal
 sent to it still reaches the server) with `python -m lit_linreg.deploy SERVABLE`, the server of serve.py, which
 imports LitServe and numpy only: Lightning, torch, the DataModule and the model leave with the first step.
+
+`python -m lit_linreg serve` usually runs the two steps side by side instead (launch.py): the first step alone, in
+a child process (resolve.py, which sets `HAND_OVER`), while the server starts.
 """
 
 from __future__ import annotations
@@ -14,7 +17,6 @@ from __future__ import annotations
 import importlib.util
 import os
 import pickle
-import socket
 import sys
 import tempfile
 from pathlib import Path
@@ -23,12 +25,13 @@ from typing import Any
 from lightning.pytorch.cli import LightningArgumentParser
 from torch import nn
 
+from lit_linreg.deploy.launch import OPTIONS, check_options
 from lit_linreg.deploy.servable import LinearPredictor, ModulePredictor, Servable
 from lit_linreg.deploy.trained import TrainedModelCLI, dtype_of, prediction_names, run_command
 from lit_linreg.errors import ConfigError
 from lit_linreg.model.module import LinearRegression
 
-HOSTS = ("127.0.0.1", "0.0.0.0", "::")  # LitServe's choices
+HAND_OVER: Path | None = None  # where `run` writes the servable, for a server already started (resolve.py)
 
 
 class ServeCLI(TrainedModelCLI):
@@ -38,17 +41,12 @@ class ServeCLI(TrainedModelCLI):
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         super().add_arguments_to_parser(parser)
-        parser.add_argument("--host", type=str, default="127.0.0.1", help="127.0.0.1 (this machine), 0.0.0.0 or ::")
-        parser.add_argument("--port", type=int, default=8000, help="TCP port, 1024 to 65535")
-        parser.add_argument("--workers", type=int, default=1, help="inference worker processes (each its own copy)")
-        parser.add_argument("--max_batch_size", type=int, default=64, help="requests predicted together")
-        parser.add_argument("--batch_timeout", type=float, default=0.0, help="seconds to wait for a batch to fill")
-        parser.add_argument("--max_rows", type=int, default=10_000, help="rows one request may hold")
+        for name, (kind, default, text) in OPTIONS.items():  # the server's own; launch.py reads them too
+            parser.add_argument(f"--{name}", type=kind, default=default, help=text)
 
     def use(self, model: nn.Module, datamodule: Any) -> None:
-        options = {name: self.option(name) for name in ("host", "port", "workers", "max_batch_size", "max_rows")}
-        options["batch_timeout"] = self.option("batch_timeout")
-        check_options(options)
+        options = {name: self.option(name) for name in OPTIONS}
+        check_options(options, probe_port=HAND_OVER is None)  # else the server holds the port already
         self.servable = Servable(
             predictor=predictor_of(model),
             schema=model.schema,
@@ -57,21 +55,6 @@ class ServeCLI(TrainedModelCLI):
             checkpoint=self.config[self.subcommand]["ckpt_path"],  # resolved: `last` or `best` named a file
             options=options,
         )
-
-
-def check_options(options: dict[str, Any]) -> None:
-    """Refuse, in one line each, the server settings LitServe would refuse later, or a port already taken."""
-    host, port = options["host"], options["port"]
-    if host not in HOSTS:
-        raise ConfigError(f"--host must be 127.0.0.1, 0.0.0.0 or :: (LitServe's choices), got {host!r}")
-    if not 1024 <= port <= 65535:
-        raise ConfigError(f"--port must be from 1024 to 65535, got {port}")
-    for name in ("workers", "max_rows", "max_batch_size"):
-        if options[name] < 1:
-            raise ConfigError(f"--{name} must be at least 1, got {options[name]}")
-    if not options["batch_timeout"] >= 0:
-        raise ConfigError(f"--batch_timeout must be >= 0 seconds, got {options['batch_timeout']}")
-    _check_port_free(host, port)
 
 
 def predictor_of(model: nn.Module) -> LinearPredictor | ModulePredictor:
@@ -89,17 +72,6 @@ def predictor_of(model: nn.Module) -> LinearPredictor | ModulePredictor:
     return LinearPredictor(weight=weight, bias=bias, levels=levels, fill=fill, dtype=dtype)
 
 
-def _check_port_free(host: str, port: int) -> None:
-    """Refuse a port another program holds, in one line (uvicorn would log it and exit)."""
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    with socket.socket(family, socket.SOCK_STREAM) as probe:
-        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn binds: a closed port is free
-        try:
-            probe.bind((host, port))
-        except OSError as err:
-            raise ConfigError(f"--port {port}: cannot listen on {host}:{port} ({err.strerror}): give another") from None
-
-
 def servable(args: list[str]) -> Servable:
     """The `Servable` of `serve ARGS` (`--config C --ckpt_path CKPT ...`), every argument checked."""
     return run_command(ServeCLI, args).servable
@@ -110,6 +82,9 @@ def run(args: list[str]) -> None:
     if importlib.util.find_spec("litserve") is None:  # the optional `serve` extra
         raise ConfigError("serve needs LitServe: pip install 'lit_linreg[serve]' (make install installs it)")
     reduced = servable(args)
+    if HAND_OVER is not None:
+        reduced.save(HAND_OVER)
+        return
     handle, name = tempfile.mkstemp(prefix="lit-linreg-serve-", suffix=".pkl")  # readable by this user only
     os.close(handle)
     path = Path(name)

@@ -30,7 +30,7 @@ from lit_linreg.cli.main import main
 from tests.conftest import QUIET, ROOT, config, latest_version
 
 pytest.importorskip("litserve")  # the `serve` extra
-from lit_linreg.deploy import serve, serve_cli  # noqa: E402
+from lit_linreg.deploy import launch, serve, serve_cli  # noqa: E402
 from lit_linreg.deploy.servable import LinearPredictor, ModulePredictor, Servable  # noqa: E402
 
 SCHEMA = {
@@ -513,6 +513,122 @@ def test_sigterm_ends_the_server_and_every_worker_with_exit_143_and_one_line(ser
     with socket.socket() as probe:
         probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as a server binds: TIME_WAIT is no hold
         probe.bind(("127.0.0.1", port))  # no worker listens on the port any more
+
+
+# --- the server started while the model is resolved (launch.py) -------------------------------------------------
+def test_the_launcher_reads_the_server_flags_with_the_clis_defaults():
+    args = ["--config", config("table.yaml"), "--ckpt_path", "last", "--data.n_samples", "-1", "--port", "9000"]
+    args += ["--workers=2", "--batch_timeout", "0.25", "--host", "0.0.0.0"]
+    assert launch.server_options(args) == {
+        "host": "0.0.0.0",
+        "port": 9000,
+        "workers": 2,
+        "max_batch_size": 64,
+        "batch_timeout": 0.25,
+        "max_rows": 10_000,
+    }
+    assert launch.server_options(["--config", config("table.yaml")]) == {k: v[1] for k, v in launch.OPTIONS.items()}
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["--config", "{config naming port}"],
+        ["--config", "no-such-file.yaml"],
+        ["--po", "9000"],  # an abbreviation, as argparse may read it
+        ["--conf", "other.yaml"],
+        ["--port", "08000"],
+        ["--batch_timeout", "1e-3"],
+        ["--port"],
+        ["-h"],
+        ["--help"],
+        ["--print_config"],
+    ],
+)
+def test_a_server_flag_that_may_come_from_elsewhere_leaves_serve_to_the_cli(tmp_path, args):
+    named = tmp_path / "serve.yaml"
+    named.write_text(Path(config("table.yaml")).read_text() + "port: 9000\n")
+    args = [str(named) if a == "{config naming port}" else a for a in args]
+    assert launch.server_options(["--config", config("table.yaml"), *args]) is None
+
+
+def test_the_launcher_reads_the_flags_as_the_cli_does(trained):
+    args, _ = trained
+    flags = ["--ckpt_path", "last", "--port", str(_free_port()), "--workers", "3", "--max_rows=50"]
+    options = launch.server_options([*args, *flags])
+    assert options is not None and options["workers"] == 3 and options["max_rows"] == 50
+    assert serve_cli.servable([*args, *flags]).options == options
+
+
+def _waiting_for_the_model(pid: int, timeout: float = 120) -> None:
+    """Until the inference worker of server `pid` waits in `setup` for the model: it ignores Ctrl-C there."""
+    deadline = time.monotonic() + timeout
+    while True:
+        workers = [p for p, command in _group(pid).items() if "multiprocessing.spawn" in command]
+        with contextlib.suppress(OSError, StopIteration):
+            status = Path(f"/proc/{workers[0]}/status").read_text().splitlines() if workers else []
+            if int(next(line for line in status if line.startswith("SigIgn:")).split()[1], 16) & (1 << 1):
+                return  # SIGINT (2) ignored: setup has begun
+        assert time.monotonic() < deadline, f"no worker waiting for the model within {timeout} s"
+        time.sleep(0.05)
+
+
+def _ended(process: subprocess.Popen, timeout: float = 60) -> tuple[int, str]:
+    """The exit code and stderr of `process`, once every process of its group has ended."""
+    code, err = process.wait(timeout=timeout), process.stderr.read()
+    deadline = time.monotonic() + 30
+    while _group(process.pid):
+        assert time.monotonic() < deadline, f"left running: {_group(process.pid)}"
+        time.sleep(0.1)
+    return code, err
+
+
+def _left_in(tmp: Path) -> list[str]:
+    """What a server left in its TMPDIR, but for torch's compile cache, which any import of torch creates there."""
+    return [path.name for path in tmp.iterdir() if not path.name.startswith("torchinductor_")]
+
+
+def _serve_process(args: list[str], tmp_path: Path) -> subprocess.Popen:
+    cmd = [sys.executable, "-m", "lit_linreg", "serve", *args, "--port", str(_free_port())]
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "TMPDIR": str(tmp_path)}  # where its servable goes
+    return subprocess.Popen(cmd, cwd=ROOT, env=env, stderr=subprocess.PIPE, text=True, start_new_session=True)
+
+
+@pytest.mark.slow
+def test_a_failed_resolution_stops_the_server_started_meanwhile_with_its_one_line_and_code(trained, tmp_path):
+    args, _ = trained
+    process = _serve_process([*args, "--ckpt_path", str(tmp_path / "gone.ckpt")], tmp_path)
+    _waiting_for_the_model(process.pid)
+    code, err = _ended(process)
+    assert code == 2
+    assert err.splitlines()[-1] == f"lit-linreg: error: {tmp_path / 'gone.ckpt'}: no such checkpoint file"
+    assert "Traceback" not in err and "serving" not in err
+    assert _left_in(tmp_path) == []  # nothing left behind
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    ("signum", "group", "line"),
+    [
+        (signal.SIGTERM, False, "stopped by SIGTERM"),
+        (signal.SIGTERM, True, "stopped by SIGTERM"),
+        (signal.SIGINT, True, "interrupted"),
+    ],
+)
+def test_a_signal_while_the_model_is_resolved_stops_everything_with_128_plus_it(trained, tmp_path, signum, group, line):
+    args, _ = trained
+    process = _serve_process([*args, "--ckpt_path", "last"], tmp_path)
+    _waiting_for_the_model(process.pid)
+    assert any("lit_linreg.deploy.resolve" in command for command in _group(process.pid).values())  # still resolving
+    if group:  # as a terminal's Ctrl-C, or systemd's stop, sends it
+        os.killpg(process.pid, signum)
+    else:  # as `docker stop` sends it
+        process.send_signal(signum)
+    code, err = _ended(process)
+    assert code == 128 + signum
+    assert err.splitlines()[-1] == f"lit-linreg: error: {line}" and "Traceback" not in err
+    assert err.count("lit-linreg: error:") == 1
+    assert _left_in(tmp_path) == []
 
 
 @pytest.mark.parametrize("command", ["serve", "export"])

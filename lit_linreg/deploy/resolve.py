@@ -1,0 +1,16 @@
+"""`python -m lit_linreg.deploy.resolve OUT ARGS`: the first step of `serve ARGS` alone, its servable written to OUT.
+
+Started by launch.py while the server starts: the whole CLI checks ARGS and reduces the trained model as `serve`
+does (serve_cli.py), every mistake one line on stderr and exit code 2; but the servable goes to OUT, for the
+server already running, and the port, which that server holds, is not tried.
+"""
+
+import sys
+from pathlib import Path
+
+from lit_linreg.cli.main import main
+from lit_linreg.deploy import serve_cli
+
+if __name__ == "__main__":
+    serve_cli.HAND_OVER = Path(sys.argv[1])
+    raise SystemExit(main(["serve", *sys.argv[2:]]))
