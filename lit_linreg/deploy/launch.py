@@ -5,8 +5,9 @@ checks), which takes longer than the lean server takes to start (serve.py). Neit
 server needs only its own flags. So this launcher, which imports only the standard library until it starts the
 server, reads those flags from ARGS with the CLI's defaults, checks them as the CLI does and tries the port; then
 starts the resolution in a child process (resolve.py), and the server at once, in this process. The server's
-inference workers wait in `setup` for the servable (GET /health answers 503 meanwhile); once the child has written
-it and exited, this process hands it over (a file renamed into place, which the workers read). Should the child
+inference workers wait in `setup` for the servable (the port, bound, takes no connection until one is ready, as
+LitServe has it); once the child has written it and exited, this process hands it over (a file renamed into
+place, which the workers read). Should the child
 fail, it has printed its one-line error: the server stops, and the command exits with the child's code (2).
 
 Where a server flag may come from elsewhere (a --config file naming one, an abbreviated flag), or with --help,

@@ -2,9 +2,11 @@
 
 Started by launch.py while the server starts: the whole CLI checks ARGS and reduces the trained model as `serve`
 does (serve_cli.py), every mistake one line on stderr and exit code 2; but the servable goes to OUT, for the
-server already running, and the port, which that server holds, is not tried.
+server already running, and the port, which that server holds, is not tried. It then exits at once, without
+Python's teardown of torch and Lightning (about a second), which the server would wait for.
 """
 
+import os
 import sys
 from pathlib import Path
 
@@ -13,4 +15,7 @@ from lit_linreg.deploy import serve_cli
 
 if __name__ == "__main__":
     serve_cli.HAND_OVER = Path(sys.argv[1])
-    raise SystemExit(main(["serve", *sys.argv[2:]]))
+    code = main(["serve", *sys.argv[2:]])
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)

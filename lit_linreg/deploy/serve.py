@@ -171,7 +171,7 @@ class RegressionAPI(ls.LitAPI):
     def setup(self, device: str) -> None:
         if multiprocessing.parent_process() is not None:
             end_quietly_on_signals()
-        if self.servable is None:  # still being resolved (launch.py): LitServe's /health answers 503 meanwhile
+        if self.servable is None:  # still being resolved (launch.py)
             self.servable = _await_servable(self.handed_over)
         self.predictor = self.servable.predictor.ready()
         self.max_rows = self.servable.options.get("max_rows", 10_000)
