@@ -15,6 +15,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.error
 import urllib.request
@@ -629,6 +630,21 @@ def test_a_signal_while_the_model_is_resolved_stops_everything_with_128_plus_it(
     assert err.splitlines()[-1] == f"lit-linreg: error: {line}" and "Traceback" not in err
     assert err.count("lit-linreg: error:") == 1
     assert _left_in(tmp_path) == []
+
+
+@pytest.mark.slow
+def test_a_config_that_names_a_server_flag_is_served_through_the_two_steps_in_turn(trained, tmp_path):
+    args, expected = trained
+    named = tmp_path / "serve.yaml"
+    named.write_text("max_rows: 2\n")  # only the CLI reads it: the server starts after it
+    with _serving([*args, "--config", str(named), "--ckpt_path", "last"]) as (port, process):
+        commands = list(_group(process.pid).values())
+        assert not any("lit_linreg.deploy.resolve" in c for c in commands)
+        assert any(f"-m lit_linreg.deploy {tempfile.gettempdir()}" in c for c in commands)  # the CLI became the server
+        assert _post(port, {"rows": ROWS})[1]["error"] == "rows: 3 rows, more than this server's --max_rows 2"
+        status, answer = _post(port, {"rows": ROWS[:1]})
+    assert status == 200 and answer["predictions"][0]["predicted_price_k"] == pytest.approx(expected[0], rel=RTOL)
+    assert process.returncode == 128 + signal.SIGINT
 
 
 @pytest.mark.parametrize("command", ["serve", "export"])
