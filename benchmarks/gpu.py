@@ -154,17 +154,8 @@ def main() -> None:
             [str(HERE / "write_parquet.py"), str(table), "--n-samples", str(args.table_rows), "--writer", "pyarrow"],
             env,
         )
-        fit = [
-            "-m",
-            "lit_linreg",
-            "fit",
-            "--config",
-            "configs/table.yaml",
-            "--data.path",
-            str(table),
-            "--data.targets",
-            "[y]",
-        ]
+        on_table = ["--config", "configs/table.yaml", "--data.path", str(table), "--data.targets", "[y]"]
+        fit = ["-m", "lit_linreg", "fit", *on_table]
         fits = {}
         for name, extra in (("float32", []), ("float64", ["--trainer.precision", "64-true"])):
             root = scratch / name
@@ -183,8 +174,17 @@ def main() -> None:
         sample = scratch / "sample"
         run([str(HERE / "write_parquet.py"), str(sample), "--n-samples", "4096", "--writer", "pyarrow"], env)
         ckpt = str(newest_run(fits["float32"]) / "checkpoints" / "last.ckpt")
-        predict = ["-m", "lit_linreg", "predict", "--config", "configs/table.yaml", "--data.path", str(table)]
-        predict += ["--data.targets", "[y]", "--data.predict_path", str(sample), "--ckpt_path", ckpt, *quiet]
+        predict = [
+            "-m",
+            "lit_linreg",
+            "predict",
+            *on_table,
+            "--data.predict_path",
+            str(sample),
+            "--ckpt_path",
+            ckpt,
+            *quiet,
+        ]
         answers = {}
         for where in (args.accelerator, "cpu"):
             root = scratch / f"predict_{where}"
@@ -215,16 +215,7 @@ def main() -> None:
         import pyarrow.parquet as pq
 
         first = {k: v[0] for k, v in pq.read_table(sample).slice(0, 1).to_pydict().items() if k != "y"}
-        served = [
-            "--config",
-            "configs/table.yaml",
-            "--data.path",
-            str(table),
-            "--data.targets",
-            "[y]",
-            "--ckpt_path",
-            ckpt,
-        ]
+        served = [*on_table, "--ckpt_path", ckpt]
         per_second, median_ms, answer = serve(served, env, first, args.requests)
         off = abs(answer - answers["cpu"][0]) / max(abs(answers["cpu"][0]), 1e-12)
         rows.append(
