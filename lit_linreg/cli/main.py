@@ -118,6 +118,21 @@ def give_data_the_dtype(checkpoint: dict, datamodule: Any) -> None:
 class LinearRegressionCLI(LightningCLI):
     """LightningCLI for `LinearRegression` with any DataModule that exposes `in_features` / `out_features`."""
 
+    def __init__(self, *positional: Any, args: Any = None, **kwargs: Any) -> None:
+        argv = sys.argv[1:] if args is None else args
+        self._named = argv[0] if isinstance(argv, list | tuple) and argv and isinstance(argv[0], str) else None
+        super().__init__(*positional, args=args, **kwargs)
+
+    def subcommands(self) -> dict[str, set[str]]:
+        """LightningCLI's subcommands, cut to the one this run names.
+
+        Each subcommand's parser reads every class signature again (about 0.1 s each), and a run uses one. With
+        none named (`lit-linreg --help`) or a name that is not one, all of them, so the help and the error list
+        them. LightningCLI asks the instance (`self.subcommands()`), so this method replaces its staticmethod.
+        """
+        every = LightningCLI.subcommands()
+        return {self._named: every[self._named]} if self._named in every else every
+
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         parser.add_lightning_class_args(BestCheckpoint, "checkpoint")
         parser.set_defaults(
