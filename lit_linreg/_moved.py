@@ -61,6 +61,9 @@ class _Alias(importlib.abc.Loader):
     def exec_module(self, module) -> None:
         pass
 
+    def get_code(self, fullname: str):  # `python -m lit_linreg.convert` runs the module it became as __main__
+        return importlib.util.find_spec(self.target).loader.get_code(self.target)
+
 
 class MovedModules(importlib.abc.MetaPathFinder):
     """Finds `lit_linreg.<old>` as the module it became."""
