@@ -25,7 +25,11 @@ class EpochTimer(L.Callback):
 
 
 class PeakMemory(L.Callback):
-    """Prints `PEAK_RSS rank bytes` at the end of fit on every rank: the process's own peak resident memory."""
+    """Prints `PEAK_RSS rank bytes` at the end of fit (or predict) on every rank: the process's own peak resident
+    memory."""
+
+    def on_predict_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self.on_train_end(trainer, pl_module)
 
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         import os

@@ -11,7 +11,9 @@ columns, row groups of 1,048,576 rows): 2,097,152 x 33 float32 (1x) and 8,388,60
 2. its epoch (`epoch_timer.EpochTimer`: the step and the validation pass) at 1x over the work it stands for, measured
    in the same repeat: pyarrow reading the same columns into one numpy array (`--read`, a process of its own, the
    directory in the page cache) plus the in-memory full-batch epoch of the same command with `--data.in_memory
-   true` (goal <= 1.3x).
+   true` (goal <= 1.3x);
+3. `predict` with that 1x fit's checkpoint and each table as `--data.predict_path`: its peak RSS at 4x the rows over
+   the same at 1x (predictions.csv written a batch at a time; each run's file deleted after it).
 Every command runs as its own process, interleaved, `--repeats` times; figures are medians, ratios the median of
 each repeat's ratio.
 
@@ -28,6 +30,9 @@ import sys
 import tempfile
 import time
 
+import glob
+import shutil
+
 from bench import HERE, MIB, ROOT, epoch_seconds, peak_rss, read_seconds, run
 
 N, D = 2_097_152, 32
@@ -37,6 +42,11 @@ COMMAND = [
     *("--trainer.max_epochs", "1", "--reference.stop_at_relative_gap", "null"),
     *("--reference.stop_when_stalled", "null", "--trainer.enable_progress_bar", "false"),
     *("--trainer.callbacks+=epoch_timer.EpochTimer", "--trainer.callbacks+=epoch_timer.PeakMemory"),
+]
+
+PREDICT = [  # the same table config, predicting from a checkpoint
+    *("-m", "lit_linreg", "predict", "--config", "configs/table.yaml", "--data.targets", "[y]"),
+    *("--trainer.enable_progress_bar", "false", "--trainer.callbacks+=epoch_timer.PeakMemory"),
 ]
 
 
@@ -59,6 +69,13 @@ def repeat(env: dict[str, str], tables: dict[str, str], scratch: str) -> dict[st
         out = run([*COMMAND, *root, "--data.path", tables[table], "--data.in_memory", in_memory], env)[2]
         figures[f"{name}_epoch"], figures[f"{name}_rss"] = epoch_seconds(out), peak_rss(out)
     figures["read"] = read_seconds(run([__file__, "--read", tables["1x"]], env)[2])
+    checkpoint = sorted(glob.glob(f"{scratch}/stream/lightning_logs/*/checkpoints/last.ckpt"))[-1]
+    for name, table in (("predict", "1x"), ("predict_4x", "4x")):
+        root = ["--trainer.default_root_dir", f"{scratch}/{name}", "--trainer.logger", "false"]
+        own = ["--data.path", tables["1x"], "--ckpt_path", checkpoint, "--data.predict_path", tables[table]]
+        out = run([*PREDICT, *root, *own], env)[2]
+        figures[f"{name}_rss"] = peak_rss(out)
+        shutil.rmtree(f"{scratch}/{name}")  # predictions.csv: 0.8 GB at 1x
     return figures
 
 
@@ -98,6 +115,11 @@ def main() -> None:
         f"| s, the epoch at 1x; baseline: pyarrow reading it into numpy ({median('read'):.2f} s) + the in-memory"
         f" epoch ({median('memory_epoch'):.2f} s) | {median('stream_epoch'):.2f} | {baseline:.2f} | {speed:.2f}x |"
         f" <= 1.3x | {'yes' if speed <= 1.3 else 'no'} |"
+    )
+    flat = statistics.median(r["predict_4x_rss"] / r["predict_rss"] for r in runs)
+    print(
+        f"| predict's peak RSS MiB at 4x the rows; baseline: at 1x | {median('predict_4x_rss') / MIB:.0f} |"
+        f" {median('predict_rss') / MIB:.0f} | {flat:.2f}x | <= 1.15x | {'yes' if flat <= 1.15 else 'no'} |"
     )
 
 

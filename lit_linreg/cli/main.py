@@ -222,6 +222,12 @@ class LinearRegressionCLI(LightningCLI):
             self.trainer.strategy.checkpoint_io = AtomicCheckpointIO()
         self._claim_run_dir()  # last: a run refused above leaves no directory behind
 
+    def before_predict(self) -> None:
+        """Predictions go to predictions.csv a batch at a time (PredictionWriter): unless asked for, Lightning does
+        not also keep every batch's, a list that would grow with the rows (`--return_predictions true` keeps it)."""
+        if self.config_init["predict"].get("return_predictions") is None:
+            self.config_init["predict"]["return_predictions"] = False
+
     def _optimizer_settings(self) -> tuple[str, dict[str, Any]]:
         """The optimizer's class name and configured settings: `--optimizer`'s own, or the model's for its SGD."""
         optimizer = self._get(self.config, "optimizer")

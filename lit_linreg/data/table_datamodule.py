@@ -20,6 +20,7 @@ from lightning.pytorch.utilities import rank_zero_info
 
 from lit_linreg.data.in_memory import InMemoryDataModule
 from lit_linreg.data.loading import Rows, load_csv, load_file, load_parquet, reread_blocks
+from lit_linreg.data.predict_rows import PredictRows
 from lit_linreg.data.rows import RowReader, check_rules
 from lit_linreg.data.splits import TEST, TRAIN, VAL, check_fractions, every_nth, split_record, with_stand_ins
 from lit_linreg.data.streamed_table import StreamedTable, too_large_for_memory
@@ -111,7 +112,6 @@ class TableDataModule(InMemoryDataModule):
         self.missing, self.unknown_category = missing, unknown_category
         self.val_fraction, self.test_fraction = val_fraction, test_fraction
         self.test_path, self.predict_path, self.storage_options = test_path, predict_path, storage_options
-        self.predict_table = None  # the predict file as written, for predictions.csv
         self._tables: dict[Path | str, Table] = {}
         if schema is not None:  # a trained model's columns: the training file need not exist any more
             self._schema = {**default_schema(schema["features"], schema["targets"]), **schema}
@@ -143,7 +143,9 @@ class TableDataModule(InMemoryDataModule):
     # --- in memory or streamed ----------------------------------------------------------------------------------
     def _streams(self, stage: str) -> bool:
         """Whether `stage` streams the training table's row groups rather than holding its rows in memory."""
-        if stage == "predict" or (stage == "test" and self.test_fraction == 0 and self.test_path is not None):
+        if stage == "predict" and self.predict_path is not None:
+            return False  # a file of its own, read a block at a time (`predict_dataloader`)
+        if stage == "test" and self.test_fraction == 0 and self.test_path is not None:
             return False  # a file of its own, read whole
         table = self._table(self.path)
         if self.in_memory is None:  # decided once, by rank 0 for all: the ranks' collectives must match
@@ -160,6 +162,10 @@ class TableDataModule(InMemoryDataModule):
         return not self.in_memory
 
     def setup(self, stage: str) -> None:
+        if stage == "predict" and self.predict_path is not None:
+            if self.trainer is not None and str(self.trainer.precision).startswith("64"):  # the rows' own digits
+                self.dtype = torch.float64
+            return  # nothing is held: `predict_dataloader` reads the file as it goes
         if not self._streams(stage):
             super().setup(stage)
             if self.train_statistics is not None:  # the pass is done: later passes take the float32 rows
@@ -190,11 +196,6 @@ class TableDataModule(InMemoryDataModule):
         permutation of its rows.
         """
         reader = self._reader()
-        if stage == "predict" and self.predict_path is not None:
-            table = self._table(self.predict_path)
-            predict = load_file(reader, table, dtype=self.dtype)
-            self.predict_table = table.read_as_written()
-            return every_nth({"predict": predict}, rank, world_size)
         if stage == "test" and self.test_fraction == 0 and self.test_path is not None:
             test = load_file(reader, self._table(self.test_path), with_targets=True, dtype=self.dtype)
             return every_nth({"test": test}, rank, world_size)
@@ -228,6 +229,17 @@ class TableDataModule(InMemoryDataModule):
         if self._streamed is None or (self.test_fraction == 0 and self.test_path is not None):
             return super().test_dataloader()
         return self._streamed.stream(TEST, self.batch_size)
+
+    def predict_dataloader(self):
+        """The predict file's rows a block at a time, with the rows as written (see predict_rows.py); without a
+        predict file, the validation rows, held or streamed as the fit had them."""
+        if self.predict_path is None:
+            return (
+                super().predict_dataloader() if self._streamed is None else self._streamed.stream(VAL, self.batch_size)
+            )
+        rank, world_size = self._rank()
+        table = self._table(self.predict_path)
+        return PredictRows(table, self._reader(), self.dtype, self.batch_size, rank, world_size)
 
     def teardown(self, stage: str) -> None:
         super().teardown(stage)

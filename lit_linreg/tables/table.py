@@ -188,6 +188,23 @@ class Table:
             part.first_row = first_row
             yield part, part._columns(part._parquet_types(table, numeric, text), numeric, text)
 
+    def written_blocks(self, numeric: list[str], text: list[str] = (), rows: int = BLOCK_ROWS) -> Iterator[tuple]:
+        """`blocks`, each with its rows as `read_as_written` gives them: `(part, columns, written)` triples.
+
+        Every column of the block is decoded once: `written` holds them all, `columns` the named ones as numbers
+        and text. A CSV file is one block, as in `blocks`.
+        """
+        if self.format != "parquet":
+            yield self, self.read(numeric, text), self.read_as_written()
+            return
+        from lit_linreg.tables.parquet import read_blocks
+
+        used = list(dict.fromkeys([*numeric, *text]))
+        for first_row, table in read_blocks(self.groups or self.row_groups(), self.columns, rows):
+            part = copy.copy(self)
+            part.first_row = first_row
+            yield part, part._columns(part._parquet_types(table.select(used), numeric, text), numeric, text), table
+
     def _columns(self, table: pa.Table, numeric: list[str], text: list[str]) -> dict[str, np.ndarray]:
         """`read`'s arrays of an arrow table of float64 and string columns, refusing an infinite number."""
         out: dict[str, np.ndarray] = {}

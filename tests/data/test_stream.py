@@ -289,7 +289,9 @@ def test_in_memory_null_streams_only_a_parquet_table_too_large_for_memory(tmp_pa
     assert TableDataModule(str(table), targets=["y"])._streams("fit") is False  # 2,000 x 7 values fit
     monkeypatch.setattr(TableDataModule, "MEMORY_SHARE", 1e-9)  # as if memory were almost full
     dm = TableDataModule(str(table), targets=["y"])
-    assert dm._streams("fit") is True and dm._streams("predict") is False  # predict reads its own file
+    assert dm._streams("fit") is True and dm._streams("predict") is True  # the validation rows, as fit has them
+    own_file = TableDataModule(str(table), targets=["y"], predict_path=str(table))
+    assert own_file._streams("predict") is False  # a predict file is read a block at a time (predict_rows.py)
     dm.setup("fit")
     assert dm.train_dataloader().__class__.__name__ == "RowGroupStream"
     assert TableDataModule(str(ROOT / "data" / "houses.csv"), targets=["price_k"])._streams("fit") is False  # CSV
