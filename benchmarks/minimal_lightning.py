@@ -2,12 +2,21 @@
 
 y = 2x on x = [1, 2, 3, 4], f(x) = w * x from w = 0, SGD lr 0.01, 100 full-batch epochs, a default
 Trainer (logger, checkpoints, progress bar). Run it from a scratch directory: it writes lightning_logs/.
+`--gc-as-lit-linreg`: import with the garbage collector off, then freeze what the imports made, as
+`python -m lit_linreg` does (lit_linreg/__main__.py).
 """
 
-import lightning as L
-import torch
-from torch import nn
-from torch.utils.data import DataLoader, TensorDataset
+import gc
+import sys
+
+FROZEN = "--gc-as-lit-linreg" in sys.argv
+if FROZEN:
+    gc.disable()
+
+import lightning as L  # noqa: E402
+import torch  # noqa: E402
+from torch import nn  # noqa: E402
+from torch.utils.data import DataLoader, TensorDataset  # noqa: E402
 
 
 class Linear(L.LightningModule):
@@ -29,6 +38,9 @@ class Linear(L.LightningModule):
 
 
 if __name__ == "__main__":
+    if FROZEN:
+        gc.freeze()
+        gc.enable()
     x = torch.tensor([[1.0], [2.0], [3.0], [4.0]])  # (4, 1)
     model = Linear()
     L.Trainer(max_epochs=100, log_every_n_steps=1).fit(model, DataLoader(TensorDataset(x, 2 * x), batch_size=4))

@@ -24,14 +24,13 @@ temporary directory). `make bench` runs it.
 from __future__ import annotations
 
 import argparse
+import glob
 import os
+import shutil
 import statistics
 import sys
 import tempfile
 import time
-
-import glob
-import shutil
 
 from bench import HERE, MIB, ROOT, epoch_seconds, peak_rss, read_seconds, run
 

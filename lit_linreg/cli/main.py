@@ -13,6 +13,7 @@ error_report.py words each failure as its one line.
 from __future__ import annotations
 
 import functools
+import gc
 import importlib
 import logging
 import os
@@ -223,8 +224,8 @@ class LinearRegressionCLI(LightningCLI):
         self._claim_run_dir()  # last: a run refused above leaves no directory behind
 
     def before_predict(self) -> None:
-        """Predictions go to predictions.csv a batch at a time (PredictionWriter): unless asked for, Lightning does
-        not also keep every batch's, a list that would grow with the rows (`--return_predictions true` keeps it)."""
+        """predictions.csv gets each batch's predictions (PredictionWriter): Lightning keeps no list growing with the
+        rows unless `--return_predictions true` asks."""
         if self.config_init["predict"].get("return_predictions") is None:
             self.config_init["predict"]["return_predictions"] = False
 
@@ -340,6 +341,13 @@ def _quiet_litlogger_tip(record: logging.LogRecord) -> bool:
     return "litlogger" not in str(record.msg)
 
 
+def freeze_imports() -> None:
+    """Keep the ~400,000 objects the imports made out of later garbage collections (`gc.freeze`; each full pass
+    walked them all), then turn the collector on (see __main__.py). Called by a process's entry point only."""
+    gc.freeze()
+    gc.enable()
+
+
 def main(args: list[str] | None = None) -> int:
     """Console entry point: run the CLI, reporting user errors as one line and a non-zero exit code.
 
@@ -349,6 +357,8 @@ def main(args: list[str] | None = None) -> int:
     Any other exception is a bug and keeps its traceback.
     """
     argv = sys.argv[1:] if args is None else list(args)
+    if args is None:  # this process's own command (`python -m lit_linreg`, `lit-linreg`), not a caller's
+        freeze_imports()
     try:
         if argv[:1] in (["serve"], ["export"]):  # a trained model, not a Trainer: see deploy/serve_cli.py, export.py
             command = {"serve": "serve_cli", "export": "export"}[argv[0]]

@@ -6,14 +6,18 @@ server already running, and the port, which that server holds, is not tried. It 
 Python's teardown of torch and Lightning (about a second), which the server would wait for.
 """
 
+import gc
 import os
 import sys
 from pathlib import Path
 
-from lit_linreg.cli.main import main
-from lit_linreg.deploy import serve_cli
+gc.disable()  # while importing Lightning: see lit_linreg/__main__.py and `freeze_imports`
+
+from lit_linreg.cli.main import freeze_imports, main  # noqa: E402
+from lit_linreg.deploy import serve_cli  # noqa: E402
 
 if __name__ == "__main__":
+    freeze_imports()  # a process of its own: see `freeze_imports`
     serve_cli.HAND_OVER = Path(sys.argv[1])
     code = main(["serve", *sys.argv[2:]])
     sys.stdout.flush()
