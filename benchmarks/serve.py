@@ -9,8 +9,8 @@ For each server: the seconds from its start to the first `GET /health` answering
 its own (requests per second over the round, the p99 of the latencies); then the resident memory (RSS) summed
 over the server's whole process group (Linux's /proc). Each figure is the median over the repeats; each ratio the
 median over the repeats of ours / bare (ready time: ours - bare). Requests go to 127.0.0.1 only. With
-`--two-steps`, each repeat also serves the same model through `serve`'s two steps in turn (the CLI's `main`, as the
-`lit-linreg` script runs it: the model resolved, then the server started), its ready time compared the same way.
+`--two-steps`, each repeat also serves the same model through `serve`'s two steps in turn (the CLI's `main`, as a
+program that imports it runs it: the model resolved, then the server started), its ready time compared the same way.
 
 Usage: `make bench` runs it last; or `python benchmarks/serve.py --repeats 5 --workers 2`.
 """
@@ -187,7 +187,7 @@ def table(runs: list[dict[str, dict[str, float]]], workers: int) -> str:
     if "two steps" in runs[0]:
         value = statistics.median(r["two steps"]["ready"] - r["bare"]["ready"] for r in runs)
         lines.append(
-            f"| ready, the two steps in turn (`lit-linreg serve`), s | {median('two steps', 'ready'):.1f}"
+            f"| ready, the two steps in turn (`lit_linreg.cli.main.main`), s | {median('two steps', 'ready'):.1f}"
             f" | {median('bare', 'ready'):.1f} | {value:+.2f} s | <= +1 s | {'yes' if value <= 1.0 else 'no'} |"
         )
     return "\n".join(lines)
