@@ -19,7 +19,6 @@ one is answered alone while the good ones of its batch are predicted.
 
 # No `from __future__ import annotations`: LitServe reads `decode_request`'s annotation, PredictRequest, as a
 # class, to have FastAPI check the body.
-import gc
 import json
 import math
 import multiprocessing
@@ -176,7 +175,6 @@ class RegressionAPI(ls.LitAPI):
             self.servable = _await_servable(self.handed_over)
         self.predictor = self.servable.predictor.ready()
         self.max_rows = self.servable.options.get("max_rows", 10_000)
-        gc.freeze()  # what the worker imported lives as long as it: no collection need walk it between requests
 
     def decode_request(self, request: PredictRequest) -> np.ndarray | RequestError:
         # A bad request's error is returned, not raised: raised, it would fail every request of its batch.
