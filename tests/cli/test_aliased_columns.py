@@ -2,6 +2,7 @@
 
 import csv
 import math
+import re
 
 import numpy as np
 
@@ -29,6 +30,7 @@ def test_aliased_coefficients_are_na_and_the_fit_agrees_with_least_squares_on_th
     argv += ["--data.val_fraction", "0", "--reference.stop_at_relative_gap", "1e-7"]  # every row trains, as in OLS
     assert run_cli(*argv) == 0
     out = capsys.readouterr().out
+    gap = float(re.search(r"relative gap (\S+) after", out).group(1))
     assert "2 not defined because of singularities (NA): b = 2·a; c = 1 (constant)" in out
     lines = {line.split()[0]: line.split()[1:] for line in out.splitlines() if line.startswith("y/")}
     assert lines["y/b"] == lines["y/c"] == ["NA"] * 7  # no estimate, standard error, t, p or interval
@@ -45,5 +47,23 @@ def test_aliased_coefficients_are_na_and_the_fit_agrees_with_least_squares_on_th
         expected = [ols.params[j], ols.bse[j], ols.tvalues[j], ols.pvalues[j], low[j], high[j]]
         np.testing.assert_allclose(got, expected, rtol=1e-6, atol=1e-300)
         fit = float(rows[term]["sgd"])  # the model's weights on b and c moved onto a and the intercept
+        assert abs(fit - ols.params[j]) <= math.sqrt(gap * (200 - 3)) * ols.bse[j]  # the gap's bound, in std errors
         digit = 10.0 ** (math.floor(math.log10(abs(ols.params[j]))) - 2)  # a unit of the third significant digit
         assert abs(fit - ols.params[j]) <= digit / 2, (term, fit, ols.params[j])
+
+
+def test_at_the_shipped_stop_each_estimable_weight_is_within_the_gaps_standard_errors(run_cli, tmp_path, capsys):
+    # A relative gap g puts the weights sqrt(g (N - p)) standard errors from the least-squares answer at most (their
+    # Mahalanobis distance): what configs/table.yaml's stop at 1e-3 promises about the fit column of the summary.
+    import statsmodels.api as sm
+
+    columns = aliased_table(tmp_path / "t.csv", seed=1)
+    argv = ["fit", "--config", config("table.yaml"), "--data.path", str(tmp_path / "t.csv"), "--data.targets", "[y]"]
+    assert run_cli(*argv, "--data.val_fraction", "0") == 0
+    gap = float(re.search(r"relative gap (\S+) after", capsys.readouterr().out).group(1))
+    assert gap <= 1e-3
+    with open(latest_version(tmp_path / "runs") / "coefficients.csv") as f:
+        fitted = {row["term"]: float(row["sgd"]) for row in csv.DictReader(f)}
+    ols = sm.OLS(columns["y"], sm.add_constant(np.column_stack([columns["a"], columns["x"]]))).fit()
+    distance = [abs(fitted[term] - ols.params[j]) / ols.bse[j] for j, term in enumerate(["(intercept)", "a", "x"])]
+    assert max(distance) <= math.sqrt(gap * (200 - 3)), distance
