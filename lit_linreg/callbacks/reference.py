@@ -61,6 +61,11 @@ class LeastSquaresReference(L.Callback):
             them are in coefficients.csv.
         stop_at_relative_gap: Stop training once `optimum/relative_gap` is at or below this (not where it is over the
             rows' precision floor: that fit stops when stalled); None never stops.
+        refine_to_relative_gap: Once at `stop_at_relative_gap`, go on while each epoch at least halves the gap, down
+            to this: a gap g leaves the weights sqrt(g (N - p)) standard errors from the optimum, so the fit column of
+            the summary agrees with least squares in more digits, at an epoch or two where the gap still falls that
+            fast (a whitened epoch gains about 100x), and none where the rows' float32 rounding holds it; None
+            stops at `stop_at_relative_gap`.
         stop_when_stalled: Stop training once `optimum/relative_gap` has not fallen 1 % below its best in this
             many epochs (float32 rounding or mini-batch noise is its floor), or in sqrt(condition number) epochs
             where that is longer: heavy ball's gap can stay flat about that long and still converge (a model
@@ -73,11 +78,12 @@ class LeastSquaresReference(L.Callback):
         enabled: bool = True,
         max_table_coefficients: int = 16,
         stop_at_relative_gap: float | None = None,
+        refine_to_relative_gap: float | None = None,
         stop_when_stalled: int | None = None,
     ) -> None:
         self.enabled = enabled
         self.max_table_coefficients = max_table_coefficients
-        self.stop_at_relative_gap = stop_at_relative_gap
+        self.stop_at_relative_gap, self.refine_to_relative_gap = stop_at_relative_gap, refine_to_relative_gap
         self.stop_when_stalled = stop_when_stalled
         self.fit: statistics.LeastSquares | None = None
         self.loss: float | None = None
@@ -156,11 +162,21 @@ class LeastSquaresReference(L.Callback):
             {"optimum/loss_gap": loss_gap, "optimum/relative_gap": relative, "optimum/weight_gap": float(weight_gap)},
         )
         if self.stop_at_relative_gap is not None and not self.floored:  # a floored fit stops once stalled
-            trainer.should_stop |= relative <= self.stop_at_relative_gap
+            trainer.should_stop |= self._reached(relative)
         if self.stall_epochs is not None and len(self.gaps) > self.stall_epochs:
             before = min(self.gaps[: -self.stall_epochs])  # the best gap until `stall_epochs` epochs ago
             self.stalled = min(self.gaps[-self.stall_epochs :]) > 0.99 * before
             trainer.should_stop |= self.stalled
+
+    def _reached(self, relative: float) -> bool:
+        """Whether the gap is where the run stops: at `stop_at_relative_gap`, and refined as far as it pays."""
+        if relative > self.stop_at_relative_gap:
+            return False
+        refine = self.refine_to_relative_gap
+        if refine is None or relative <= refine:
+            return True
+        before = self.gaps[-2] if len(self.gaps) > 1 else np.inf
+        return relative > before / 2  # the last epoch did not halve it: rounding holds it here
 
     @rank_zero_only
     def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:

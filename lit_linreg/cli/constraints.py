@@ -98,7 +98,12 @@ CONSTRAINTS: dict[type, dict[str, Interval]] = {
     },
     EarlyStopping: {"patience": SIZE},
     LastCheckpoint: {"every_n_train_steps": Interval(1, null="epoch ends only")},
-    LeastSquaresReference: {"max_table_coefficients": SIZE, "stop_when_stalled": Interval(1, null="never stop")},
+    LeastSquaresReference: {
+        "max_table_coefficients": SIZE,
+        "stop_when_stalled": Interval(1, null="never stop"),
+        "stop_at_relative_gap": Interval(0, high=math.inf, null="never stop"),
+        "refine_to_relative_gap": Interval(0, high=math.inf, null="stop at stop_at_relative_gap"),
+    },
     CoefficientLogger: {"max_scalars": SIZE},
     FitFigure: {"max_points": COUNT},
     InMemoryDataModule: {"batch_size": Interval(1, null="full batch"), "seed": SEED},

@@ -90,6 +90,19 @@ def test_a_table_with_a_large_mean_and_a_small_spread_stops_within_0_1_percent(r
     assert_converged(run)
 
 
+def test_refining_goes_on_only_while_an_epoch_halves_the_gap(run_cli, capsys, tmp_path):
+    # The large-mean table's float32 rows hold its gap near 3e-5, above the 1e-5 refining aims at: the run stops
+    # the epoch the gap no longer halves, not 10 epochs later by the stall rule, and says it converged.
+    rng = np.random.default_rng(1)
+    columns = {f"x{j}": 1000.0 * (j + 1) + rng.standard_normal(200) for j in range(3)}
+    columns["y"] = 5e4 + 2 * columns["x0"] - columns["x1"] + 0.5 * columns["x2"] + 0.05 * rng.standard_normal(200)
+    plain = fit(run_cli, capsys, tmp_path / "plain", columns, "--reference.refine_to_relative_gap", "null")
+    refined = fit(run_cli, capsys, tmp_path / "refined", columns)
+    assert_converged(plain)
+    assert_converged(refined)
+    assert plain["epochs"] < refined["epochs"] <= plain["epochs"] + 3 and refined["gap"] < plain["gap"]
+
+
 def test_an_exact_polynomial_stops_at_the_float32_floor_and_says_so(run_cli, capsys, tmp_path):
     x = np.linspace(-1.0, 1.0, 51)
     columns = {"x": x, "x2": x**2, "x3": x**3, "y": 1 + 2 * x - 3 * x**2 + 0.5 * x**3}
