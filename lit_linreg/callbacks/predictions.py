@@ -67,9 +67,13 @@ class PredictionWriter(L.Callback):
         for name, values in zip(self._names, y_hat.T.numpy(), strict=True):
             written = written.append_column(name, pa.array(values))
         written = _printable(written)
-        quoting = "needed" if _needs_quotes(written) else "none"  # "needed" quotes every text cell: only if one must be
-        options = pcsv.WriteOptions(include_header=self._file.tell() == 0, quoting_style=quoting)
-        pcsv.write_csv(written, self._file, options)
+        header = self._file.tell() == 0
+        if _needs_quotes(written):  # pyarrow would quote every text cell: Python's csv quotes those that need it
+            cells = [["" if v is None else str(v) for v in column.to_pylist()] for column in written.columns]
+            rows = list(zip(*cells, strict=True))
+            self._write_text([written.column_names, *rows] if header else rows)
+            return
+        pcsv.write_csv(written, self._file, pcsv.WriteOptions(include_header=header, quoting_style="none"))
 
     def _write_numbers(self, schema: dict, x: torch.Tensor, y_hat: torch.Tensor) -> None:
         """The model's input columns, each number read back as the same float32 (or float64), then the predictions."""
@@ -81,7 +85,7 @@ class PredictionWriter(L.Callback):
         predicted = [[f"{v:.17g}" for v in row] for row in y_hat.tolist()]  # float64 repr: read back, the same number
         self._write_text([a + b for a, b in zip(inputs, predicted, strict=True)])
 
-    def _write_text(self, rows: list[list[str]]) -> None:
+    def _write_text(self, rows: list) -> None:
         text = io.StringIO(newline="")
         csv.writer(text).writerows(rows)
         self._file.write(text.getvalue().encode())

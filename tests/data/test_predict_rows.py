@@ -116,3 +116,20 @@ def test_without_a_predict_file_the_validation_rows_are_predicted_held_or_stream
     assert got["true"].shape == got["false"].shape and got["true"].shape[1] == 7  # six features, y's prediction
     assert 700 < len(got["true"]) < 900  # the validation fraction, 0.2 of 4,000 rows (drawn by a hash of each row)
     np.testing.assert_allclose(got["false"], got["true"], rtol=1e-6)
+
+
+def test_predictions_csv_repeats_the_file_as_written_quoting_only_the_cells_that_need_it(run_cli, tmp_path):
+    table = parquet_table(tmp_path / "pq", n_rows=2000)
+    fit(run_cli, table, tmp_path)
+    features = ",".join(f"x{j}" for j in range(6))
+    rows = [
+        'a,"big, bright",' + ",".join(["1.50"] * 6),
+        'b,"say ""hi""",' + ",".join(["2"] * 6),
+        "c,," + ",".join(["3"] * 6),
+    ]
+    (tmp_path / "new.csv").write_text(f"id,note,{features}\n" + "\n".join(rows) + "\n")
+    assert predict(run_cli, table, tmp_path, "--data.predict_path", str(tmp_path / "new.csv")) == 0
+    lines = (latest_version(tmp_path) / "predictions.csv").read_text().splitlines()
+    assert lines[0] == f"id,note,{features},predicted_y"
+    for line, row in zip(lines[1:], rows, strict=True):  # the digits as written, then the prediction
+        assert line.startswith(row + ",") and np.isfinite(float(line.rsplit(",", 1)[1]))
