@@ -107,13 +107,10 @@ def reblocked(blocks: Iterable[Rows], in_features: int, out_features: int) -> It
         yield buffers[0][:n], buffers[1][:n]
 
 
-def load_file(
-    reader: RowReader, table: Table, with_targets: bool = False, dtype: torch.dtype = torch.float32
-) -> tuple[torch.Tensor, ...]:
-    """A file of its own read whole, as `dtype`: (x, y) to test on, or (x,) to predict for, every row kept."""
-    x, y, _ = reader.read(table, with_targets=with_targets, keep_all_rows=not with_targets)
-    if not with_targets:
-        return (torch.from_numpy(x).to(dtype),)
+def load_file(reader: RowReader, table: Table, dtype: torch.dtype = torch.float32) -> tuple[torch.Tensor, torch.Tensor]:
+    """A test file of its own read whole, as `dtype`: (x, y). (A predict file is read a block at a time: see
+    predict_rows.py.)"""
+    x, y, _ = reader.read(table, with_targets=True)
     return torch.from_numpy(x).to(dtype), torch.from_numpy(y).to(dtype)
 
 

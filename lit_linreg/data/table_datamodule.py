@@ -197,7 +197,7 @@ class TableDataModule(InMemoryDataModule):
         """
         reader = self._reader()
         if stage == "test" and self.test_fraction == 0 and self.test_path is not None:
-            test = load_file(reader, self._table(self.test_path), with_targets=True, dtype=self.dtype)
+            test = load_file(reader, self._table(self.test_path), dtype=self.dtype)
             return every_nth({"test": test}, rank, world_size)
         table = self._table(self.path)
         if table.format == "parquet":
