@@ -38,8 +38,10 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, field_validator
 from starlette.exceptions import HTTPException
 
+from lit_linreg.deploy.answers import AnswersOverZMQ
 from lit_linreg.deploy.servable import Servable
 from lit_linreg.deploy.stopping import end_quietly_on_signals, stop_gracefully, stopped
+from lit_linreg.deploy.waiting_loop import WaitingBatchedLoop
 
 BYTES_PER_VALUE = 128  # the request body allowed per value of --max_rows full rows: room for long category names
 ROUTES = "POST /predict, GET /health"
@@ -155,7 +157,8 @@ class RegressionAPI(ls.LitAPI):
     """LitServe's view of a trained model: decode a request's rows, predict a batch of requests, encode each.
 
     LitServe pickles this object into each inference worker, a process of its own, started afresh (spawned): it
-    carries the `Servable`, a few arrays for a linear model, and `setup` readies its predictor there.
+    carries the `Servable`, a few arrays for a linear model, and `setup` readies its predictor there. Batches are
+    fetched by `WaitingBatchedLoop`, which waits for requests rather than polling (waiting_loop.py).
 
     Args:
         servable: The model and the server's settings (see servable.py); or the file it will be handed over in,
@@ -165,7 +168,8 @@ class RegressionAPI(ls.LitAPI):
     """
 
     def __init__(self, servable: Servable | Path, max_batch_size: int = 64, batch_timeout: float = 0.0) -> None:
-        super().__init__(max_batch_size=max_batch_size, batch_timeout=batch_timeout)
+        loop = WaitingBatchedLoop() if max_batch_size > 1 else "auto"  # 1: LitServe's single loop, which waits
+        super().__init__(max_batch_size=max_batch_size, batch_timeout=batch_timeout, loop=loop)
         self.servable, self.handed_over = (None, servable) if isinstance(servable, Path) else (servable, None)
 
     def setup(self, device: str) -> None:
@@ -336,7 +340,8 @@ def server(api: RegressionAPI, options: dict[str, Any]) -> ls.LitServer:
         return body_limit(len(api.servable.schema["features"]), max_rows)
 
     workers, middlewares = options.get("workers", 1), [(BodyLimit, {"max_bytes": limit})]
-    lit_server = ls.LitServer(api, accelerator="cpu", workers_per_device=workers, middlewares=middlewares)
+    kind = ls.LitServer if sys.platform == "win32" else AnswersOverZMQ  # ZeroMQ's IPC: not on Windows
+    lit_server = kind(api, accelerator="cpu", workers_per_device=workers, middlewares=middlewares)
     lit_server.app.add_exception_handler(RequestValidationError, _invalid_body)
     lit_server.app.add_exception_handler(HTTPException, _http_error)
     lit_server.app.add_exception_handler(Exception, _server_error)

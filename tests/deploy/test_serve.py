@@ -481,6 +481,28 @@ def test_no_process_of_a_linear_models_server_holds_torch_or_lightning(server):
         assert "libtorch" not in maps and "/lightning/" not in maps, command
 
 
+def _group_cpu_s(pid: int) -> float:
+    """The CPU seconds every process of group `pid` has used so far, summed (Linux's /proc)."""
+    ticks = 0
+    for child in _group(pid):
+        with contextlib.suppress(OSError, IndexError):
+            fields = Path(f"/proc/{child}/stat").read_text().rsplit(")", 1)[1].split()
+            ticks += int(fields[11]) + int(fields[12])
+    return ticks / os.sysconf("SC_CLK_TCK")
+
+
+@pytest.mark.slow
+def test_an_idle_server_takes_next_to_no_cpu(server, trained):
+    # LitServe's own batched loop asks its queue manager for work again and again: a bare LitServe API takes about
+    # 1.1 cores doing nothing. This server's loop waits for requests (waiting_loop.py).
+    port, process = server
+    assert _post(port, {"rows": ROWS[:1]})[0] == 200
+    time.sleep(0.5)
+    began = _group_cpu_s(process.pid)
+    time.sleep(3)
+    assert (_group_cpu_s(process.pid) - began) / 3 < 0.15  # of one core
+
+
 @pytest.mark.slow
 def test_two_workers_serve_side_by_side(trained):
     args, expected = trained
