@@ -15,16 +15,18 @@ joiner"), and a full queue (1,000 answers unread) makes the worker wait rather t
 the workers through LitServe's queue manager.
 
 `AnswersOverZMQ` is the `LitServer` that installs it. It overrides `_init_manager`, a private method of LitServe's;
-`LitServer` checks at import that it is there, and the serving tests run every request through this path. Once a
+this module checks at import that it is there, and the serving tests run every request through this path. Once a
 LitServe release honours `fast_queue=True`, passing that flag replaces this module.
 """
 
 from __future__ import annotations
 
+import asyncio
 import atexit
 import pickle
 import shutil
 import tempfile
+from queue import Empty
 from typing import Any
 
 import litserve as ls
@@ -82,12 +84,16 @@ class ZMQAnswers(MessageTransport):
         push.send(pickle.dumps(item, protocol=pickle.HIGHEST_PROTOCOL))
 
     async def areceive(self, consumer_id: int, timeout: float | None = None, block: bool = True) -> Any:
-        """In HTTP server `consumer_id`: the next answer for it, as `send` was given it."""
+        """In HTTP server `consumer_id`: the next answer for it, as `send` was given it; `queue.Empty` if none
+        came within `timeout` seconds (None: wait for one)."""
         if self._pull is None:
             self._context = zmq.asyncio.Context()
             self._pull = self._context.socket(zmq.PULL)
             self._pull.bind(self.address(consumer_id))
-        return pickle.loads(await self._pull.recv())
+        try:
+            return pickle.loads(await asyncio.wait_for(self._pull.recv(), timeout))
+        except TimeoutError:
+            raise Empty from None
 
     def close(self, **kwargs: Any) -> None:
         """Close this process's sockets (the server's own process has none)."""

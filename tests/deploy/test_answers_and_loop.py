@@ -59,6 +59,15 @@ def test_each_http_server_gets_only_its_own_answers(tmp_path):
         transport.close()
 
 
+def test_waiting_for_an_answer_with_a_timeout_ends_in_empty(tmp_path):
+    http = ZMQAnswers(str(tmp_path))
+    began = time.monotonic()
+    with pytest.raises(queue.Empty):
+        asyncio.run(http.areceive(0, timeout=0.2))
+    assert 0.15 < time.monotonic() - began < 2
+    http.close()
+
+
 def test_the_answers_folder_is_this_users_only_and_its_paths_fit_a_socket(monkeypatch, tmp_path):
     monkeypatch.setattr(answers.tempfile, "tempdir", str(tmp_path / ("long" * 30)))
     (tmp_path / ("long" * 30)).mkdir()
