@@ -293,12 +293,12 @@ def _free_port() -> int:
 
 
 @contextlib.contextmanager
-def _serving(args: list[str]) -> Iterator[tuple[int, subprocess.Popen]]:
+def _serving(args: list[str], tmp: Path | None = None) -> Iterator[tuple[int, subprocess.Popen]]:
     """`python -m lit_linreg serve ARGS` in a process group of its own on a free loopback port, until the block
     ends (Ctrl-C to the group, as a terminal sends it, unless a test stopped it)."""
     port = _free_port()
     cmd = [sys.executable, "-m", "lit_linreg", "serve", *args, "--port", str(port)]
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    env = {**os.environ, "PYTHONPATH": str(ROOT), **({"TMPDIR": str(tmp)} if tmp else {})}
     process = subprocess.Popen(cmd, cwd=ROOT, env=env, stderr=subprocess.PIPE, text=True, start_new_session=True)
     try:
         deadline = time.monotonic() + 180
@@ -324,10 +324,16 @@ def _serving(args: list[str]) -> Iterator[tuple[int, subprocess.Popen]]:
 
 
 @pytest.fixture(scope="module")
-def server(trained):
+def server_tmp(tmp_path_factory) -> Path:
+    """The TMPDIR of the module's server: where its temporary files go."""
+    return tmp_path_factory.mktemp("server-tmp")
+
+
+@pytest.fixture(scope="module")
+def server(trained, server_tmp):
     """The trained model served with the defaults, until the module ends (its last test stops it)."""
     args, _ = trained
-    with _serving([*args, "--ckpt_path", "last"]) as served:
+    with _serving([*args, "--ckpt_path", "last"], server_tmp) as served:
         yield served
 
 
@@ -517,7 +523,7 @@ def test_two_workers_serve_side_by_side(trained):
 
 
 @pytest.mark.slow
-def test_sigterm_ends_the_server_and_every_worker_with_exit_143_and_one_line(server):
+def test_sigterm_ends_the_server_and_every_worker_with_exit_143_and_one_line(server, server_tmp):
     # Last of the server's tests: it stops the module's server. SIGTERM goes to the server process alone, as a
     # scheduler or `docker stop` sends it; left to its default it orphaned the HTTP and inference workers.
     port, process = server
@@ -536,6 +542,7 @@ def test_sigterm_ends_the_server_and_every_worker_with_exit_143_and_one_line(ser
     with socket.socket() as probe:
         probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as a server binds: TIME_WAIT is no hold
         probe.bind(("127.0.0.1", port))  # no worker listens on the port any more
+    assert _left_in(server_tmp) == []  # the answers' IPC folder (answers.py) removed
 
 
 # --- the server started while the model is resolved (launch.py) -------------------------------------------------
