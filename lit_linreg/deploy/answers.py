@@ -14,9 +14,11 @@ message sent before the other end is up waits in the sender's queue rather than 
 joiner"), and a full queue (1,000 answers unread) makes the worker wait rather than lose one. Requests still reach
 the workers through LitServe's queue manager.
 
-`AnswersOverZMQ` is the `LitServer` that installs it. It overrides `_init_manager`, a private method of LitServe's;
-this module checks at import that it is there, and the serving tests run every request through this path. Once a
-LitServe release honours `fast_queue=True`, passing that flag replaces this module.
+`AnswersOverZMQ` is the `LitServer` that installs it. It overrides `_init_manager`, a private method of LitServe's,
+and subclasses `litserve.transport.base.MessageTransport`; this module checks at import that both are there, and
+raises ImportError otherwise (serve.py then serves through LitServe's own queues, and says so in one line). The
+serving tests run every request through this path. Once a LitServe release honours `fast_queue=True`, passing that
+flag replaces this module.
 """
 
 from __future__ import annotations
@@ -32,12 +34,15 @@ from typing import Any
 import litserve as ls
 import zmq
 import zmq.asyncio
-from litserve.transport.base import MessageTransport
 
-if not callable(getattr(ls.LitServer, "_init_manager", None)):  # the private hook this module overrides
+try:
+    from litserve.transport.base import MessageTransport
+except ImportError:  # moved or gone in another release: refused below, in the same words
+    MessageTransport = None
+if MessageTransport is None or not callable(getattr(ls.LitServer, "_init_manager", None)):  # the private hooks
     raise ImportError(
-        f"litserve {ls.__version__} has no LitServer._init_manager: lit_linreg.deploy.answers needs litserve 0.2.19"
-        " (see constraints.txt), or its fast_queue=True in a release that honours it"
+        f"litserve {ls.__version__} has no LitServer._init_manager or litserve.transport.base, which"
+        " lit_linreg.deploy.answers builds on (litserve 0.2.19 has both, see constraints.txt)"
     )
 
 

@@ -38,10 +38,14 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, field_validator
 from starlette.exceptions import HTTPException
 
-from lit_linreg.deploy.answers import AnswersOverZMQ
 from lit_linreg.deploy.servable import Servable
 from lit_linreg.deploy.stopping import end_quietly_on_signals, stop_gracefully, stopped
 from lit_linreg.deploy.waiting_loop import WaitingBatchedLoop
+
+try:  # built on LitServe's private API (see answers.py): a release without it serves through its own queues
+    from lit_linreg.deploy.answers import AnswersOverZMQ
+except ImportError as err:
+    AnswersOverZMQ, WITHOUT_ANSWERS = None, str(err)
 
 BYTES_PER_VALUE = 128  # the request body allowed per value of --max_rows full rows: room for long category names
 ROUTES = "POST /predict, GET /health"
@@ -340,12 +344,22 @@ def server(api: RegressionAPI, options: dict[str, Any]) -> ls.LitServer:
         return body_limit(len(api.servable.schema["features"]), max_rows)
 
     workers, middlewares = options.get("workers", 1), [(BodyLimit, {"max_bytes": limit})]
-    kind = ls.LitServer if sys.platform == "win32" else AnswersOverZMQ  # ZeroMQ's IPC: not on Windows
-    lit_server = kind(api, accelerator="cpu", workers_per_device=workers, middlewares=middlewares)
+    lit_server = _server_class()(api, accelerator="cpu", workers_per_device=workers, middlewares=middlewares)
     lit_server.app.add_exception_handler(RequestValidationError, _invalid_body)
     lit_server.app.add_exception_handler(HTTPException, _http_error)
     lit_server.app.add_exception_handler(Exception, _server_error)
     return lit_server
+
+
+def _server_class() -> type[ls.LitServer]:
+    """`AnswersOverZMQ` (answers.py), or LitServe's own where ZeroMQ's IPC is missing (Windows) or that module's
+    LitServe hooks are (another LitServe release: one line says so, and the server runs, slower)."""
+    if sys.platform == "win32":
+        return ls.LitServer
+    if AnswersOverZMQ is None:
+        print(f"lit-linreg: warning: {WITHOUT_ANSWERS}; answers go through LitServe's own queues", file=sys.stderr)
+        return ls.LitServer
+    return AnswersOverZMQ
 
 
 def main(argv: list[str] | None = None) -> int:

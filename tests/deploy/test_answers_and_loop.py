@@ -8,6 +8,8 @@ import os
 import pickle
 import queue
 import stat
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -120,3 +122,26 @@ def test_with_nothing_to_do_the_loop_returns_empty_after_its_wait(monkeypatch):
     began = time.monotonic()
     assert WaitingBatchedLoop().get_batch_requests(_API(), queue.Queue(), transport=None) == ([], [])
     assert 0.15 < time.monotonic() - began < 1.0
+
+
+@pytest.mark.parametrize(
+    "missing", ["del litserve.LitServer._init_manager", "sys.modules['litserve.transport.base'] = None"]
+)
+def test_a_litserve_without_the_hooks_serves_through_its_own_queues_and_says_so_in_one_line(missing):
+    # Another LitServe release may drop the private API answers.py builds on: serve.py must still import, and
+    # build LitServe's own server, not fail with a traceback.
+    program = "\n".join(
+        [
+            "import sys, litserve",
+            missing,
+            "from lit_linreg.deploy import serve",
+            "print(serve._server_class() is litserve.LitServer)",
+        ]
+    )
+    done = subprocess.run([sys.executable, "-c", program], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout == "True\n"
+    (line,) = done.stderr.splitlines()
+    assert line.startswith("lit-linreg: warning: litserve ")
+    assert "LitServer._init_manager or litserve.transport.base" in line
+    assert line.endswith("answers go through LitServe's own queues")
