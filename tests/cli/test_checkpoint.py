@@ -55,7 +55,9 @@ def test_two_runs_with_one_seed_give_bit_identical_weights(run_cli, tmp_path, un
 @pytest.mark.parametrize(
     "fault",
     [
-        "tests.faults.KillInBatch --trainer.callbacks.epoch 3 --trainer.callbacks.batch 7",
+        pytest.param(
+            "tests.faults.KillInBatch --trainer.callbacks.epoch 3 --trainer.callbacks.batch 7", marks=pytest.mark.slow
+        ),
         pytest.param(
             "tests.faults.KillInCheckpointWrite --trainer.callbacks.epoch 3 --trainer.callbacks.fsync 1",
             marks=pytest.mark.slow,

@@ -54,6 +54,7 @@ def test_divergence_stops_with_a_clear_message(run_cli, capsys):
     assert "epoch" in err and "step" in err and "lower --model.lr" in err
 
 
+@pytest.mark.slow  # three processes, each importing Lightning
 def test_print_config_round_trip_runs_unchanged(run_process, run_cli, tmp_path):
     printed = run_process("fit", "--config", config("toy.yaml"), "--print_config", env={"PYTHONPROFILEIMPORTTIME": "1"})
     assert printed.returncode == 0, printed.stderr

@@ -262,6 +262,7 @@ def test_a_streamed_full_batch_holds_one_block_of_rows_at_a_time(run_cli, tmp_pa
     assert len(alive) > 2 * 45 and max(alive) == 0  # about 3,200 training rows an epoch, in blocks of 64
 
 
+@pytest.mark.slow  # a run killed, then resumed, each a process of its own
 def test_a_stream_killed_mid_epoch_resumes_to_bit_identical_weights(run_cli, run_process, tmp_path):
     table = parquet_table(tmp_path / "table")
     streaming = streamed_fit(table, "--data.in_memory", "false", "--data.shuffle_buffer", "3000")
@@ -305,7 +306,8 @@ def test_streaming_a_csv_file_is_refused_naming_the_conversion(run_cli, tmp_path
     record_fault("bad_inputs")
 
 
-@pytest.mark.parametrize("in_memory", ["true", pytest.param("false", marks=pytest.mark.slow)], ids=["memory", "stream"])
+@pytest.mark.slow  # two processes, each importing Lightning: about 16 s
+@pytest.mark.parametrize("in_memory", ["true", "false"], ids=["memory", "stream"])
 def test_two_gloo_processes_each_reading_half_a_parquet_table_reach_the_single_process_gap(
     run_cli, run_process, tmp_path, in_memory
 ):
